@@ -1,0 +1,29 @@
+"""Exceptions raised by refpose. The CLI turns every one of them into one line on stderr."""
+
+
+class RefposeError(Exception):
+    """Base class of every error refpose raises on purpose."""
+
+
+class ConfigError(RefposeError, ValueError):
+    """A configuration that cannot be built (names the stage at fault)."""
+
+
+class InputShapeError(RefposeError, ValueError):
+    """An input array whose shape or dtype the model cannot take."""
+
+
+class WeightsError(RefposeError):
+    """A weights file that is missing, unreadable, or does not match the config."""
+
+
+class ImageError(RefposeError):
+    """An image that is missing, unreadable, or not an image."""
+
+
+class BoxError(RefposeError, ValueError):
+    """A person box that is malformed, empty, or outside the image."""
+
+
+class DataError(RefposeError):
+    """A JSON file (annotations, detections, results) that is malformed or inconsistent."""

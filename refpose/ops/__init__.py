@@ -1,0 +1,91 @@
+"""The ops WGNet runs on, and the one place where they report what they compute.
+
+`reference` holds the plain NumPy definitions; `fast` the same functions backed by Numba
+kernels where they pay. `Ops(impl)` picks one of the two for a model; every call goes
+through it, so counting (DESIGN section 2) is the same whichever implementation runs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..counting import report, report_elementwise
+from . import geometry, reference
+
+IMPLS = ("reference", "fast")
+
+
+def _out(n: int, k: int, stride: int) -> int:
+    return (n + 2 * (k // 2) - k) // stride + 1
+
+
+class Ops:
+    """A model's op set: `Ops("reference")` or `Ops("fast")`. Maps are NHWC."""
+
+    def __init__(self, impl: str = "fast"):
+        if impl == "reference":
+            self.impl = reference
+        elif impl == "fast":
+            from . import fast
+            self.impl = fast
+        else:
+            raise ValueError(f"unknown op implementation {impl!r}; choose one of {', '.join(IMPLS)}")
+        self.name = impl
+
+    def conv(self, x, w, b, stride=1, relu6=False):
+        """Dense conv (used for 1x1 projections); w (Cout, Cin, k, k)."""
+        N, H, W, Cin = x.shape
+        Cout, _, kh, kw = w.shape
+        report("conv", N * _out(H, kh, stride) * _out(W, kw, stride) * Cout * Cin * kh * kw)
+        return self._act(self.impl.conv2d(x, w, b, stride), relu6)
+
+    def depthwise_conv(self, x, w, b, stride=1, relu6=False):
+        """Depthwise conv; w (C, 1, k, k)."""
+        N, H, W, C = x.shape
+        _, _, kh, kw = w.shape
+        report("depthwise_conv", N * _out(H, kh, stride) * _out(W, kw, stride) * C * kh * kw)
+        return self._act(self.impl.depthwise_conv2d(x, w, b, stride), relu6)
+
+    def conv_transpose(self, x, w, b, stride=2, relu6=False):
+        """Transposed conv with kernel == stride; w (Cin, Cout, k, k)."""
+        N, H, W, Cin = x.shape
+        _, Cout, kh, kw = w.shape
+        report("conv_transpose", N * H * W * Cin * Cout * kh * kw)
+        return self._act(self.impl.conv_transpose2d(x, w, b, stride), relu6)
+
+    def linear(self, x, w, b):
+        """x (..., in) -> (..., out); w (out, in)."""
+        report("linear", x.size // x.shape[-1] * w.shape[0] * w.shape[1])
+        return self.impl.linear(x, w, b)
+
+    def layer_norm(self, x, weight, bias, eps=1e-5):
+        report_elementwise("layer_norm", x.size)
+        return self.impl.layer_norm(x, weight, bias, eps)
+
+    def grouped_attention(self, qkv, heads, kind, window, patch):
+        """Multi-head attention inside window or global groups; (N, H, W, 3C) -> (N, H, W, C)."""
+        N, H, W, C3 = qkv.shape
+        C = C3 // 3
+        geometry.check_grouping(H, W, kind, window, patch)
+        tokens = window[0] * window[1] if kind == "window" else (H * W) // ((window[0] // patch[0]) * (window[1] // patch[1]))
+        # every one of the N*H*W queries meets `tokens` keys, over C channels summed across heads
+        report("attention_qk", N * H * W * tokens * C)
+        report("attention_av", N * H * W * tokens * C)
+        report_elementwise("softmax", N * H * W * tokens * heads)
+        return self.impl.grouped_attention(qkv, heads, kind, window, patch)
+
+    def squeeze_excite(self, x, w1, b1, w2, b2):
+        N, H, W, C = x.shape
+        report("conv", N * (w1.shape[0] * w1.shape[1] + w2.shape[0] * w2.shape[1]))
+        report_elementwise("pool", x.size)
+        report_elementwise("se_gate", x.size)
+        return self.impl.squeeze_excite(x, w1, b1, w2, b2)
+
+    def add(self, x, y):
+        report_elementwise("add", x.size)
+        return x + y
+
+    def _act(self, y: np.ndarray, relu6: bool) -> np.ndarray:
+        if not relu6:
+            return y
+        report_elementwise("relu6", y.size)
+        return np.clip(y, 0, 6, out=y)

@@ -1,0 +1,198 @@
+"""Weight files: reading, strict checking, writing, seeded initialisation (DESIGN section 3).
+
+A weights file is safetensors (or .npz with the same keys) in PyTorch layouts, with the
+metadata `format`, `config` (the config as JSON) and `trained`. Loading is strict: every
+key the config needs, no other, each of the right shape, float and finite. BatchNorm is
+folded into the preceding convolution by the layers when they bind, in the compute dtype.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import WGNetConfig, get_config
+from .errors import ConfigError, WeightsError
+from .layers import walk
+from .model import WGNet
+
+FORMAT = "refpose-weights/1"
+IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+
+@dataclass
+class WeightsFile:
+    tensors: dict[str, np.ndarray]
+    config: WGNetConfig | None
+    trained: bool | None
+    path: str
+
+
+def read_weights(path: "str | os.PathLike") -> WeightsFile:
+    """Read tensors and metadata from a .safetensors or .npz file, checking nothing yet."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"{path}: no such weights file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    try:
+        if head[:2] == b"PK":
+            tensors, meta = _read_npz(path)
+        else:
+            tensors, meta = _read_safetensors(path)
+    except WeightsError:
+        raise
+    except Exception as e:  # the readers raise many types on a damaged file
+        raise WeightsError(f"{path}: not a readable weights file (safetensors or .npz): "
+                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")) from None
+    config = None
+    if meta.get("config"):
+        try:
+            config = get_config(json.loads(meta["config"]))
+        except (json.JSONDecodeError, ConfigError) as e:
+            raise WeightsError(f"{path}: the config in the metadata is not valid: {e}") from None
+    trained = {"true": True, "false": False}.get(str(meta.get("trained", "")).lower())
+    return WeightsFile(tensors, config, trained, path)
+
+
+def _read_safetensors(path: str):
+    from safetensors import safe_open
+
+    tensors = {}
+    with safe_open(path, framework="numpy") as f:
+        meta = f.metadata() or {}
+        for k in f.keys():
+            tensors[k] = f.get_tensor(k)
+    return tensors, meta
+
+
+def _read_npz(path: str):
+    tensors, meta = {}, {}
+    with np.load(path, allow_pickle=False) as z:
+        for k in z.files:
+            a = z[k]
+            if k in ("format", "config", "trained") and a.ndim == 0 and a.dtype.kind in "US":
+                meta[k] = str(a)
+            else:
+                tensors[k] = a
+    return tensors, meta
+
+
+def check_tensors(tensors: dict[str, np.ndarray], expected: dict[str, tuple], source: str) -> None:
+    """Strict check: same key set, same shapes, float dtype, finite values."""
+    keys = {k for k in tensors if not k.endswith(IGNORED_SUFFIXES)}
+    missing = sorted(set(expected) - keys)
+    unexpected = sorted(keys - set(expected))
+    if missing:
+        raise WeightsError(f"{source}: missing key {missing[0]!r} (expected shape {expected[missing[0]]})"
+                           + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    if unexpected:
+        raise WeightsError(f"{source}: unexpected key {unexpected[0]!r} (shape {tuple(tensors[unexpected[0]].shape)})"
+                           + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
+    for k, shape in expected.items():
+        a = tensors[k]
+        if tuple(a.shape) != tuple(shape):
+            raise WeightsError(f"{source}: key {k!r} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+        if not np.issubdtype(a.dtype, np.floating):
+            raise WeightsError(f"{source}: key {k!r} has dtype {a.dtype}, expected a float dtype")
+        if not np.isfinite(a).all():
+            raise WeightsError(f"{source}: key {k!r} (shape {tuple(a.shape)}) has non-finite values")
+
+
+def from_tensors(tensors: dict[str, np.ndarray], config, dtype: str = "float32",
+                 impl: str = "fast", source: str = "weights") -> WGNet:
+    """A model with these tensors bound (strictly checked, BN folded in `dtype`)."""
+    model = WGNet(config, dtype, impl)
+    check_tensors(tensors, model.tensor_shapes_all(), source)
+    for path, layer in walk(model):
+        prefix = f"{path}." if path else ""
+        layer.bind(lambda k, p=prefix: np.asarray(tensors[p + k], dtype=model.dtype))
+    return model
+
+
+def load(weights: "str | os.PathLike", config=None, dtype: str = "float32", impl: str = "fast") -> WGNet:
+    """Load a weights file; `config` is needed only when the file does not carry one."""
+    wf = read_weights(weights)
+    if config is not None:
+        cfg = get_config(config)
+        if wf.config is not None and wf.config != cfg:
+            raise WeightsError(f"{wf.path}: the file is for config {wf.config.name!r}, not {cfg.name!r}")
+    elif wf.config is not None:
+        cfg = wf.config
+    else:
+        raise WeightsError(f"{wf.path}: the file has no config in its metadata; name one (config=...)")
+    model = from_tensors(wf.tensors, cfg, dtype, impl, source=wf.path)
+    model.trained = wf.trained
+    model.source = wf.path
+    return model
+
+
+def build(config, seed: int = 0, dtype: str = "float32", impl: str = "fast") -> WGNet:
+    """A model with seeded, untrained weights (see `init_weights`)."""
+    cfg = get_config(config)
+    model = from_tensors(init_weights(cfg, seed), cfg, dtype, impl, source=f"init(seed={seed})")
+    model.trained = False
+    return model
+
+
+def init_weights(config, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded untrained weights (float32, PyTorch layouts) with non-trivial statistics.
+
+    Convs and linears are He-normal over their fan-in (with a smaller gain on the last
+    layer of each residual branch, so activations stay in range through the depth);
+    BatchNorm and LayerNorm scales, shifts and running statistics are drawn away from
+    their defaults, so that a backend that ignores one of them disagrees with refpose.
+    """
+    cfg = get_config(config)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, shape in WGNet(cfg, impl="reference").tensor_shapes_all().items():
+        leaf = key.rsplit(".", 1)[-1]
+        n = int(np.prod(shape))
+        if leaf == "running_var":
+            a = rng.uniform(0.5, 2.0, n)
+        elif leaf == "running_mean":
+            a = rng.normal(0.0, 0.2, n)
+        elif key.endswith(("bn.weight", "norm.weight")):
+            a = rng.uniform(0.6, 1.4, n)
+        elif leaf == "bias":
+            a = rng.normal(0.0, 0.05, n)
+        else:
+            fan_in = _fan_in(key, shape)
+            gain = 0.5 if key.endswith(("project.conv.weight", "proj.weight")) else 1.0
+            a = rng.normal(0.0, gain * np.sqrt(2.0 / fan_in), n)
+        out[key] = a.reshape(shape).astype(np.float32)
+    return out
+
+
+def _fan_in(key: str, shape: tuple) -> int:
+    if key.endswith("up.conv.weight"):        # ConvTranspose2d (Cin, Cout, k, k): each output sees Cin taps
+        return shape[0]
+    return int(np.prod(shape[1:]))             # Conv2d (Cout, Cin/g, k, k), Linear (out, in)
+
+
+def save_weights(path: "str | os.PathLike", tensors: dict[str, np.ndarray], config, trained: bool) -> None:
+    """Write a weights file atomically (.npz by extension, otherwise safetensors)."""
+    cfg = get_config(config)
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}
+    check_tensors(tensors, WGNet(cfg, impl="reference").tensor_shapes_all(), str(path))
+    meta = {"format": FORMAT, "config": cfg.to_json(), "trained": "true" if trained else "false"}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if path.suffix == ".npz":
+            with open(tmp, "wb") as f:
+                np.savez(f, **tensors, **{k: np.array(v) for k, v in meta.items()})
+        else:
+            from safetensors.numpy import save_file
+            save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
