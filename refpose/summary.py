@@ -1,0 +1,67 @@
+"""Sizes of a configuration: parameters and MACs, per stage and per op kind.
+
+MACs are counted by running the NumPy forward on a zero input (seeded weights) inside `count_ops()`
+(DESIGN section 2), never computed from a formula; parameters are the trainable
+tensors of the weight layout (BN weight and bias included, running statistics excluded).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import STAGES, get_config
+from .counting import count_ops
+
+
+def _is_param(key: str) -> bool:
+    return not key.endswith(("running_mean", "running_var"))
+
+
+def model_summary(config, input_size: tuple[int, int] | None = None) -> dict:
+    """Params and MACs of a config at `input_size` (default: the config's), by stage and kind."""
+    cfg = get_config(config)
+    H, W = input_size or cfg.input_size
+    cfg.check_input_size((H, W))
+    from .weights import build
+    model = build(cfg, impl="reference")
+    shapes = model.tensor_shapes_all()
+    with count_ops() as counter:
+        model(np.zeros((1, 3, H, W), np.float32))
+
+    def params_under(prefix):
+        return sum(int(np.prod(s)) for k, s in shapes.items() if _is_param(k) and k.startswith(prefix + "."))
+
+    rows = []
+    for name in ("stem",) + STAGES + ("head",):
+        st = cfg.stages.get(name)
+        if st is not None:
+            h, w = cfg.map_size(name, (H, W))
+            wh, ww = cfg.window_of(name, (H, W))
+            kinds = [k for k, on in (("window", st.window_attn), ("global", st.global_attn)) if on and st.depth]
+            attn = " + ".join(kinds) or "-"
+            grouping = (f"{wh}x{ww}" + (f" / {st.patch[0]}x{st.patch[1]}" if st.global_attn else "")) if kinds else "-"
+            heads = st.channels // cfg.head_dim if kinds else 0
+            row = dict(stage=name, map=f"{h}x{w}", channels=st.channels, blocks=st.depth,
+                       attention=attn, window=grouping, heads=heads)
+        elif name == "stem":
+            h, w = cfg.map_size("s1", (H, W))
+            row = dict(stage="stem", map=f"{H}x{W} -> {h}x{w}", channels=cfg.stem[-1], blocks=2,
+                       attention="-", window="-", heads=0)
+        else:
+            h, w = cfg.output_size((H, W))
+            row = dict(stage="head", map=f"{h}x{w}", channels=cfg.num_keypoints, blocks=1,
+                       attention="-", window="-", heads=0)
+        row["params"] = params_under(name) if name != "head" else \
+            sum(int(np.prod(s)) for k, s in shapes.items() if k.startswith("head."))
+        row["macs"] = counter.macs_under(name)
+        rows.append(row)
+
+    return {
+        "config": cfg.name,
+        "input": [H, W],
+        "output": [cfg.num_keypoints, *cfg.output_size((H, W))],
+        "params": model.num_params,
+        "macs": counter.macs,
+        "macs_by_kind": dict(counter.by_kind),
+        "elementwise": dict(counter.elementwise),
+        "stages": rows,
+    }
