@@ -180,14 +180,15 @@ def _wgnet(name: str, window_attn: bool, global_attn: bool) -> WGNetConfig:
 
 
 def _tiny() -> WGNetConfig:
-    """Small widths and input for fast tests; exercises multi-head attention, a clamped
-    window, a single global group and the decoder's skip projection (d2: 64 -> 32)."""
+    """Small widths and input for fast tests. Exercises multi-head attention, a single
+    global group (s3: the patch is the whole window), single-window maps (d1), a window
+    clamped to the map (s4) and the decoder's skip projection (d2: 64 -> 32)."""
     return WGNetConfig(
         name="tiny", input_size=(128, 96), stem=(8, 16),
         encoder=(
             StageConfig("s1", 32, 1, True, True, (8, 6), (4, 3), 1),    # 32x24
             StageConfig("s2", 64, 1, True, True, (8, 6), (4, 3), 2),    # 16x12
-            StageConfig("s3", 64, 1, True, True, (8, 6), (4, 3), 2),    # 8x6
+            StageConfig("s3", 64, 1, True, True, (4, 3), (4, 3), 2),    # 8x6
             StageConfig("s4", 96, 1, True, False, (8, 6), (4, 3), 2),   # 4x3, window clamped
         ),
         decoder=(
