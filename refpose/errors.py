@@ -27,3 +27,12 @@ class BoxError(RefposeError, ValueError):
 
 class DataError(RefposeError):
     """A JSON file (annotations, detections, results) that is malformed or inconsistent."""
+
+
+class BackendError(RefposeError):
+    """A backend under test (an ONNX file, or the runtime it needs) that is missing, unreadable,
+    or does not fit the interface of DESIGN section 5 (input/output names and shapes)."""
+
+
+class BenchError(RefposeError, ValueError):
+    """A benchmark that cannot run as asked (thread count, number of runs, batch size)."""
