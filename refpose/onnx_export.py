@@ -16,15 +16,13 @@ checker can tell which config it was exported for.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 from .config import WGNetConfig, get_config
 from .errors import BackendError, WeightsError
+from .fileio import write_atomic
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "heatmaps"
@@ -124,20 +122,5 @@ def export_onnx(weights, config, out_path, opset: int = DEFAULT_OPSET, taps: boo
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
-    _write_atomically(Path(out_path), proto.SerializeToString())
+    write_atomic(out_path, proto.SerializeToString())
     return cfg
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)     # mkstemp makes it 0600; give it an ordinary file's mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

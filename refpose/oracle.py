@@ -35,15 +35,15 @@ them by only 8e-5, which is the float64 comparison's job (4e8 times its toleranc
 """
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from .config import WGNetConfig, get_config
+from .fileio import write_atomic
 from .errors import BackendError, DataError, InputShapeError, WeightsError
 from .model import TAPS
 from .onnx_export import INPUT_NAME, META_CONFIG, OUTPUT_NAME, TAP_OUTPUTS, resolve_weights
@@ -360,19 +360,9 @@ def dump(weights, out_path, n: int = 2, seed: int = 0, config=None) -> WGNetConf
     taps = reference_taps(tensors, x, cfg)
     arrays = {"input": x, **{k: taps[k] for k in TAP_OUTPUTS}, OUTPUT_NAME: taps["head"],
               "config": np.array(cfg.to_json()), "format": np.array(DUMP_FORMAT), "seed": np.array(seed)}
-    path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)     # mkstemp makes it 0600; give it an ordinary file's mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomic(out_path, buffer.getvalue())
     return cfg
 
 

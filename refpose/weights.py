@@ -7,9 +7,9 @@ folded into the preceding convolution by the layers when they bind, in the compu
 """
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from .config import WGNetConfig, get_config
 from .errors import ConfigError, WeightsError
+from .fileio import write_atomic
 from .layers import walk
 from .model import WGNet
 
@@ -181,18 +182,26 @@ def save_weights(path: "str | os.PathLike", tensors: dict[str, np.ndarray], conf
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}
     check_tensors(tensors, WGNet(cfg, impl="reference").tensor_shapes_all(), str(path))
     meta = {"format": FORMAT, "config": cfg.to_json(), "trained": "true" if trained else "false"}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if path.suffix == ".npz":
-            with open(tmp, "wb") as f:
-                np.savez(f, **tensors, **{k: np.array(v) for k, v in meta.items()})
-        else:
-            from safetensors.numpy import save_file
-            save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if Path(path).suffix == ".npz":
+        buffer = io.BytesIO()
+        np.savez(buffer, **tensors, **{k: np.array(v) for k, v in meta.items()})
+        data = buffer.getvalue()
+    else:
+        from safetensors.numpy import save
+        data = _sorted_metadata(save(tensors, metadata=meta))
+    write_atomic(path, data)
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """safetensors bytes with the metadata keys sorted, so the same weights give the same file.
+
+    safetensors writes its metadata map in hash order, which changes from call to call
+    (safetensors issue #584). The header is 8 bytes of length (little-endian), then JSON
+    padded with spaces to a multiple of 8; tensor data follows, addressed by offsets.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
