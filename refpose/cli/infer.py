@@ -1,0 +1,202 @@
+"""`refpose infer`: top-down pose estimation on image files (DESIGN section 5).
+
+For each image: person boxes (`--bbox`, `--boxes DETS.json`, or the whole image) ->
+`refpose.topdown.estimate` -> `<name>.pose.json` (COCO keypoint results) and
+`<name>.pose.png` (the skeleton drawn on the image) in `--out`. Files are written
+atomically. A bad image is reported on one line and the others go on; the exit status is
+0 when all went well, 1 when some failed, 2 when none could be processed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from ..config import CONFIGS
+from ..errors import BoxError, RefposeError
+
+PROGRESS_MIN = 4          # a progress bar from this many images on (and only on a terminal)
+OUTPUT_SUFFIXES = (".pose.png", ".heatmaps.png")   # our own outputs, skipped when scanning a directory
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "infer", help="top-down pose estimation on images: COCO keypoints JSON and a drawn skeleton",
+        description="Top-down pose estimation. For each image (or each image in a directory) and each "
+        "person box, 17 COCO keypoints: written to <name>.pose.json (COCO keypoint results) and drawn on "
+        "<name>.pose.png in --out. Boxes come from --bbox, from a COCO detection-results file, or default "
+        "to the whole image.")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR",
+                   help="image files (JPEG, PNG, BMP, WebP, TIFF, ...) or directories of them")
+    p.add_argument("--weights", metavar="FILE", help="weights file (default: weights/<config>.safetensors "
+                   "if present, else seeded untrained weights)")
+    p.add_argument("--config", metavar="NAME", help=f"config: {', '.join(CONFIGS)} (default: the weights "
+                   "file's, else wgnet)")
+    p.add_argument("--bbox", metavar="X,Y,W,H", action="append", type=parse_bbox,
+                   help="a person box in image pixels (repeatable; applies to every image)")
+    p.add_argument("--boxes", metavar="DETS.json", help="COCO detection results; person boxes are matched "
+                   "to images by file name or by image_id = the numeric file stem")
+    p.add_argument("--box-thr", type=float, default=0.3, metavar="T",
+                   help="keep detections with score >= T (default 0.3)")
+    p.add_argument("--out", metavar="DIR", default=".", help="output directory (default: the current one)")
+    p.add_argument("--json", action="store_true", help="also print all records to stdout as one JSON list")
+    p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop's heatmaps")
+    p.add_argument("--dark", action="store_true", help="DARK sub-pixel decoding instead of the quarter-pixel shift")
+    p.add_argument("--kpt-thr", type=float, default=0.3, metavar="T",
+                   help="hide joints with score below T in the drawing (default 0.3)")
+    p.add_argument("--heatmaps", action="store_true",
+                   help="also save <name>.person<i>.heatmaps.png: the crop and its 17 heatmaps")
+    p.set_defaults(run=run)
+
+
+def parse_bbox(text: str) -> list[float]:
+    """'X,Y,W,H' -> four floats (argparse type)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected X,Y,W,H (four numbers), got {text!r}")
+    return values
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..topdown import default_model, load_detections
+
+    if args.bbox and args.boxes:
+        raise BoxError("give person boxes with --bbox or with --boxes, not both")
+    detections = load_detections(args.boxes, args.box_thr) if args.boxes else None
+    model = default_model(args.weights, args.config)
+    if model.trained is False:
+        source = model.source or f"seeded initialisation of config {model.config.name}"
+        _err(f"refpose infer: warning: untrained weights ({source}): the keypoints are not meaningful "
+             "until trained weights are given with --weights")
+    out_dir = Path(args.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RefposeError(f"{args.out}: cannot create the output directory: {e.strerror or e}") from None
+
+    jobs, failed = collect_images(args.images)
+    for message in failed:
+        _err(f"refpose infer: error: {message}")
+    done, records_all = 0, []
+    taken: dict[str, str] = {}               # output name -> the input that claimed it
+    bar = tqdm(jobs, unit="image", file=sys.stderr, disable=True if len(jobs) < PROGRESS_MIN else None)
+    for path in bar:
+        name = Path(path).stem
+        try:
+            if name in taken:
+                if os.path.realpath(taken[name]) == os.path.realpath(path):
+                    raise RefposeError(f"{path}: given more than once (its outputs are written already)")
+                raise RefposeError(f"{path}: its outputs {name}.pose.* would overwrite those of {taken[name]}")
+            taken[name] = path
+            records, n = infer_one(path, model, out_dir, args, detections)
+        except (RefposeError, OSError) as e:
+            failed.append(str(e))
+            tqdm.write(f"refpose infer: error: {_one_line(e, path)}", file=sys.stderr)
+            continue
+        done += 1
+        records_all += records
+        if not args.json:
+            tqdm.write(f"{path}: {n} person{'s' if n != 1 else ''} -> "
+                       f"{out_dir / (name + '.pose.json')}, {out_dir / (name + '.pose.png')}", file=sys.stdout)
+    if args.json:
+        try:
+            print(json.dumps(records_all), flush=True)
+        except BrokenPipeError:             # `refpose infer --json ... | head`: the reader has gone
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if done == 0:
+        return 2
+    return 1 if failed else 0
+
+
+def infer_one(path: str, model, out_dir: Path, args, detections) -> tuple[list[dict], int]:
+    """Run one image and write its outputs; returns its records and the number of persons."""
+    import numpy as np
+
+    from ..draw import draw_poses, encode_png, heatmap_montage
+    from ..imageio import read_image
+    from ..topdown import estimate, to_coco_records
+
+    image = read_image(path)
+    file_name = os.path.basename(path)
+    stem = Path(path).stem
+    image_id = int(stem) if stem.isdigit() else None
+    boxes, scores = (np.asarray(args.bbox, dtype=np.float64) if args.bbox else None), None
+    if detections is not None:
+        key = next((k for k in (file_name, image_id, stem) if k is not None and k in detections), None)
+        if key is None:
+            boxes = np.zeros((0, 4))
+            _err(f"refpose infer: note: {path}: no person box with score >= {args.box_thr} in {args.boxes}")
+        else:
+            boxes, scores = detections[key]
+            if key != file_name:
+                image_id = key
+    try:
+        poses = estimate(image, model, boxes, box_scores=scores, flip=args.flip, dark=args.dark,
+                         return_heatmaps=args.heatmaps)
+    except RefposeError as e:
+        raise type(e)(f"{path}: {e}") from None
+    records = to_coco_records(poses, image_id=image_id, file_name=None if image_id is not None else file_name)
+    files = {out_dir / f"{stem}.pose.json": (json.dumps(records, indent=1) + "\n").encode(),
+             out_dir / f"{stem}.pose.png": encode_png(draw_poses(image, poses, args.kpt_thr))}
+    if args.heatmaps:
+        for i, pose in enumerate(poses):
+            files[out_dir / f"{stem}.person{i}.heatmaps.png"] = encode_png(
+                heatmap_montage(image, pose, model.config.input_size))
+    write_files(files)
+    return records, len(poses)
+
+
+def collect_images(paths: list[str]) -> tuple[list[str], list[str]]:
+    """Image paths to run (a directory gives its image files, sorted) and problems found on the way."""
+    from ..imageio import IMAGE_SUFFIXES
+
+    jobs, problems = [], []
+    for p in paths:
+        if os.path.isdir(p):
+            found = sorted(str(f) for f in Path(p).iterdir()
+                           if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           and not f.name.endswith(OUTPUT_SUFFIXES))
+            if not found:
+                problems.append(f"{p}: no image files in this directory")
+            jobs += found
+        else:
+            jobs.append(p)                 # a missing file is reported when it is read
+    return jobs, problems
+
+
+def write_files(files: dict[Path, bytes]) -> None:
+    """Write every file to a temporary name beside it, then rename all: never a half-written output."""
+    temps = {}
+    try:
+        for path, data in files.items():
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+            temps[path] = tmp
+            with open(tmp, "xb") as f:          # a new file, with the permissions the umask gives
+                f.write(data)
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _one_line(e: Exception, path: str) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, OSError):
+        text = f"{path}: cannot write the outputs: {e.strerror or text}"
+    return text
+
+
+def _err(line: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
