@@ -1,0 +1,96 @@
+"""`refpose eval`: COCO keypoint AP/AR of a results file, or of a run over the annotated images.
+
+Exit status: 0; 2 for bad input (one line on stderr). A run with images missing or
+unreadable prints the figures of the images that were there, one line per missing image
+and a count, and exits 2: the figures are not those of the whole set.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+NOTE = ("COCO keypoint AP/AR from pycocotools' COCOeval (standard COCO OKS sigmas); "
+        "AP, AP50, AP75, APm, APl are the columns of the paper's Table 2")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="COCO keypoint AP/AR (pycocotools) of a results file or of a run over images",
+        description=NOTE + ". Either score a results file (--results), or run the model over the "
+        "annotated images (--images) on ground-truth person boxes or detections (--boxes), with "
+        "flip test, rescoring and OKS-NMS as MMPose does, write the results and score them. "
+        "A run can be interrupted and resumed by running the same command again.")
+    p.add_argument("--ann", required=True, metavar="GT.json", help="COCO person-keypoints annotations")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--results", metavar="RES.json", help="COCO keypoint results to score "
+                     "(records keyed by image_id, or by file_name as `refpose infer` writes them)")
+    src.add_argument("--images", metavar="DIR", help="run the model over the annotated images in DIR")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object with the keys AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl")
+    run = p.add_argument_group("with --images")
+    run.add_argument("--boxes", metavar="DETS.json",
+                     help="COCO person detection results (default: the ground-truth person boxes)")
+    run.add_argument("--weights", metavar="FILE", help="weights file (default: as `refpose infer`)")
+    run.add_argument("--config", help="the config to run (default: the one a weights file names, else wgnet)")
+    run.add_argument("--no-flip", dest="flip", action="store_false", help="turn the flip test off")
+    run.add_argument("--results-out", metavar="RES.json",
+                     help="where to write the results (default result_keypoints.json); progress is "
+                     "kept in RES.json.progress.jsonl until every image is done")
+    run.add_argument("--limit", type=int, metavar="N", help="only the first N images of GT.json")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="processes to spread the images over (default 1)")
+    run.add_argument("--restart", action="store_true",
+                     help="ignore the progress of an earlier interrupted run and start over")
+    p.set_defaults(run=run_eval, parser=p)
+
+
+def run_eval(args) -> int:
+    from ..evaluate import PROGRESS_SUFFIX, evaluate_images, format_stats, score_results
+
+    if args.results:
+        used = [f"--{k.replace('_', '-')}" for k in ("boxes", "weights", "config", "results_out", "limit",
+                                                     "workers", "restart")
+                if getattr(args, k) is not None and getattr(args, k) is not False]
+        used += ["--no-flip"] if not args.flip else []
+        if used:
+            args.parser.error(f"{', '.join(used)} only go with --images (a run), not with --results")
+        stats = score_results(args.ann, args.results)
+        if args.json:
+            print(json.dumps(stats))
+        else:
+            print(f"{args.results} against {args.ann}:")
+            print(format_stats(stats))
+        return 0
+
+    args.results_out = args.results_out or "result_keypoints.json"
+    try:
+        run = evaluate_images(args.ann, args.images, boxes=args.boxes, weights=args.weights, config=args.config,
+                              flip=args.flip, results_out=args.results_out, limit=args.limit,
+                              workers=1 if args.workers is None else args.workers, restart=args.restart)
+    except KeyboardInterrupt:
+        progress = args.results_out + PROGRESS_SUFFIX
+        if os.path.exists(progress):
+            print(f"refpose eval: the finished images are kept in {progress}; "
+                  "run the same command again to continue", file=sys.stderr)
+        raise
+    # in --json mode stdout holds the object alone: everything else goes to stderr
+    say = (lambda text: print(text, file=sys.stderr)) if args.json else print
+    for path, problem in run.missing:
+        print(f"refpose eval: {path}: {problem}", file=sys.stderr)
+    say(f"boxes: {run.boxes}; flip test {'on' if args.flip else 'off'}")
+    say(f"images: {len(run.scored)} of {run.images} scored"
+        + (f" ({run.resumed} from the progress of an earlier run)" if run.resumed else "")
+        + (f", {len(run.missing)} missing or unreadable (not scored)" if run.missing else ""))
+    say(f"wrote {run.results_path} ({run.records} poses)")
+    if args.json:
+        print(json.dumps(run.stats))
+    else:
+        print(format_stats(run.stats))
+    if run.missing:
+        # the figures above cover the images that were there; the run itself is incomplete
+        print(f"refpose eval: error: {len(run.missing)} of {run.images} images missing or unreadable; "
+              f"the finished ones are kept in {run.results_path}{PROGRESS_SUFFIX}: "
+              "restore the images and run again to complete", file=sys.stderr)
+        return 2
+    return 0
