@@ -1,6 +1,12 @@
 """Shared fixtures. Weights come from refpose's seeded initialiser, which has its own tests."""
+import os
+
 import numpy as np
 import pytest
+
+# Test modules import torch (and its OpenMP runtime) before refpose's kernels can ask OpenMP not
+# to spin; set it here, first, so that the fast path runs as it does in a refpose process.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import refpose
 
@@ -16,3 +22,13 @@ def tiny_input():
     """A batch of two random images at the tiny config's input size, NCHW float64."""
     H, W = refpose.get_config("tiny").input_size
     return np.random.default_rng(1).standard_normal((2, 3, H, W))
+
+
+@pytest.fixture(scope="session")
+def warm_kernels():
+    """Run the fast path once per dtype on the tiny config, so that every Numba kernel is
+    compiled (or loaded from its on-disk cache) once per session, not inside a timed test."""
+    H, W = refpose.get_config("tiny").input_size
+    x = np.zeros((1, 3, H, W))
+    for dtype in ("float32", "float64"):
+        refpose.build("tiny", dtype=dtype, impl="fast")(x)

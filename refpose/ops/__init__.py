@@ -30,27 +30,28 @@ class Ops:
         else:
             raise ValueError(f"unknown op implementation {impl!r}; choose one of {', '.join(IMPLS)}")
         self.name = impl
+        self.fused_relu6 = impl == "fast"    # the fast convs take relu6 and fuse it
 
     def conv(self, x, w, b, stride=1, relu6=False):
         """Dense conv (used for 1x1 projections); w (Cout, Cin, k, k)."""
         N, H, W, Cin = x.shape
         Cout, _, kh, kw = w.shape
         report("conv", N * _out(H, kh, stride) * _out(W, kw, stride) * Cout * Cin * kh * kw)
-        return self._act(self.impl.conv2d(x, w, b, stride), relu6)
+        return self._act(self.impl.conv2d, relu6, x, w, b, stride)
 
     def depthwise_conv(self, x, w, b, stride=1, relu6=False):
         """Depthwise conv; w (C, 1, k, k)."""
         N, H, W, C = x.shape
         _, _, kh, kw = w.shape
         report("depthwise_conv", N * _out(H, kh, stride) * _out(W, kw, stride) * C * kh * kw)
-        return self._act(self.impl.depthwise_conv2d(x, w, b, stride), relu6)
+        return self._act(self.impl.depthwise_conv2d, relu6, x, w, b, stride)
 
     def conv_transpose(self, x, w, b, stride=2, relu6=False):
         """Transposed conv with kernel == stride; w (Cin, Cout, k, k)."""
         N, H, W, Cin = x.shape
         _, Cout, kh, kw = w.shape
         report("conv_transpose", N * H * W * Cin * Cout * kh * kw)
-        return self._act(self.impl.conv_transpose2d(x, w, b, stride), relu6)
+        return self._act(self.impl.conv_transpose2d, relu6, x, w, b, stride)
 
     def linear(self, x, w, b):
         """x (..., in) -> (..., out); w (out, in)."""
@@ -84,8 +85,14 @@ class Ops:
         report_elementwise("add", x.size)
         return x + y
 
-    def _act(self, y: np.ndarray, relu6: bool) -> np.ndarray:
-        if not relu6:
-            return y
-        report_elementwise("relu6", y.size)
-        return np.clip(y, 0, 6, out=y)
+    def _act(self, op, relu6: bool, *args) -> np.ndarray:
+        """Run a conv op, then ReLU6 if asked: fused into the op on the fast path."""
+        if self.fused_relu6:
+            y = op(*args, relu6=relu6)
+        else:
+            y = op(*args)
+            if relu6:
+                np.clip(y, 0, 6, out=y)
+        if relu6:
+            report_elementwise("relu6", y.size)
+        return y

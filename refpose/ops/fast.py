@@ -1,3 +1,192 @@
-"""Fast path: the reference ops, to be replaced op by op with Numba kernels."""
-from .reference import (conv2d, conv_transpose2d, depthwise_conv2d, grouped_attention,  # noqa: F401
-                        layer_norm, linear, squeeze_excite)
+"""Fast path: the reference ops with the same names and signatures, on BLAS and Numba kernels.
+
+Matmul-shaped work (1x1 convs, linear layers, the transposed conv, Q K^T and P V) goes to
+BLAS through NumPy on NHWC maps viewed as (pixels, channels); the rest is a Numba kernel
+from `refpose.ops.kernels` (depthwise conv, LayerNorm, the gather/softmax/scatter of
+attention, bias + ReLU6 epilogues). The conv ops take an extra `relu6` that fuses the
+activation into the kernel (`Ops` passes it on this path only). Everything runs in the
+dtype of the inputs, float32 or float64 (DESIGN section 4: one forward, two dtypes).
+Threads: BLAS's own, and Numba's (`numba.set_num_threads`) for the kernels.
+"""
+from __future__ import annotations
+
+import functools
+
+import numba
+import numpy as np
+
+from . import geometry, kernels, reference
+from .reference import squeeze_excite  # noqa: F401  (not hot: a mean and two tiny matmuls)
+
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+SCORES_BYTES = 1 << 20     # attention scores handled per chunk: small enough to stay in L2
+PLANAR_BELOW = 8           # depthwise convs with fewer channels run on planar maps
+
+
+def _kernel_threads(op):
+    """Run `op` with Numba on one thread when an OpenMP runtime spins (`kernels.OPENMP_SPINS`)."""
+    if not kernels.OPENMP_SPINS:
+        return op
+
+    @functools.wraps(op)
+    def on_one_thread(*args, **kwargs):
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            return op(*args, **kwargs)
+        finally:
+            numba.set_num_threads(threads)
+    return on_one_thread
+
+
+def _dtype(*arrays) -> np.dtype:
+    dtype = np.result_type(*arrays)
+    if dtype not in DTYPES:
+        raise TypeError(f"the fast path runs in float32 or float64, not {dtype}")
+    return dtype
+
+
+def _c(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _bias(b, n: int, dtype: np.dtype) -> np.ndarray:
+    return np.zeros(n, dtype) if b is None else _c(b, dtype)
+
+
+def _out_size(n: int, k: int, stride: int) -> int:
+    # PyTorch: floor((n + 2*pad - k) / stride) + 1 with pad = k // 2
+    return (n + 2 * (k // 2) - k) // stride + 1
+
+
+def _epilogue(y: np.ndarray, b, relu6: bool) -> np.ndarray:
+    """y (M, C) + b, then ReLU6 if asked, in place and in one pass."""
+    if b is not None or relu6:
+        kernels._bias_act(y, _bias(b, y.shape[1], y.dtype), relu6)
+    return y
+
+
+@_kernel_threads
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1,
+           relu6: bool = False) -> np.ndarray:
+    """Dense conv; a 1x1 conv is one matmul over the pixels: (NHW, Cin) @ (Cin, Cout)."""
+    N, H, W, Cin = x.shape
+    Cout, _, kh, kw = w.shape
+    if (kh, kw) != (1, 1):   # WGNet has no dense k x k conv; keep the reference's generality
+        y = reference.conv2d(x, w, b, stride)
+        return np.clip(y, 0, 6, out=y) if relu6 else y
+    dtype = _dtype(x, w)
+    if stride != 1:
+        x = x[:, ::stride, ::stride]                           # (N, Ho, Wo, Cin)
+    _, Ho, Wo, _ = x.shape
+    x = _c(x, dtype).reshape(N * Ho * Wo, Cin)
+    y = x @ _c(w, dtype).reshape(Cout, Cin).T                   # (NHW, Cout)
+    return _epilogue(y, b, relu6).reshape(N, Ho, Wo, Cout)
+
+
+@_kernel_threads
+def depthwise_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1,
+                     relu6: bool = False) -> np.ndarray:
+    """Depthwise conv, zero padding k//2; w (C, 1, k, k). One kernel does the taps, the bias
+    and the ReLU6 in one pass over the output: vectors along the channels (NHWC), or, for
+    fewer than PLANAR_BELOW channels (the RGB input), along the rows of planar maps."""
+    N, H, W, C = x.shape
+    _, _, kh, kw = w.shape
+    if kh != kw:
+        raise ValueError(f"depthwise_conv2d supports square kernels, got {kh}x{kw}")
+    dtype = _dtype(x, w)
+    Ho, Wo = _out_size(H, kh, stride), _out_size(W, kw, stride)
+    if C < PLANAR_BELOW:
+        xp = _c(x.transpose(0, 3, 1, 2), dtype)                   # (N, C, H, W); a view when x came from NCHW
+        y = np.empty((N, C, Ho, Wo), dtype)
+        kernels._depthwise_conv_planar(xp, _c(w[:, 0], dtype), _bias(b, C, dtype), stride, relu6, y)
+        return np.ascontiguousarray(y.transpose(0, 2, 3, 1))       # (N, Ho, Wo, C)
+    wk = _c(w[:, 0].transpose(1, 2, 0), dtype)                  # (k, k, C): channels innermost
+    y = np.empty((N, Ho, Wo, C), dtype)
+    kernels._depthwise_conv(_c(x, dtype), wk, _bias(b, C, dtype), stride, relu6, y)
+    return y
+
+
+@_kernel_threads
+def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 2,
+                     relu6: bool = False) -> np.ndarray:
+    """Transposed conv with kernel == stride: one matmul for every tap, then a scatter."""
+    N, H, W, Cin = x.shape
+    _, Cout, kh, kw = w.shape
+    if (kh, kw) != (stride, stride):
+        raise ValueError(f"conv_transpose2d supports kernel == stride only, got kernel {kh}x{kw}, stride {stride}")
+    dtype = _dtype(x, w)
+    t = _c(x, dtype).reshape(N * H * W, Cin) @ _c(w, dtype).reshape(Cin, Cout * kh * kw)
+    t = t.reshape(N, H, W, Cout, kh, kw)                       # taps of each input pixel
+    y = np.empty((N, H * kh, W * kw, Cout), dtype)
+    kernels._conv_transpose_scatter(t, _bias(b, Cout, dtype), relu6, y)
+    return y
+
+
+@_kernel_threads
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """y = x W^T + b over the last axis: a BLAS matmul and a bias epilogue."""
+    dtype = _dtype(x, w)
+    out, cin = w.shape
+    y = _c(x, dtype).reshape(-1, cin) @ _c(w, dtype).T            # (tokens, out)
+    return _epilogue(y, b, False).reshape(*x.shape[:-1], out)
+
+
+@_kernel_threads
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """LayerNorm over the channel axis (torch.nn.LayerNorm), one row per kernel iteration."""
+    dtype = _dtype(x, weight)
+    C = x.shape[-1]
+    x2 = _c(x, dtype).reshape(-1, C)                           # (pixels, C)
+    y = np.empty_like(x2)
+    kernels._layer_norm(x2, _c(weight, dtype), _c(bias, dtype), dtype.type(eps), y)
+    return y.reshape(x.shape)
+
+
+def token_pixels(N: int, H: int, W: int, kind: str, window: tuple[int, int],
+                 patch: tuple[int, int]) -> np.ndarray:
+    """(G, T) int64: the flat pixel index n*H*W + h*W + w of token t of group g.
+
+    Built by `geometry.partition` itself on a map of indices, so the kernels group exactly
+    as the reference does.
+    """
+    idx = np.arange(N * H * W, dtype=np.int64).reshape(N, H, W, 1)
+    return np.ascontiguousarray(geometry.partition(idx, kind, window, patch)[..., 0])   # (G, T)
+
+
+@_kernel_threads
+def grouped_attention(qkv: np.ndarray, heads: int, kind: str,
+                      window: tuple[int, int], patch: tuple[int, int]) -> np.ndarray:
+    """Multi-head attention inside the groups of `kind`; qkv (N, H, W, 3C) -> (N, H, W, C).
+
+    A kernel moves the qkv rows into token order; BLAS reads each head's q, k, v from them in
+    place (strided views) and does Q K^T and P V a chunk of groups at a time, with the softmax
+    in place on the chunk's scores in between, so the scores stay in cache; a kernel moves the
+    result rows back to their pixels, dividing by the softmax totals on the way.
+    """
+    N, H, W, C3 = qkv.shape
+    C = C3 // 3
+    d = C // heads
+    dtype = _dtype(qkv)
+    pix = token_pixels(N, H, W, kind, window, patch)
+    G, T = pix.shape
+    rows = np.empty((G * T, C3), dtype)
+    kernels._gather_rows(_c(qkv, dtype).reshape(N * H * W, C3), pix, rows)
+    t = rows.reshape(G, T, 3, heads, d)
+    q = t[:, :, 0].transpose(0, 2, 1, 3)                       # (G, heads, T, d), views
+    kT = t[:, :, 1].transpose(0, 2, 3, 1)                      # (G, heads, d, T)
+    v = t[:, :, 2].transpose(0, 2, 1, 3)                       # (G, heads, T, d)
+    o = np.empty((G, T, heads, d), dtype)                      # token rows, heads concatenated
+    o_heads = o.transpose(0, 2, 1, 3)                          # (G, heads, T, d), a view
+    total = np.empty((G, heads, T), dtype)
+    chunk = max(1, SCORES_BYTES // (heads * T * T * dtype.itemsize))
+    scores = np.empty((min(chunk, G), heads, T, T), dtype)
+    for g0 in range(0, G, chunk):
+        g1 = min(G, g0 + chunk)
+        s = scores[:g1 - g0]                                   # (groups, heads, T, T)
+        np.matmul(q[g0:g1], kT[g0:g1], out=s)
+        kernels._softmax_rows(s.reshape(-1, T), dtype.type(d ** -0.5), total[g0:g1].reshape(-1))
+        np.matmul(s, v[g0:g1], out=o_heads[g0:g1])             # not yet divided by the totals
+    out = np.empty((N * H * W, C), dtype)
+    kernels._scatter_rows(o.reshape(G * T, C), total, pix, out)
+    return out.reshape(N, H, W, C)

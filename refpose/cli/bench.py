@@ -1,0 +1,76 @@
+"""`refpose bench`: latency of refpose's NumPy and fast paths, PyTorch eager and ONNX Runtime."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..config import CONFIGS
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="latency of the NumPy path, the fast path, PyTorch and ONNX Runtime",
+                       description="Time refpose's NumPy reference path and fast path and, where installed, "
+                       "PyTorch eager (the twin) and ONNX Runtime (the twin exported) on the same seeded "
+                       "weights and input, alternating the candidates inside each round and rotating their "
+                       "order between rounds. Prints median and min latency, each candidate's ratio to the "
+                       "fast path, MACs per second and the machine's numpy sgemm throughput from the same run.")
+    p.add_argument("--config", default="wgnet", help=f"a named config: {', '.join(CONFIGS)} (default wgnet)")
+    p.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
+    p.add_argument("--threads", type=int, default=2, help="threads for every library (default 2)")
+    p.add_argument("--runs", type=int, default=20, help="timed rounds; medians over them (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input (default 0)")
+    p.add_argument("--aa", action="store_true", help="A/A check: the fast path against a second copy of "
+                   "itself; a fair harness reads 1.00 +- 0.05")
+    p.add_argument("--json", action="store_true", help="print the results as a JSON object")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args) -> int:
+    from ..bench import check_args, format_result, run_bench as bench
+    from ..config import get_config
+
+    check_args(args.batch, args.threads, args.runs)
+    get_config(args.config)                  # an unknown config fails here, before anything is built
+    progress = _progress_line() if sys.stderr.isatty() else _progress_plain()
+    try:
+        result = bench(args.config, args.batch, args.threads, args.runs, aa=args.aa, seed=args.seed,
+                       progress=progress)
+    finally:
+        progress.close()
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    bad = [c["name"] for c in result["candidates"] if not c["agrees"]]
+    if bad:
+        sys.stderr.write(f"refpose bench: outputs disagree with the reference: {', '.join(bad)}\n")
+    if bad or (args.aa and not result["aa_fair"]):
+        return 1
+    return 0
+
+
+class _progress_line:
+    """One line on stderr, rewritten in place."""
+
+    def __init__(self):
+        self.width = 0
+
+    def __call__(self, text: str) -> None:
+        text = f"refpose bench: {text}"
+        sys.stderr.write("\r" + text.ljust(self.width))
+        sys.stderr.flush()
+        self.width = len(text)
+
+    def close(self):
+        if self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+
+
+class _progress_plain(_progress_line):
+    """Not a terminal: a line per step, rounds every 5."""
+
+    def __call__(self, text: str) -> None:
+        if text.startswith("round ") and int(text.split()[1].split("/")[0]) % 5 not in (0, 1):
+            return
+        sys.stderr.write(f"refpose bench: {text}\n")
+
+    def close(self):
+        pass

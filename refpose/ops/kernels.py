@@ -1,0 +1,325 @@
+"""Numba kernels of the fast path (DESIGN section 4): the loops that BLAS does not cover.
+
+Names start with `_`, as in stumpy (`_sliding_dot_product` is the loop, `sliding_dot_product`
+the public function): `refpose.ops.fast` wraps each kernel in a function with the name and
+signature of its NumPy reference. Every kernel takes C-contiguous arrays of one float dtype
+and writes into an output array the caller allocates.
+
+- Compiled once per dtype, on first use, and cached on disk (`cache=True`): a second process
+  loads the machine code instead of compiling it again. Nothing is compiled per call.
+- Each `prange` iteration writes its own set of output elements (a row, a pixel, a token)
+  and nothing else, so results do not depend on the thread count or on scheduling.
+- fastmath is limited to `FASTMATH` (contraction to FMA, reassociation of sums, signed
+  zeros); never `nnan`/`ninf`, so NaN and inf propagate as in NumPy.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+FASTMATH = {"contract", "reassoc", "nsz"}
+JIT = dict(cache=True, fastmath=FASTMATH)
+
+
+
+def _openmp_may_spin() -> bool:
+    """Ask OpenMP runtimes to wait passively; True if one was loaded before we could ask.
+
+    Numba's OpenMP threads spin after a parallel region by default, and so do OpenBLAS's
+    workers after a matmul; the fast path alternates the two, and on a 2-core machine the
+    spinning pools starved each other (a wgnet forward took ~1.4 s instead of ~50 ms).
+    libgomp reads OMP_WAIT_POLICY once, when it loads: for Numba that is its first parallel
+    launch, unless another package (torch) loaded libgomp first. A policy set by the user is kept.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        with open("/proc/self/maps") as f:
+            loaded = f.read()
+    except OSError:                      # not Linux: nothing to check
+        return False
+    return any(lib in loaded for lib in ("libgomp", "libiomp", "libomp."))
+
+
+# True when an OpenMP runtime spins regardless: `refpose.ops.fast` then runs the kernels on one
+# thread, which on 2 cores costs nothing measurable next to OpenBLAS's threads (see the report).
+OPENMP_SPINS = _openmp_may_spin()
+if OPENMP_SPINS:
+    warnings.warn("an OpenMP runtime (torch's, or Numba's thread pool) was loaded before refpose could ask it "
+                  "not to spin; the fast path runs its Numba kernels on one thread. Set OMP_WAIT_POLICY=PASSIVE "
+                  "in the environment (or import refpose before torch) to run them in parallel.",
+                  RuntimeWarning, stacklevel=2)
+
+
+# --- exp for softmax ------------------------------------------------------------------------
+# float32: Cephes `expf` (x = n ln2 + r with |r| <= ln2/2, exp(r) = 1 + r + r^2 P(r), P of degree 5),
+# written with plain arithmetic so that LLVM vectorises the softmax loop; libm's expf is a
+# scalar call. Reassociation folds the two-part ln 2 into one float32 constant, so the relative
+# error grows from ~1e-7 near 0 to ~3e-7 at x = -87, where exp(x) ~ 1e-38 weighs nothing next
+# to the row maximum's 1. float64 keeps math.exp: it is the oracle path.
+_LOG2E = np.float32(1.44269504088896341)
+_LN2_HI = np.float32(0.693359375)          # ln 2 = _LN2_HI + _LN2_LO, _LN2_HI exact in 9 bits
+_LN2_LO = np.float32(-2.12194440e-4)
+_P0, _P1, _P2, _P3, _P4, _P5 = (np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                                                         4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+_EXPF_MIN = np.float32(-87.3)              # exp(-87.3) ~ 1.2e-38, the smallest normal float32
+_HALF, _ONE = np.float32(0.5), np.float32(1.0)
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """Reinterpret the 32 bits of an int32 as a float32 (the exponent trick of 2**n)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+def _exp_nonpositive(x):
+    """exp(x) for x <= 0 (the shifted scores of a softmax); NaN stays NaN."""
+    return math.exp(x)
+
+
+@overload(_exp_nonpositive, jit_options=JIT)
+def _exp_nonpositive_impl(x):
+    if x == types.float32:
+        def expf(x):
+            if x < _EXPF_MIN:             # written so that NaN (all comparisons false) stays NaN
+                x = _EXPF_MIN
+            n = np.floor(x * _LOG2E + _HALF)
+            r = x - n * _LN2_HI - n * _LN2_LO
+            p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+            y = p * (r * r) + r + _ONE
+            # 2**n from its bit pattern: n >= -126, so the exponent field n + 127 is normal
+            return y * _float32_from_bits(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+        return expf
+    return lambda x: math.exp(x)
+
+
+# --- elementwise epilogues and norms -------------------------------------------------------
+@njit(inline="always")
+def _clip(v, lo, hi):
+    """min(max(v, lo), hi) as np.clip: comparisons are false for NaN, which passes through."""
+    if v < lo:
+        return lo
+    if v > hi:
+        return hi
+    return v
+
+
+@njit(parallel=True, **JIT)
+def _bias_act(y, b, relu6):
+    """y (M, C) += b, then ReLU6 if `relu6`, in place: the epilogue of a BLAS matmul."""
+    M, C = y.shape
+    lo, hi = y.dtype.type(0), y.dtype.type(6)
+    for m in prange(M):
+        row = y[m]
+        if relu6:
+            for c in range(C):
+                row[c] = _clip(row[c] + b[c], lo, hi)
+        else:
+            for c in range(C):
+                row[c] += b[c]
+
+
+@njit(parallel=True, **JIT)
+def _layer_norm(x, weight, bias, eps, y):
+    """LayerNorm over the last axis of x (M, C) into y (M, C); biased variance, as torch.
+
+    Two passes over each row (mean, then the centred second moment), which stays accurate
+    where E[x^2] - E[x]^2 would cancel.
+    """
+    M, C = x.shape
+    for m in prange(M):
+        row = x[m]
+        s = row.dtype.type(0)
+        for c in range(C):
+            s += row[c]
+        mean = s / C
+        s2 = row.dtype.type(0)
+        for c in range(C):
+            t = row[c] - mean
+            s2 += t * t
+        inv = 1 / np.sqrt(s2 / C + eps)
+        out = y[m]
+        for c in range(C):
+            out[c] = (row[c] - mean) * inv * weight[c] + bias[c]
+
+
+# --- depthwise and transposed convolution --------------------------------------------------
+@njit(parallel=True, **JIT)
+def _depthwise_conv(x, w, b, stride, relu6, y):
+    """Depthwise conv, zero padding k//2: x (N, H, W, C), w (k, k, C), b (C,) -> y (N, Ho, Wo, C).
+
+    y[n, oh, ow, c] = b[c] + sum_{i, j} x[n, oh*s + i - k//2, ow*s + j - k//2, c] * w[i, j, c],
+    taps outside the map skipped (zero padding without a padded copy); one output row per
+    iteration, channels innermost (contiguous in NHWC).
+    """
+    N, H, W, C = x.shape
+    k = w.shape[0]
+    _, Ho, Wo, _ = y.shape
+    pad = k // 2
+    lo, hi = y.dtype.type(0), y.dtype.type(6)
+    for r in prange(N * Ho):
+        n, oh = r // Ho, r % Ho
+        for ow in range(Wo):
+            acc = y[n, oh, ow]
+            for c in range(C):
+                acc[c] = b[c]
+            for i in range(k):
+                ih = oh * stride + i - pad
+                if ih < 0 or ih >= H:
+                    continue
+                for j in range(k):
+                    iw = ow * stride + j - pad
+                    if iw < 0 or iw >= W:
+                        continue
+                    xv, wv = x[n, ih, iw], w[i, j]
+                    for c in range(C):
+                        acc[c] += xv[c] * wv[c]
+            if relu6:
+                for c in range(C):
+                    acc[c] = _clip(acc[c], lo, hi)
+
+
+@njit(parallel=True, **JIT)
+def _depthwise_conv_planar(x, w, b, stride, relu6, y):
+    """The same depthwise conv on planar maps, for a few channels (the RGB input of the stem):
+    x (N, C, H, W), w (C, k, k), b (C,) -> y (N, C, Ho, Wo).
+
+    With 3 channels the NHWC kernel's channel loop is 3 long; here the innermost loop runs along
+    an output row instead. For each tap (i, j) the valid columns are those with
+    0 <= ow*s + j - k//2 < W, so the row loop needs no bounds test. One output row per iteration.
+    """
+    N, C, H, W = x.shape
+    k = w.shape[1]
+    _, _, Ho, Wo = y.shape
+    pad = k // 2
+    lo, hi = y.dtype.type(0), y.dtype.type(6)
+    for r in prange(N * C * Ho):
+        n, c, oh = r // (C * Ho), (r // Ho) % C, r % Ho
+        yr = y[n, c, oh]
+        for ow in range(Wo):
+            yr[ow] = b[c]
+        for i in range(k):
+            ih = oh * stride + i - pad
+            if ih < 0 or ih >= H:
+                continue
+            xr = x[n, c, ih]
+            for j in range(k):
+                first = max(0, (pad - j + stride - 1) // stride)       # first ow with ow*s + j - pad >= 0
+                stop = min(Wo, (W - 1 + pad - j) // stride + 1)        # first ow with ow*s + j - pad >= W
+                wv = w[c, i, j]
+                for ow in range(first, stop):
+                    yr[ow] += xr[ow * stride + j - pad] * wv
+        if relu6:
+            for ow in range(Wo):
+                yr[ow] = _clip(yr[ow], lo, hi)
+
+
+@njit(parallel=True, **JIT)
+def _conv_transpose_scatter(t, b, relu6, y):
+    """Place the taps of a kernel == stride transposed conv: t (N, H, W, Cout, k, k) -> y (N, Hk, Wk, Cout).
+
+    t[n, h, w, co, a, c] = sum_ci x[n, h, w, ci] * w[ci, co, a, c] (one BLAS matmul);
+    y[n, h*k + a, w*k + c, co] = t[n, h, w, co, a, c] + b[co], then ReLU6 if `relu6`.
+    One input row (k output rows) per iteration.
+    """
+    N, H, W, C, k, _ = t.shape
+    lo, hi = y.dtype.type(0), y.dtype.type(6)
+    for r in prange(N * H):
+        n, h = r // H, r % H
+        for w in range(W):
+            for a in range(k):
+                for c in range(k):
+                    dst = y[n, h * k + a, w * k + c]
+                    for co in range(C):
+                        v = t[n, h, w, co, a, c] + b[co]
+                        dst[co] = _clip(v, lo, hi) if relu6 else v
+
+
+# --- grouped attention ---------------------------------------------------------------------
+# One attention = gather (this file) -> Q K^T (BLAS) -> softmax (this file) -> P V (BLAS)
+# -> scatter (this file). `pix[g, t]` is the flat pixel (n*H*W + h*W + w) of token t of group g,
+# from `geometry.partition`, so the kernels serve window and global grouping alike. Only whole
+# pixel rows are moved: BLAS reads each head's q, k, v in place, as strided views of the rows.
+@njit(parallel=True, **JIT)
+def _gather_rows(x, pix, out):
+    """x (P, K) pixel rows -> out (G*T, K) in token order: out[g*T + t] = x[pix[g, t]]."""
+    G, T = pix.shape
+    K = x.shape[1]
+    for gt in prange(G * T):
+        src, dst = x[pix[gt // T, gt % T]], out[gt]
+        for c in range(K):
+            dst[c] = src[c]
+
+
+@njit(inline="always")
+def _larger(a, b):
+    return a if a > b else b
+
+
+@njit(inline="always")
+def _row_max(row):
+    """max(row), in 8 independent lanes: a single running maximum is a chain of compare-selects
+    that LLVM does not vectorise without `nnan`, and it dominated the softmax."""
+    T = row.size
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]
+    j = 0
+    while j + 8 <= T:
+        m0, m1, m2, m3 = (_larger(row[j], m0), _larger(row[j + 1], m1),
+                          _larger(row[j + 2], m2), _larger(row[j + 3], m3))
+        m4, m5, m6, m7 = (_larger(row[j + 4], m4), _larger(row[j + 5], m5),
+                          _larger(row[j + 6], m6), _larger(row[j + 7], m7))
+        j += 8
+    while j < T:
+        m0 = _larger(row[j], m0)
+        j += 1
+    return _larger(_larger(_larger(m0, m1), _larger(m2, m3)), _larger(_larger(m4, m5), _larger(m6, m7)))
+
+
+@njit(parallel=True, **JIT)
+def _softmax_rows(s, scale, total):
+    """Unnormalised softmax of scale * s, row by row, in place: s <- exp(scale (s - max)), total <- sum.
+
+    The row maximum is subtracted first (scale > 0, so it is also the maximum of scale * s),
+    so exp never overflows: its argument is <= 0. The division by the total is left to
+    `_scatter_rows`, where it touches d values per head, not T.
+    """
+    R, T = s.shape
+    for r in prange(R):
+        row = s[r]
+        m = _row_max(row)
+        acc = row.dtype.type(0)
+        for j in range(T):
+            e = _exp_nonpositive((row[j] - m) * scale)
+            row[j] = e
+            acc += e
+        total[r] = acc
+
+
+@njit(parallel=True, **JIT)
+def _scatter_rows(o, total, pix, out):
+    """o (G*T, heads*d) token rows, total (G, heads, T) -> out (P, heads*d) at the tokens' pixels.
+
+    out[pix[g, t], h*d + c] = o[g*T + t, h*d + c] / total[g, h, t]; every pixel is one token of
+    one group, so each output row is written by exactly one iteration.
+    """
+    G, heads, T = total.shape
+    d = o.shape[1] // heads
+    for gt in prange(G * T):
+        g, t = gt // T, gt % T
+        src, dst = o[gt], out[pix[g, t]]
+        for h in range(heads):
+            inv = 1 / total[g, h, t]
+            for c in range(h * d, (h + 1) * d):
+                dst[c] = src[c] * inv

@@ -1,0 +1,146 @@
+"""`refpose bench` (refpose/bench.py, refpose/cli/bench.py): arguments, timing protocol, results.
+
+Timings themselves are machine-dependent and not asserted; what is tested is the protocol
+(warm-up, rotation of the order, same input for all), the bookkeeping (ratios, MACs, the
+agreement check, skipped candidates) and the command's handling of bad input.
+"""
+import json
+
+import numba
+import numpy as np
+import pytest
+
+from refpose import bench
+from refpose.cli import main
+from refpose.errors import BenchError
+from refpose.summary import model_summary
+
+pytestmark = pytest.mark.usefixtures("warm_kernels")
+
+
+# --- arguments -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, flag", [({"threads": 0}, "--threads"), ({"runs": 0}, "--runs"),
+                                          ({"batch": 0}, "--batch"), ({"threads": -1}, "--threads")])
+def test_bad_arguments_are_bench_errors(kwargs, flag):
+    args = {"batch": 1, "threads": 1, "runs": 1, **kwargs}
+    with pytest.raises(BenchError, match=flag):
+        bench.check_args(**args)
+
+
+def test_more_threads_than_numba_has_is_an_error():
+    with pytest.raises(BenchError, match="NUMBA_NUM_THREADS"):
+        bench.check_args(1, numba.config.NUMBA_NUM_THREADS + 1, 1)
+
+
+@pytest.mark.parametrize("argv, words", [(["--threads", "0"], "--threads must be at least 1"),
+                                         (["--config", "nope", "--threads", "1"], "unknown config 'nope'"),
+                                         (["--runs", "0"], "--runs must be at least 1")])
+def test_cli_bad_input_is_one_line_and_status_2(argv, words, capsys):
+    assert main(["bench", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and words in err, err
+
+
+# --- protocol --------------------------------------------------------------------------------------
+def test_rounds_rotate_the_order_after_an_untimed_warm_up():
+    calls = []
+    cands = [bench.Candidate(name, lambda name=name: calls.append(name)) for name in "abc"]
+    bench.time_rounds(cands, runs=4, warmup=2)
+    # warm-up: each candidate twice, in list order; then round r starts at candidate r mod 3
+    assert calls[:6] == list("aabbcc")
+    assert calls[6:] == list("abc" "bca" "cab" "abc")
+    assert [len(c.times) for c in cands] == [4, 4, 4]
+
+
+def test_rel_diff_by_hand():
+    ref = np.array([[2.0, -4.0], [1.0, 0.0]])
+    out = np.array([[2.0, -4.0], [1.5, 0.0]], np.float32)
+    assert bench.rel_diff(out, ref) == 0.5 / 4
+
+
+def test_fixed_threads_sets_and_restores_numba_threads():
+    before = numba.get_num_threads()
+    with bench.fixed_threads(1):
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    return bench.run_bench("tiny", batch=2, threads=1, runs=3, optional=False)
+
+
+def test_run_bench_times_both_refpose_paths(tiny_result):
+    r = tiny_result
+    names = [c["name"] for c in r["candidates"]]
+    assert names == [bench.FAST, bench.NUMPY]
+    fast, numpy_path = r["candidates"]
+    assert fast["ratio"] == 1.0                                  # the fast path is the unit
+    assert numpy_path["ratio"] == pytest.approx(numpy_path["median_ms"] / fast["median_ms"])
+    for c in r["candidates"]:
+        assert 0 < c["min_ms"] <= c["median_ms"]
+        assert c["agrees"] and c["max_rel_diff"] <= 1e-4      # float32 paths vs the float64 reference
+    assert r["sgemm"]["gmacs_per_s"] > 0 and r["sgemm"]["gflops"] == pytest.approx(2 * r["sgemm"]["gmacs_per_s"])
+    assert r["input"] == [2, 3, 128, 96] and r["threads"] == 1
+
+
+def test_run_bench_counts_the_macs_of_the_batch(tiny_result):
+    # the per-image count of the analyzer's summary (NumPy path), times the batch of 2
+    assert tiny_result["macs"] == 2 * model_summary("tiny")["macs"]
+    fast = tiny_result["candidates"][0]
+    assert fast["gmacs_per_s"] == pytest.approx(tiny_result["macs"] / fast["median_ms"] / 1e6)
+
+
+def test_run_bench_reports_the_blas_in_use(tiny_result):
+    pytest.importorskip("threadpoolctl", reason="the BLAS report comes from threadpoolctl")
+    assert tiny_result["blas"], "no BLAS library reported"
+    assert all(b["internal_api"] and "num_threads" in b for b in tiny_result["blas"])
+
+
+def test_table_has_the_columns_of_the_issue(tiny_result):
+    text = bench.format_result(tiny_result)
+    for words in ("median ms", "min ms", "x fast", "GMAC/s", "sgemm", "BLAS:", "first run of refpose fast",
+                  bench.FAST, bench.NUMPY, "1 FLOP = 1 MAC"):
+        assert words in text, words
+
+
+def test_aa_mode_times_the_fast_path_against_a_copy():
+    r = bench.run_bench("tiny", threads=1, runs=3, aa=True)
+    assert [c["name"] for c in r["candidates"]] == [bench.FAST, bench.FAST_COPY]
+    assert r["aa_ratio"] == pytest.approx(r["candidates"][1]["median_ms"] / r["candidates"][0]["median_ms"])
+    assert r["aa_fair"] == (abs(r["aa_ratio"] - 1) <= 0.05)
+    assert "A/A" in bench.format_result(r)
+
+
+def test_missing_frameworks_are_skipped_with_a_note(monkeypatch):
+    # an entry None in sys.modules makes `import torch` raise ImportError, as if not installed
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
+    cands, notes = bench.optional_candidates({}, None, None, 1, ".", lambda s: None)
+    assert cands == []
+    assert len(notes) == 2
+    assert "pytorch eager: skipped (torch is not installed" in notes[0]
+    assert "onnxruntime: skipped (onnxruntime is not installed" in notes[1]
+
+
+def test_cli_prints_json_and_notes_skipped_candidates(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "optional_candidates", lambda *a: ([], ["onnxruntime: skipped (test)"]))
+    assert main(["bench", "--config", "tiny", "--threads", "1", "--runs", "2", "--json"]) == 0
+    out, _ = capsys.readouterr()
+    r = json.loads(out)
+    assert [c["name"] for c in r["candidates"]] == [bench.FAST, bench.NUMPY]
+    assert r["skipped"] == ["onnxruntime: skipped (test)"]
+    assert {"sgemm", "blas", "macs", "fast_first_run_s", "kernel_cache"} <= set(r)
+
+
+@pytest.mark.slow
+def test_frameworks_run_on_the_same_weights_and_agree():
+    pytest.importorskip("torch", reason="PyTorch eager is an optional candidate")
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime is an optional candidate")
+    pytest.importorskip("onnx", reason="the ONNX export needs onnx")
+    r = bench.run_bench("tiny", threads=1, runs=2)
+    names = [c["name"] for c in r["candidates"]]
+    assert names == [bench.FAST, bench.NUMPY, bench.TORCH, bench.ORT]
+    for c in r["candidates"]:
+        assert c["agrees"], (c["name"], c["max_rel_diff"])

@@ -1,0 +1,434 @@
+"""The fast path (refpose/ops/fast.py and its Numba kernels) against the NumPy references.
+
+Each fast op is compared with `refpose.ops.reference` (tested against the ops' definitions in
+test_ops.py) run in float64 on the same float32-representable inputs, over odd sizes, both
+strides, 3x3 and 5x5 kernels, batch > 1, 1x1 maps, single-window maps and both dtypes.
+Impulse inputs and hand-built attention cases give expected values written out here; the
+model-level checks compare the float32 fast model with the float64 reference model.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numba
+import numpy as np
+import pytest
+from numba import njit
+
+import refpose
+from refpose.ops import Ops, fast, kernels, reference as ref
+
+pytestmark = pytest.mark.usefixtures("warm_kernels")
+
+# Inputs are uniform in [-1, 1] and no sum below has more than ~60 terms of size <= 1 (25 taps,
+# 20-channel matmuls, softmax over <= 54 keys). The float64 path differs from the reference only
+# in summation order: ~1e-15, so 1e-12 is loose. float32 (unit round-off 6e-8) accumulates a
+# random walk of a few 1e-7 over such sums, so 1e-5 (as in test_ops.py).
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+DTYPES = [np.float32, np.float64]
+
+
+def uniform(rng, shape, dtype=np.float64):
+    """float32-representable values, so both dtypes see exactly the same numbers."""
+    return rng.uniform(-1, 1, shape).astype(np.float32).astype(dtype)
+
+
+def assert_close(got, want, dtype):
+    assert got.dtype == dtype, f"dtype {got.dtype}, expected {np.dtype(dtype)} (the dtype flows through)"
+    assert got.shape == want.shape, (got.shape, want.shape)
+    np.testing.assert_allclose(got, want, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+# --- depthwise convolution -------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("N, H, W, C", [(2, 7, 5, 3), (1, 1, 1, 4), (1, 6, 4, 1),          # planar kernel (C < 8)
+                                        (3, 2, 9, 17), (2, 5, 6, 9), (1, 1, 1, 12)])       # NHWC kernel
+@pytest.mark.parametrize("relu6", [False, True])
+def test_depthwise_conv_matches_reference(N, H, W, C, k, stride, dtype, relu6):
+    rng = np.random.default_rng(N * 1000 + H * 100 + W * 10 + k + stride)
+    x, w, b = uniform(rng, (N, H, W, C)), 2 * uniform(rng, (C, 1, k, k)), uniform(rng, C)
+    want = ref.depthwise_conv2d(x, w, b, stride)
+    if relu6:
+        want = np.clip(want, 0, 6)
+    got = fast.depthwise_conv2d(x.astype(dtype), w.astype(dtype), b.astype(dtype), stride, relu6=relu6)
+    assert_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("C", [3, 9])            # the planar and the NHWC kernel
+@pytest.mark.parametrize("k, stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+def test_depthwise_impulse_lands_on_every_tap(k, stride, C):
+    # A 1 at (h0, w0) of channel c reaches output (oh, ow) through tap (i, j) = (h0 - oh*s + k//2,
+    # w0 - ow*s + k//2) when 0 <= i, j < k: y[oh, ow, c] = w[c, 0, i, j]; other channels stay 0.
+    H, W = 9, 8
+    w = np.arange(1, C * k * k + 1, dtype=np.float64).reshape(C, 1, k, k)   # distinct taps
+    Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+    for h0, w0, c in [(0, 0, 0), (4, 3, 1), (8, 7, 2), (1, 6, 0)]:
+        x = np.zeros((1, H, W, C))
+        x[0, h0, w0, c] = 1
+        want = np.zeros((1, Ho, Wo, C))
+        for oh in range(Ho):
+            for ow in range(Wo):
+                i, j = h0 - oh * stride + k // 2, w0 - ow * stride + k // 2
+                if 0 <= i < k and 0 <= j < k:
+                    want[0, oh, ow, c] = w[c, 0, i, j]
+        np.testing.assert_array_equal(fast.depthwise_conv2d(x, w, None, stride), want)
+
+
+def test_depthwise_relu6_clips_and_keeps_nan():
+    x = np.array([-3.0, 0.5, 7.0, np.nan]).reshape(1, 1, 1, 4)
+    w = np.zeros((4, 1, 3, 3))
+    w[:, 0, 1, 1] = 1                       # identity: only the centre tap
+    y = fast.depthwise_conv2d(x, w, None, 1, relu6=True)
+    np.testing.assert_array_equal(y.ravel(), [0, 0.5, 6, np.nan])   # as np.clip: NaN passes through
+
+
+# --- 1x1 convolution, linear, transposed convolution (BLAS + kernel epilogues) ----------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("N, H, W", [(2, 5, 7), (1, 1, 1), (3, 4, 3)])
+@pytest.mark.parametrize("relu6, with_bias", [(False, True), (True, True), (True, False), (False, False)])
+def test_conv1x1_matches_reference(N, H, W, stride, dtype, relu6, with_bias):
+    rng = np.random.default_rng(N + H + W + stride)
+    x, w, b = uniform(rng, (N, H, W, 6)), 3 * uniform(rng, (11, 6, 1, 1)), uniform(rng, 11)
+    b = b if with_bias else None
+    want = ref.conv2d(x, w, b, stride)
+    if relu6:
+        want = np.clip(want, 0, 6)
+    got = fast.conv2d(x.astype(dtype), w.astype(dtype), None if b is None else b.astype(dtype), stride, relu6=relu6)
+    assert_close(got, want, dtype)
+
+
+def test_dense_kxk_conv_falls_back_to_the_reference():
+    rng = np.random.default_rng(3)
+    x, w, b = uniform(rng, (2, 5, 6, 3)), uniform(rng, (4, 3, 3, 3)), uniform(rng, 4)
+    np.testing.assert_allclose(fast.conv2d(x, w, b, 2, relu6=True), np.clip(ref.conv2d(x, w, b, 2), 0, 6), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7, 20), (2, 3, 5, 20), (1, 20)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_matches_reference(shape, dtype, with_bias):
+    rng = np.random.default_rng(len(shape))
+    x, w, b = uniform(rng, shape), uniform(rng, (9, 20)), uniform(rng, 9)
+    b = b if with_bias else None
+    got = fast.linear(x.astype(dtype), w.astype(dtype), None if b is None else b.astype(dtype))
+    assert_close(got, ref.linear(x, w, b), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, H, W", [(2, 3, 5), (1, 1, 1), (1, 4, 3)])
+@pytest.mark.parametrize("relu6", [False, True])
+def test_conv_transpose_matches_reference(N, H, W, dtype, relu6):
+    rng = np.random.default_rng(N * H * W)
+    x, w, b = uniform(rng, (N, H, W, 7)), uniform(rng, (7, 5, 2, 2)), uniform(rng, 5)
+    want = ref.conv_transpose2d(x, w, b, 2)
+    if relu6:
+        want = np.clip(want, 0, 6)
+    assert_close(fast.conv_transpose2d(x.astype(dtype), w.astype(dtype), b.astype(dtype), 2, relu6=relu6), want, dtype)
+
+
+def test_conv_transpose_impulse():
+    # A 1 at input (h, w) channel ci gives y[2h + a, 2w + c, co] = w[ci, co, a, c], zero elsewhere.
+    Cin, Cout = 2, 3
+    w = np.arange(1, Cin * Cout * 4 + 1, dtype=np.float64).reshape(Cin, Cout, 2, 2)
+    x = np.zeros((1, 3, 2, Cin))
+    x[0, 2, 1, 1] = 1
+    want = np.zeros((1, 6, 4, Cout))
+    want[0, 4:6, 2:4, :] = w[1].transpose(1, 2, 0)            # (a, c, co)
+    np.testing.assert_array_equal(fast.conv_transpose2d(x, w, None, 2), want)
+
+
+def test_conv_transpose_rejects_kernel_other_than_stride():
+    with pytest.raises(ValueError, match="kernel == stride"):
+        fast.conv_transpose2d(np.zeros((1, 2, 2, 3)), np.zeros((3, 4, 3, 3)), None, 2)
+
+
+# --- LayerNorm ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 1, 32), (4, 96)])
+def test_layer_norm_matches_reference(shape, dtype):
+    rng = np.random.default_rng(shape[-1])
+    x, g, b = 3 * uniform(rng, shape), uniform(rng, shape[-1]), uniform(rng, shape[-1])
+    got = fast.layer_norm(x.astype(dtype), g.astype(dtype), b.astype(dtype), 1e-5)
+    assert_close(got, ref.layer_norm(x, g, b, 1e-5), dtype)
+
+
+def test_layer_norm_of_a_constant_row_is_the_bias():
+    # zero variance: (x - mean) = 0 exactly, so the output is the bias whatever eps is
+    x = np.full((1, 1, 2, 5), 7.0, np.float32)
+    b = np.arange(5, dtype=np.float32)
+    np.testing.assert_array_equal(fast.layer_norm(x, np.ones(5, np.float32), b), np.broadcast_to(b, x.shape))
+
+
+# --- grouped attention -------------------------------------------------------------------------
+GROUPINGS = [
+    # N, H, W, heads, d, kind, window, patch
+    (2, 12, 9, 2, 4, "window", (4, 3), (2, 3)),      # 3 x 3 windows, batch 2
+    (1, 4, 3, 3, 4, "window", (4, 3), (4, 3)),       # a single window covers the map
+    (1, 1, 1, 1, 4, "window", (1, 1), (1, 1)),       # a 1x1 map: one token
+    (2, 12, 9, 2, 4, "global", (4, 3), (2, 3)),      # 2 groups of 54 tokens
+    (1, 8, 6, 1, 8, "global", (4, 3), (4, 3)),       # patch == window: one group, the whole map
+    (1, 8, 6, 3, 2, "global", (4, 3), (1, 1)),       # 1x1 patches (MaxViT grid): 12 groups of 4
+    (1, 8, 6, 2, 4, "global", (8, 6), (4, 3)),       # a single window: groups are its patches
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, H, W, heads, d, kind, window, patch", GROUPINGS)
+def test_grouped_attention_matches_reference(N, H, W, heads, d, kind, window, patch, dtype):
+    rng = np.random.default_rng(H * W + heads)
+    qkv = 2 * uniform(rng, (N, H, W, 3 * heads * d))
+    want = ref.grouped_attention(qkv, heads, kind, window, patch)
+    assert_close(fast.grouped_attention(qkv.astype(dtype), heads, kind, window, patch), want, dtype)
+
+
+def test_token_pixels_cover_every_pixel_once():
+    for N, H, W, _, _, kind, window, patch in GROUPINGS:
+        pix = fast.token_pixels(N, H, W, kind, window, patch)
+        np.testing.assert_array_equal(np.sort(pix.ravel()), np.arange(N * H * W))
+
+
+def test_global_tokens_are_the_same_patch_of_every_window():
+    # 8x6 map, 4x3 windows (2 x 2 of them), 2x3 patches: group 1 is the lower patch of each
+    # window, rows 2-3 of the window, all 3 columns (written out by hand from section 3.2).
+    pix = fast.token_pixels(1, 8, 6, "global", (4, 3), (2, 3))
+    assert pix.shape == (2, 24)
+    rows = [2, 3, 6, 7]
+    want = sorted(h * 6 + w for h in rows for w in range(6))
+    assert sorted(pix[1]) == want
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_with_huge_scores_is_one_hot_and_finite(dtype):
+    # Scores ~ 2e4 would overflow exp without the max subtraction. Token i's query and key both
+    # point along its own unit vector u_i, with q.k d^-0.5 = 2e4 cos(u_i, u_j): its own key wins
+    # by 2e4 (1 - max cos) >= 100, so the softmax is one-hot to working precision
+    # (exp(-100) ~ 4e-44) and out_i = v_i.
+    rng = np.random.default_rng(5)
+    T, d = 12, 8
+    u = rng.standard_normal((T, d))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    margin = 1 - (u @ u.T - 2 * np.eye(T)).max()               # 1 - the largest cosine off the diagonal
+    assert 2e4 * margin >= 100                                 # the test's own precondition
+    q, k, v = 2e4 * d ** 0.5 / 100 * u, 100 * u, uniform(rng, (T, d))
+    qkv = np.concatenate([q, k, v], axis=1).reshape(1, 4, 3, 3 * d).astype(dtype)
+    out = fast.grouped_attention(qkv, 1, "window", (4, 3), (4, 3))
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out.reshape(T, d), v, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_kernel_subtracts_the_row_maximum(dtype):
+    # exp(scale (s - max)) and its sum, from float64 np.exp; rows shifted by +-1e4 give the same
+    # (the shifts and differences are exact in both dtypes)
+    rows = np.array([[0.0, -1.0, -2.0, -50.0], [1e4, 1e4 - 1, 1e4 - 2, 1e4 - 50],
+                     [-1e4, -1e4 - 1, -1e4 - 2, -1e4 - 50], [-50.0, -2.0, 0.0, -1.0]])
+    for scale in (1.0, 0.5):
+        s = rows.astype(dtype)
+        total = np.empty(4, dtype)
+        kernels._softmax_rows(s, dtype(scale), total)
+        e = np.exp(scale * np.array([0.0, -1.0, -2.0, -50.0]))
+        for r in range(3):
+            np.testing.assert_allclose(s[r], e, rtol=4 * np.finfo(dtype).eps, atol=0)
+            np.testing.assert_allclose(total[r], e.sum(), rtol=4 * np.finfo(dtype).eps)
+        np.testing.assert_allclose(s[3], e[[3, 2, 0, 1]], rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+@njit
+def _exp_all(x, out):
+    for i in range(x.size):
+        out[i] = kernels._exp_nonpositive(x[i])
+
+
+def test_float32_exp_is_accurate_to_a_few_ulp():
+    # Cephes expf is within ~2 ulp (1.2e-7); with its two-part ln 2 folded into one float32
+    # constant (reassociation) the error grows by |n| * 1.9e-9 (the rounding of ln 2), n <= 126:
+    # 1.2e-7 + 2.4e-7 < 4e-7 over [-87, 0].
+    x = np.concatenate([-np.geomspace(1e-8, 87, 20000), [0.0, -0.5, -1.0, -np.log(2)]]).astype(np.float32)
+    got = np.empty_like(x)
+    _exp_all(x, got)
+    want = np.exp(x.astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=4e-7, atol=0)
+    # below the float32 normal range the result is clamped to ~1e-38: nothing next to the max's 1
+    tiny = np.array([-88.0, -100.0, -1e30, -np.inf], np.float32)
+    _exp_all(tiny, got[:4])
+    assert (got[:4] >= 0).all() and (got[:4] <= 1.3e-38).all()
+    nan = np.array([np.nan], np.float32)
+    _exp_all(nan, got[:1])
+    assert np.isnan(got[0])
+
+
+def test_every_output_element_is_written_by_the_kernels():
+    # outputs prefilled with NaN: a kernel that skipped an element would leave a NaN behind
+    rng = np.random.default_rng(9)
+    N, H, W, heads, d = 2, 8, 6, 2, 4
+    x = uniform(rng, (N * H * W, 3 * heads * d))
+    for kind, patch in [("window", (4, 3)), ("global", (2, 3)), ("global", (1, 1))]:
+        pix = fast.token_pixels(N, H, W, kind, (4, 3), patch)
+        G, T = pix.shape
+        rows = np.full((G * T, 3 * heads * d), np.nan)
+        kernels._gather_rows(x, pix, rows)
+        np.testing.assert_array_equal(rows, x[pix.ravel()])           # token order, by the index
+        out = np.full((N * H * W, heads * d), np.nan)
+        v = np.ascontiguousarray(rows[:, 2 * heads * d:])
+        kernels._scatter_rows(v, np.full((G, heads, T), 2.0), pix, out)
+        np.testing.assert_array_equal(out, x[:, 2 * heads * d:] / 2)   # scatter(gather(v)) / total = v / 2
+    x = uniform(rng, (2, 7, 5, 3))
+    for k, s in [(3, 1), (5, 2)]:
+        y = np.full((2, (7 - 1) // s + 1, (5 - 1) // s + 1, 3), np.nan)
+        kernels._depthwise_conv(x, np.ones((k, k, 3)), np.zeros(3), s, False, y)
+        assert not np.isnan(y).any()
+        y = np.full((2, 3, (7 - 1) // s + 1, (5 - 1) // s + 1), np.nan)
+        kernels._depthwise_conv_planar(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), np.ones((3, k, k)),
+                                       np.zeros(3), s, False, y)
+        assert not np.isnan(y).any()
+
+
+def test_fast_path_rejects_integer_arrays():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        fast.layer_norm(np.zeros((2, 3), np.int64), np.ones(3, np.int64), np.zeros(3, np.int64))
+
+
+# --- the whole model ---------------------------------------------------------------------------
+def _max_threads():
+    return min(2, numba.config.NUMBA_NUM_THREADS)
+
+
+@pytest.fixture
+def numba_threads():
+    before = numba.get_num_threads()
+    yield numba.set_num_threads
+    numba.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_reference_taps(tiny_tensors, tiny_input):
+    from refpose.weights import from_tensors
+    return from_tensors(tiny_tensors, "tiny", "float64", "reference").taps(tiny_input)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fast_float32_model_agrees_with_the_float64_reference(threads, numba_threads, tiny_tensors,
+                                                              tiny_input, tiny_reference_taps):
+    # The issue's bound: 1e-4 x max|ref| per tap. float32 round-off through ~30 layers stays
+    # near 1e-6 relative (seen: < 1e-6), so a wrong kernel, not rounding, is what fails here.
+    from refpose.weights import from_tensors
+    if threads > _max_threads():
+        pytest.skip(f"numba has {numba.config.NUMBA_NUM_THREADS} thread(s) on this machine")
+    numba_threads(threads)
+    taps = from_tensors(tiny_tensors, "tiny", "float32", "fast").taps(tiny_input)
+    for name, want in tiny_reference_taps.items():
+        assert taps[name].dtype == np.float32
+        err = np.abs(taps[name] - want).max()
+        assert err <= 1e-4 * np.abs(want).max(), f"{name}: max error {err:.3g}, max |ref| {np.abs(want).max():.3g}"
+
+
+def test_fast_float64_model_agrees_with_the_reference(tiny_tensors, tiny_input, tiny_reference_taps):
+    # same arithmetic in another order, in float64: ~1e-15 relative (1e-12 is loose)
+    from refpose.weights import from_tensors
+    got = from_tensors(tiny_tensors, "tiny", "float64", "fast").taps(tiny_input)
+    for name, want in tiny_reference_taps.items():
+        np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-12 * np.abs(want).max(), err_msg=name)
+
+
+def test_results_do_not_depend_on_the_numba_thread_count(numba_threads, tiny_tensors, tiny_input):
+    # each kernel output element is computed by one iteration in a fixed order: bitwise equal
+    from refpose.weights import from_tensors
+    if _max_threads() < 2:
+        pytest.skip("needs 2 numba threads")
+    if kernels.OPENMP_SPINS:
+        pytest.skip("the kernels run on one thread in this process (an OpenMP runtime spins)")
+    model = from_tensors(tiny_tensors, "tiny", "float32", "fast")
+    x = tiny_input.astype(np.float32)
+    numba_threads(1)
+    one = model(x)
+    numba_threads(2)
+    np.testing.assert_array_equal(model(x), one)
+
+
+def test_counting_is_the_same_on_both_paths(tiny_tensors, tiny_input):
+    from refpose.weights import from_tensors
+    counts = []
+    for impl in ("reference", "fast"):
+        model = from_tensors(tiny_tensors, "tiny", "float32", impl)
+        with refpose.count_ops() as c:
+            model(tiny_input[:1])
+        counts.append((dict(c.by_kind), dict(c.elementwise)))
+    assert counts[0] == counts[1]
+
+
+def test_wgnet_counted_macs_are_unchanged_on_the_fast_path():
+    # DESIGN section 1: wgnet at 1x3x256x192 is 3,590,865,920 MACs (a small input would not do)
+    with refpose.count_ops() as c:
+        refpose.build("wgnet", impl="fast")(np.zeros((1, 3, 256, 192), np.float32))
+    assert c.macs == 3_590_865_920
+
+
+def _import_kernels(prelude="", **env):
+    code = prelude + "import os, refpose.ops.kernels as k; print(os.environ['OMP_WAIT_POLICY'], k.OPENMP_SPINS)"
+    env = {**{k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}, **env}
+    r = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split(), r.stderr
+
+
+def test_openmp_is_asked_to_wait_passively_unless_the_user_chose():
+    # see refpose/ops/kernels.py: spinning OpenMP and OpenBLAS threads starve each other
+    assert _import_kernels()[0] == ["PASSIVE", "False"]
+    assert _import_kernels(OMP_WAIT_POLICY="ACTIVE")[0] == ["ACTIVE", "False"]
+
+
+def test_openmp_loaded_before_refpose_runs_the_kernels_on_one_thread():
+    pytest.importorskip("torch", reason="torch is what loads an OpenMP runtime first")
+    (policy, spins), err = _import_kernels("import torch; ")
+    assert (policy, spins) == ("PASSIVE", "True")
+    assert "OMP_WAIT_POLICY=PASSIVE" in err                  # the warning says what to do
+
+
+def test_reference_ops_stay_numpy():
+    assert Ops("reference").impl is ref
+    assert not Ops("reference").fused_relu6
+
+
+# --- compilation: once per dtype, cached across processes ---------------------------------------
+def _dispatchers():
+    """The kernels proper (parallel loops), not the small inlined helpers they call."""
+    return {name: f for name, f in vars(kernels).items()
+            if isinstance(f, numba.core.registry.CPUDispatcher) and f.targetoptions.get("parallel")}
+
+
+def test_kernels_compile_once_per_dtype(tiny_tensors, tiny_input):
+    from refpose.weights import from_tensors
+    for dtype in ("float32", "float64"):
+        from_tensors(tiny_tensors, "tiny", dtype, "fast")(tiny_input[:1])
+    for name, f in _dispatchers().items():
+        dtypes = sorted(str(sig[0].dtype) for sig in f.signatures)
+        assert dtypes == ["float32", "float64"], f"{name}: compiled for {dtypes}"
+
+
+CACHE_PROBE = textwrap.dedent("""
+    import json, numpy as np, numba, refpose
+    from refpose.ops import kernels
+    refpose.build("tiny", dtype="float32", impl="fast")(np.zeros((1, 3, 128, 96), np.float32))
+    print(json.dumps({name: [sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())]
+                      for name, f in vars(kernels).items()
+                      if isinstance(f, numba.core.registry.CPUDispatcher) and f.signatures}))
+""")
+
+
+def test_a_second_process_loads_the_kernels_from_the_cache():
+    # The first process may compile (if the cache is cold or stale) and writes the cache; the
+    # second must find every kernel there: cache hits, no misses.
+    runs = [subprocess.run([sys.executable, "-c", CACHE_PROBE], capture_output=True, text=True, env=dict(os.environ),
+                           timeout=600) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    stats = json.loads(runs[1].stdout.strip().splitlines()[-1])
+    assert set(_dispatchers()) <= set(stats), sorted(set(_dispatchers()) - set(stats))
+    for name, (hits, misses) in stats.items():
+        assert misses == 0 and hits >= 1, f"{name}: {hits} cache hits, {misses} misses in the second process"
