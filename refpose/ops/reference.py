@@ -29,15 +29,17 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1) 
     N, H, W, Cin = x.shape
     Cout, _, kh, kw = w.shape
     Ho, Wo = _out_size(H, kh, stride), _out_size(W, kw, stride)
+    if (kh, kw, stride) == (1, 1, 1):           # a 1x1 conv is a linear layer over the pixels
+        return linear(x, w[:, :, 0, 0], b)
     xp = _pad_hw(x, kh // 2) if kh > 1 else x
-    y = np.zeros((N, Ho, Wo, Cout), dtype=x.dtype)
+    y = np.zeros((N * Ho * Wo, Cout), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
             tap = xp[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride, :]   # (N, Ho, Wo, Cin)
-            y += tap @ w[:, :, i, j].T
+            y += tap.reshape(-1, Cin) @ w[:, :, i, j].T
     if b is not None:
         y += b
-    return y
+    return y.reshape(N, Ho, Wo, Cout)
 
 
 def depthwise_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1) -> np.ndarray:
@@ -49,10 +51,11 @@ def depthwise_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
     _, _, kh, kw = w.shape
     Ho, Wo = _out_size(H, kh, stride), _out_size(W, kw, stride)
     xp = _pad_hw(x, kh // 2)
+    taps = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))     # (kh, kw, C): each tap's C weights contiguous
     y = np.zeros((N, Ho, Wo, C), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            y += xp[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride, :] * w[:, 0, i, j]
+            y += xp[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride, :] * taps[i, j]
     if b is not None:
         y += b
     return y
@@ -78,10 +81,11 @@ def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     """y = x W^T + b over the last axis; w is (out, in)."""
-    y = x @ w.T
+    # one (tokens, in) x (in, out) product: a 4-D @ 2-D matmul would call BLAS once per row
+    y = x.reshape(-1, x.shape[-1]) @ w.T
     if b is not None:
         y += b
-    return y
+    return y.reshape(*x.shape[:-1], w.shape[0])
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
@@ -93,8 +97,10 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float =
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """exp(x) / sum exp(x); the row maximum is subtracted first so exp never overflows."""
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    e = x - x.max(axis=axis, keepdims=True)
+    np.exp(e, out=e)
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
 
 
 def relu6(x: np.ndarray) -> np.ndarray:
@@ -113,7 +119,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     """softmax(q k^T / sqrt(d)) v over (..., T, d) (Vaswani et al. 2017, Eq. 1)."""
     d = q.shape[-1]
-    scores = (q @ k.swapaxes(-1, -2)) * (d ** -0.5)   # (..., T, T); a Python float keeps q's dtype
+    scores = (q * d ** -0.5) @ k.swapaxes(-1, -2)   # (..., T, T); scaling q is T/d times cheaper
     return softmax(scores) @ v
 
 
