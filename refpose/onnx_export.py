@@ -43,15 +43,7 @@ def resolve_weights(weights, config=None) -> tuple[dict[str, np.ndarray], WGNetC
     from .weights import read_weights
 
     wf = read_weights(weights)
-    if config is not None:
-        cfg = get_config(config)
-        if wf.config is not None and wf.config != cfg:
-            raise WeightsError(f"{wf.path}: the file is for config {wf.config.name!r}, not {cfg.name!r}")
-    elif wf.config is not None:
-        cfg = wf.config
-    else:
-        raise WeightsError(f"{wf.path}: the file has no config in its metadata; name one (config=...)")
-    return wf.tensors, cfg
+    return wf.tensors, wf.config_for(config)
 
 
 def twin_from_weights(tensors: dict[str, np.ndarray], config, dtype: str = "float32"):

@@ -32,6 +32,18 @@ class WeightsFile:
     trained: bool | None
     path: str
 
+    def config_for(self, config=None) -> WGNetConfig:
+        """The config to load this file with: the one named (which must match the file's, if
+        it carries one), else the file's own."""
+        if config is not None:
+            cfg = get_config(config)
+            if self.config is not None and self.config != cfg:
+                raise WeightsError(f"{self.path}: the file is for config {self.config.name!r}, not {cfg.name!r}")
+            return cfg
+        if self.config is None:
+            raise WeightsError(f"{self.path}: the file has no config in its metadata; name one (config=...)")
+        return self.config
+
 
 def read_weights(path: "str | os.PathLike") -> WeightsFile:
     """Read tensors and metadata from a .safetensors or .npz file, checking nothing yet."""
@@ -118,15 +130,7 @@ def from_tensors(tensors: dict[str, np.ndarray], config, dtype: str = "float32",
 def load(weights: "str | os.PathLike", config=None, dtype: str = "float32", impl: str = "fast") -> WGNet:
     """Load a weights file; `config` is needed only when the file does not carry one."""
     wf = read_weights(weights)
-    if config is not None:
-        cfg = get_config(config)
-        if wf.config is not None and wf.config != cfg:
-            raise WeightsError(f"{wf.path}: the file is for config {wf.config.name!r}, not {cfg.name!r}")
-    elif wf.config is not None:
-        cfg = wf.config
-    else:
-        raise WeightsError(f"{wf.path}: the file has no config in its metadata; name one (config=...)")
-    model = from_tensors(wf.tensors, cfg, dtype, impl, source=wf.path)
+    model = from_tensors(wf.tensors, wf.config_for(config), dtype, impl, source=wf.path)
     model.trained = wf.trained
     model.source = wf.path
     return model
