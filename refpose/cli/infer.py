@@ -72,10 +72,6 @@ def run(args) -> int:
         raise BoxError("give person boxes with --bbox or with --boxes, not both")
     detections = load_detections(args.boxes, args.box_thr) if args.boxes else None
     model = default_model(args.weights, args.config)
-    if model.trained is False:
-        source = model.source or f"seeded initialisation of config {model.config.name}"
-        _err(f"refpose infer: warning: untrained weights ({source}): the keypoints are not meaningful "
-             "until trained weights are given with --weights")
     out_dir = Path(args.out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +109,10 @@ def run(args) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if done == 0:
         return 2
+    if model.trained is False:      # said once, after the results, so that an error stays one line
+        source = model.source or f"seeded initialisation of config {model.config.name}"
+        _err(f"refpose infer: warning: untrained weights ({source}): the keypoints are not meaningful "
+             "until trained weights are given with --weights")
     return 1 if failed else 0
 
 
