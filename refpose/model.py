@@ -49,6 +49,14 @@ class WGNet(Layer):
 
     def taps(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Forward pass returning every stage's output (NCHW), in the order of TAPS."""
+        return {k: _nchw(v) for k, v in self._run(x).items()}
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Heatmaps (N, K, H/4, W/4) for images (N, 3, H, W), normalised as in DESIGN section 1."""
+        return _nchw(self._run(x)["head"])
+
+    def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The forward pass of Fig. 1, keeping every stage's output (NHWC)."""
         x = self._check_input(x)
         x = x.transpose(0, 2, 3, 1)          # (N, H, W, 3)
         out = {}
@@ -61,11 +69,7 @@ class WGNet(Layer):
         out["d2"] = d = self.d2(d, s2)
         out["d3"] = d = self.d3(d, s1)
         out["head"] = self.head(d)
-        return {k: np.ascontiguousarray(v.transpose(0, 3, 1, 2)) for k, v in out.items()}   # (N, C, H, W)
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Heatmaps (N, K, H/4, W/4) for images (N, 3, H, W), normalised as in DESIGN section 1."""
-        return self.taps(x)["head"]
+        return out
 
     def _check_input(self, x) -> np.ndarray:
         x = np.asarray(x)
@@ -90,3 +94,7 @@ class WGNet(Layer):
 
     def __repr__(self):
         return f"WGNet(config={self.config.name!r}, dtype={self.dtype.name}, impl={self.ops.name!r})"
+
+
+def _nchw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))      # (N, H, W, C) -> (N, C, H, W)
