@@ -245,9 +245,8 @@ def _exp_all(x, out):
 
 
 def test_float32_exp_is_accurate_to_a_few_ulp():
-    # Cephes expf is within ~2 ulp (1.2e-7); with its two-part ln 2 folded into one float32
-    # constant (reassociation) the error grows by |n| * 1.9e-9 (the rounding of ln 2), n <= 126:
-    # 1.2e-7 + 2.4e-7 < 4e-7 over [-87, 0].
+    # Cephes expf is within ~2 ulp (1.2e-7) with its two-part ln 2; 4e-7 leaves room for the
+    # rounding of 2**n r and the final product, over [-87, 0].
     x = np.concatenate([-np.geomspace(1e-8, 87, 20000), [0.0, -0.5, -1.0, -np.log(2)]]).astype(np.float32)
     got = np.empty_like(x)
     _exp_all(x, got)
@@ -432,3 +431,25 @@ def test_a_second_process_loads_the_kernels_from_the_cache():
     assert set(_dispatchers()) <= set(stats), sorted(set(_dispatchers()) - set(stats))
     for name, (hits, misses) in stats.items():
         assert misses == 0 and hits >= 1, f"{name}: {hits} cache hits, {misses} misses in the second process"
+
+
+OUTPUT_PROBE = textwrap.dedent("""
+    import sys, numpy as np, refpose
+    x = np.random.default_rng(0).standard_normal((2, 3, 128, 96)).astype(np.float32)
+    np.save(sys.argv[1], refpose.build("tiny", dtype="float32", impl="fast")(x))
+""")
+
+
+def test_a_freshly_compiled_kernel_computes_what_the_cached_one_does(tmp_path):
+    # The first process compiles into an empty cache, the second loads from it. The outputs must
+    # be identical bit for bit: with `reassoc` LLVM ordered a sum's terms differently in the two
+    # builds (~1e-6 apart in float32), so results depended on whether the cache was warm.
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"out{i}.npy"
+        r = subprocess.run([sys.executable, "-c", OUTPUT_PROBE, str(out)], capture_output=True, text=True,
+                           env=env, timeout=600)
+        assert r.returncode == 0, r.stderr
+        outs.append(np.load(out))
+    assert np.array_equal(outs[0], outs[1]), f"max |diff| {np.abs(outs[0] - outs[1]).max():.3g}"
