@@ -32,3 +32,12 @@ def warm_kernels():
     x = np.zeros((1, 3, H, W))
     for dtype in ("float32", "float64"):
         refpose.build("tiny", dtype=dtype, impl="fast")(x)
+
+
+@pytest.fixture(scope="module")
+def single_threaded_blas():
+    """One BLAS (and OpenMP) thread for a module: on a shared 2-core machine, BLAS and OpenMP threads that
+    spin-wait for each other under load made the parity tests ~8x slower (2 min 19 s vs 18 s)."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):
+        yield

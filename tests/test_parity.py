@@ -108,17 +108,7 @@ class Twin:
         return self.cache[key]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    """One BLAS thread in this module: on a shared 2-core machine, BLAS and OpenMP threads that
-    spin-wait for each other under load made it ~8x slower (measured 2 min 19 s against 18 s)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("single_threaded_blas")
 
 
 @pytest.fixture(scope="module")

@@ -28,17 +28,7 @@ BN_EPS = 1e-5        # torch.nn.BatchNorm2d default, DESIGN section 1
 TOL64 = 1e-9
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    """One BLAS thread: on a shared 2-core machine, spin-waiting BLAS threads slow this module
-    down several times under load (see tests/test_parity.py)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("single_threaded_blas")
 
 
 def write_safetensors(path, tensors, config_json=TINY_JSON):
