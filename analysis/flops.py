@@ -68,7 +68,7 @@ def print_attention(r: dict) -> None:
     print("Eq. (1)  Flop_MHSA = 3hwC^2 + 2h^2w^2C")
     print(f"         = {_n(t['3hwC^2'])} + {_n(t['2h^2w^2C'])} = {_n(r['eq1'])}\n")
 
-    print(f"Eq. (2)  Flop_WNet_attn = 6hwC^2 + 2hh'ww'C + 2(ph*pw)h^2w^2C/(h'w')")
+    print("Eq. (2)  Flop_WNet_attn = 6hwC^2 + 2hh'ww'C + 2(ph*pw)h^2w^2C/(h'w')")
     print(f"         The last term is global attention: the (h'/ph)(w'/pw) groups each gather patch k of "
           f"every window, (hw/(h'w'))*ph*pw tokens;\n         each of the hw queries meets that many keys in "
           f"QK^T and again in AV, so 2*hw*(ph*pw*hw/(h'w'))*C. With {ph}x{pw} patches 2*(ph*pw) = "

@@ -80,7 +80,7 @@ def run_info(args) -> int:
              f"{r['params']:,}", f"{r['macs']:,}"] for r in s["stages"]]
     print(tabulate(rows, headers=["stage", "map", "C", "blocks", "attention", "window / patch", "heads",
                                   "params", "MACs"], colalign=("left",) * 7 + ("right",) * 2))
-    print(f"MACs by op kind: " + ", ".join(f"{k} {v:,}" for k, v in s["macs_by_kind"].items()))
+    print("MACs by op kind: " + ", ".join(f"{k} {v:,}" for k, v in s["macs_by_kind"].items()))
     print(FLOP_NOTE + "; elementwise work (norms, activations, softmax, adds) is not included.")
     return 0
 
