@@ -143,15 +143,19 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float =
     return y.reshape(x.shape)
 
 
+@functools.lru_cache(maxsize=64)
 def token_pixels(N: int, H: int, W: int, kind: str, window: tuple[int, int],
                  patch: tuple[int, int]) -> np.ndarray:
     """(G, T) int64: the flat pixel index n*H*W + h*W + w of token t of group g.
 
     Built by `geometry.partition` itself on a map of indices, so the kernels group exactly
-    as the reference does.
+    as the reference does; cached (read-only) since a network asks for the same few shapes
+    on every forward.
     """
     idx = np.arange(N * H * W, dtype=np.int64).reshape(N, H, W, 1)
-    return np.ascontiguousarray(geometry.partition(idx, kind, window, patch)[..., 0])   # (G, T)
+    pix = np.ascontiguousarray(geometry.partition(idx, kind, window, patch)[..., 0])   # (G, T)
+    pix.setflags(write=False)
+    return pix
 
 
 @_kernel_threads
