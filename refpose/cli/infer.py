@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
 from pathlib import Path
 
 from ..config import CONFIGS
 from ..errors import BoxError, RefposeError
+from ..fileio import write_files
 
 PROGRESS_MIN = 4          # a progress bar from this many images on (and only on a terminal)
 OUTPUT_SUFFIXES = (".pose.png", ".heatmaps.png")   # our own outputs, skipped when scanning a directory
@@ -170,23 +170,6 @@ def collect_images(paths: list[str]) -> tuple[list[str], list[str]]:
         else:
             jobs.append(p)                 # a missing file is reported when it is read
     return jobs, problems
-
-
-def write_files(files: dict[Path, bytes]) -> None:
-    """Write every file to a temporary name beside it, then rename all: never a half-written output."""
-    temps = {}
-    try:
-        for path, data in files.items():
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-            temps[path] = tmp
-            with open(tmp, "xb") as f:          # a new file, with the permissions the umask gives
-                f.write(data)
-        for path, tmp in temps.items():
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 def _one_line(e: Exception, path: str) -> str:
