@@ -10,10 +10,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .keypoints import COCO
 from .topdown import COCO_KEYPOINTS, crop_person
 
-SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6),
-            (5, 7), (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
+SKELETON = COCO.skeleton
 LEFT, RIGHT, CENTRE = (0, 255, 0), (255, 128, 0), (51, 153, 255)   # RGB
 BOX_COLOUR = (255, 255, 255)
 

@@ -26,15 +26,15 @@ import numpy as np
 
 from .errors import DataError, ImageError, RefposeError, WeightsError
 from .fileio import write_atomic
+from .keypoints import COCO
 
 # COCOeval(iouType="keypoints").stats, in its order; Table 2 of the paper shows the first five
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 NUM_KEYPOINTS = 17
 # the standard COCO keypoint sigmas (cocodataset.org, pycocotools Params.kpt_oks_sigmas)
-COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62,
-                        1.07, 1.07, .87, .87, .89, .89]) / 10.0
+COCO_SIGMAS = COCO.oks_sigmas
 OKS_NMS_THR = 0.9          # MMPose / HRNet `oks_thr`
-PERSON_CATEGORY = 1        # COCO's `person`
+PERSON_CATEGORY = COCO.person_category
 
 
 # --- reading and checking ----------------------------------------------------------------

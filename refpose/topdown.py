@@ -28,26 +28,15 @@ import numpy as np
 
 from .config import get_config
 from .errors import BoxError, DataError, InputShapeError
+from .keypoints import COCO
 
 PADDING = 1.25                                # box enlargement (HRNet, MMPose `padding=1.25`)
 MEAN = (0.485, 0.456, 0.406)                  # ImageNet statistics, RGB (DESIGN section 1)
 STD = (0.229, 0.224, 0.225)
-COCO_KEYPOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear",
-                  "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
-                  "left_wrist", "right_wrist", "left_hip", "right_hip",
-                  "left_knee", "right_knee", "left_ankle", "right_ankle")
-FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
-
-
-def _flip_index(pairs, n=len(COCO_KEYPOINTS)) -> tuple[int, ...]:
-    index = list(range(n))
-    for a, b in pairs:
-        index[a], index[b] = b, a
-    return tuple(index)
-
-
-FLIP_INDEX = _flip_index(FLIP_PAIRS)          # joint k of a mirrored person is joint FLIP_INDEX[k]
-PERSON_CATEGORY = 1
+COCO_KEYPOINTS = COCO.names
+FLIP_PAIRS = COCO.flip_pairs
+FLIP_INDEX = COCO.flip_index                  # joint k of a mirrored person is joint FLIP_INDEX[k]
+PERSON_CATEGORY = COCO.person_category
 KPT_SCORE_THR = 0.2        # joints counted in the instance score (HRNet `IN_VIS_THRE`, MMPose `vis_thr`)
 DARK_KERNEL = 11           # DARK's blur for heatmaps of sigma 2: k = 6 sigma - 1 (MMPose `blur_kernel_size`)
 MAX_BATCH = 16             # crops per forward pass (twice as many images with the flip test)
