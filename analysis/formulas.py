@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from refpose.errors import ConfigError
+from refpose.ops.geometry import tiling_problem
 
 PAPER_MAP = (64, 48)      # 256 x 192 after two stride-2 layers (section 3.2)
 PAPER_PATCH = (4, 3)      # "We let the size of each patch take 4x3"
@@ -60,19 +61,15 @@ def check_shapes(h: int, w: int, C: int | None, window: tuple[int, int],
                  patch: tuple[int, int] | None) -> None:
     """Raise ConfigError unless the window divides the map and the patch divides the window.
 
-    `patch=None` checks window attention only. The same rule as `refpose.ops.geometry`.
+    `patch=None` checks window attention only. The rule is `refpose.ops.geometry.tiling_problem`.
     """
     if h <= 0 or w <= 0:
         raise ConfigError(f"the map must have positive sides, got {h}x{w}")
     if C is not None and C <= 0:
         raise ConfigError(f"C must be a positive number of channels, got {C}")
-    wh, ww = window
-    if wh <= 0 or ww <= 0 or h % wh or w % ww:
-        raise ConfigError(f"window {wh}x{ww} does not divide the {h}x{w} map")
-    if patch is not None:
-        ph, pw = patch
-        if ph <= 0 or pw <= 0 or wh % ph or ww % pw:
-            raise ConfigError(f"patch {ph}x{pw} does not divide the {wh}x{ww} window")
+    problem = tiling_problem(h, w, "window" if patch is None else "global", window, patch or (1, 1))
+    if problem:
+        raise ConfigError(problem)
 
 
 # --- Eq. (1) and Eq. (2), written as printed ----------------------------------------------

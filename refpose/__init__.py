@@ -1,20 +1,34 @@
-"""refpose: a from-scratch NumPy reference implementation of WGNet for human pose estimation."""
+"""refpose: a from-scratch NumPy reference implementation of WGNet for human pose estimation.
+
+`import refpose` needs NumPy and Numba only: the image functions (`read_image`, `estimate`)
+and the evaluation (`evaluate_images`, `score_results`) load OpenCV and pycocotools when
+they are first used.
+"""
 from .config import CONFIGS, StageConfig, WGNetConfig, get_config
 from .counting import count_ops
 from .errors import (BoxError, ConfigError, DataError, ImageError, InputShapeError, RefposeError,
                      WeightsError)
 from .model import TAPS, WGNet
 from .weights import build, init_weights, load, read_weights, save_weights
-from .imageio import read_image
-from .topdown import estimate
-from .evaluate import evaluate_images, score_results
 
 __version__ = "0.1.0"
+
+# name -> module, imported on first access (PEP 562)
+_LAZY = {"read_image": "imageio", "estimate": "topdown", "predict": "topdown",
+         "evaluate_images": "evaluate", "score_results": "scoring"}
 
 __all__ = [
     "CONFIGS", "StageConfig", "WGNetConfig", "get_config", "count_ops", "TAPS", "WGNet",
     "build", "init_weights", "load", "read_weights", "save_weights",
-    "read_image", "estimate",
+    "read_image", "estimate", "predict",
     "score_results", "evaluate_images",
     "RefposeError", "ConfigError", "InputShapeError", "WeightsError", "ImageError", "BoxError", "DataError",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -58,15 +58,13 @@ class Candidate:
 
 
 def quiet_spinning() -> list[str]:
-    """Ask OpenMP runtimes to sleep, not spin, after a parallel region (OMP_WAIT_POLICY=PASSIVE,
-    unless the user chose a policy). They read it when they load, so it is set before torch and
-    Numba's thread pool are; returns a note if an OpenMP runtime was loaded already."""
-    if "OMP_WAIT_POLICY" in os.environ:
-        return []
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    if any(lib.get("user_api") == "openmp" for lib in _threadpool_info()):
-        return ["an OpenMP runtime was loaded before the bench started and keeps its default spin; "
-                "set OMP_WAIT_POLICY=PASSIVE in the environment"]
+    """Apply refpose's thread policy (`refpose.threads`: OpenMP runtimes asked not to spin) before
+    any candidate runs; returns a note if an OpenMP runtime was loaded already and spins."""
+    from .threads import policy
+
+    if policy().openmp_spins:
+        return ["an OpenMP runtime was loaded before the bench started and keeps its default spin "
+                "(refpose's kernels run on one thread); set OMP_WAIT_POLICY=PASSIVE in the environment"]
     return []
 
 
@@ -95,8 +93,10 @@ def fixed_threads(threads: int):
     """Numba, BLAS and torch each at `threads` threads for the block; restored after."""
     import numba
 
+    from .threads import kernel_threads
+
     before = numba.get_num_threads()
-    numba.set_num_threads(threads)
+    numba.set_num_threads(kernel_threads(threads))    # one thread for the kernels if OpenMP spins
     torch_before = None
     try:
         if "torch" in sys.modules:

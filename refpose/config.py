@@ -11,8 +11,10 @@ import json
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
+from .ops.geometry import clamp_window, tiling_problem
 
 STAGES = ("s1", "s2", "s3", "s4", "d1", "d2", "d3")
+TAPS = ("stem",) + STAGES + ("head",)        # the named outputs of a forward pass, in order
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,7 @@ class WGNetConfig:
     def window_of(self, stage: str, input_size: tuple[int, int] | None = None) -> tuple[int, int]:
         """The stage's window, clamped to its map."""
         H, W = self.map_size(stage, input_size)
-        wh, ww = self.stages[stage].window
-        return min(wh, H), min(ww, W)
+        return clamp_window(self.stages[stage].window, H, W)
 
     def total_stride(self) -> int:
         f = 4
@@ -149,13 +150,10 @@ def validate(cfg: WGNetConfig, input_size: tuple[int, int] | None = None) -> Non
         if s.channels % cfg.head_dim:
             raise ConfigError(f"{where}: {s.channels} channels not divisible by the head size {cfg.head_dim}")
         mh, mw = cfg.map_size(s.name, (H, W))
-        wh, ww = min(s.window[0], mh), min(s.window[1], mw)
-        if wh <= 0 or ww <= 0 or mh % wh or mw % ww:
-            raise ConfigError(f"{where}: window {wh}x{ww} does not divide the {mh}x{mw} map")
-        if s.global_attn:
-            ph, pw = s.patch
-            if ph <= 0 or pw <= 0 or wh % ph or ww % pw:
-                raise ConfigError(f"{where}: patch {ph}x{pw} does not divide the {wh}x{ww} window")
+        problem = tiling_problem(mh, mw, "global" if s.global_attn else "window",
+                                 cfg.window_of(s.name, (H, W)), s.patch)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
 
 
 # --- the named configurations (DESIGN section 1) -----------------------------------------

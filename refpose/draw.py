@@ -11,15 +11,14 @@ import cv2
 import numpy as np
 
 from .keypoints import COCO
-from .topdown import COCO_KEYPOINTS, crop_person
+from .topdown import crop_person
 
-SKELETON = COCO.skeleton
 LEFT, RIGHT, CENTRE = (0, 255, 0), (255, 128, 0), (51, 153, 255)   # RGB
 BOX_COLOUR = (255, 255, 255)
 
 
 def _side(k: int):
-    name = COCO_KEYPOINTS[k]
+    name = COCO.names[k]
     return LEFT if name.startswith("left") else RIGHT if name.startswith("right") else CENTRE
 
 
@@ -44,7 +43,7 @@ def draw_poses(image: np.ndarray, poses: list[dict], kpt_thr: float = 0.3, boxes
             x, y, w, h = p["bbox"]
             cv2.rectangle(out, _pt(x, y), _pt(x + w, y + h), BOX_COLOUR, max(1, thick // 2), cv2.LINE_AA)
         shown = kpts[:, 2] >= kpt_thr
-        for a, b in SKELETON:
+        for a, b in COCO.skeleton:
             if shown[a] and shown[b]:
                 cv2.line(out, _pt(*kpts[a, :2]), _pt(*kpts[b, :2]), _link_colour(a, b), thick, cv2.LINE_AA)
         for k in np.flatnonzero(shown):
@@ -76,7 +75,7 @@ def heatmap_montage(image: np.ndarray, pose: dict, input_size: tuple[int, int], 
         big = cv2.resize(norm, (in_w, in_h), interpolation=cv2.INTER_LINEAR)
         colour = cv2.cvtColor(cv2.applyColorMap((big * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
         tile = (0.5 * crop + 0.5 * colour).astype(np.uint8)
-        tiles.append(_titled(tile, f"{COCO_KEYPOINTS[k]} {scores[k]:.2f}", title_h))
+        tiles.append(_titled(tile, f"{COCO.names[k]} {scores[k]:.2f}", title_h))
     rows = -(-len(tiles) // columns)
     blank = np.zeros_like(tiles[0])
     tiles += [blank] * (rows * columns - len(tiles))

@@ -1,21 +1,14 @@
-"""COCO keypoint evaluation: AP/AR from pycocotools, and the run-and-score loop.
+"""`refpose eval --images`: run the top-down pipeline over annotated images, resumably, and score it.
 
-Scoring follows the field: pycocotools `COCOeval(iouType="keypoints")` with its default
-(the standard COCO) OKS sigmas, on results in the COCO keypoint-results format
-(`image_id`, `category_id`, `keypoints` as 17 x [x, y, score], `score`). The run mode
-follows MMPose 0.x `TopDownCocoDataset.evaluate` (and HRNet `lib/dataset/coco.py`): one
-pose per person box (ground-truth boxes, or detections), flip test, rescoring (box score x
-mean keypoint score above 0.2, done by `estimate`), then OKS-NMS per image at 0.9.
-
-Both the ground truth and the results are checked before pycocotools sees them, so a
-mismatch is one `DataError` naming the file and the first bad record, not an assertion
-deep inside pycocotools.
+The run follows MMPose 0.x `TopDownCocoDataset.evaluate` (and HRNet `lib/dataset/coco.py`):
+one pose per person box (ground-truth boxes, or detections), flip test, rescoring (box
+score x mean keypoint score above 0.2), then OKS-NMS per image at 0.9 — all done by
+`refpose.topdown.predict` — and COCOeval over the images that were run (`refpose.scoring`).
+Each finished image is appended to a progress file, so an interrupted run resumes.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import math
 import os
@@ -24,280 +17,68 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .detections import find_detections, is_number, load_detections
 from .errors import DataError, ImageError, RefposeError, WeightsError
 from .fileio import write_atomic
-from .keypoints import COCO
+from .nms import OKS_NMS_THR
+from .scoring import Annotations, coco_eval, load_annotations, load_results
 
-# COCOeval(iouType="keypoints").stats, in its order; Table 2 of the paper shows the first five
-STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
-NUM_KEYPOINTS = 17
-# the standard COCO keypoint sigmas (cocodataset.org, pycocotools Params.kpt_oks_sigmas)
-COCO_SIGMAS = COCO.oks_sigmas
-OKS_NMS_THR = 0.9          # MMPose / HRNet `oks_thr`
-PERSON_CATEGORY = COCO.person_category
+PROGRESS_SUFFIX = ".progress.jsonl"
+PROGRESS_FORMAT = "refpose-eval-progress/1"
 
 
-# --- reading and checking ----------------------------------------------------------------
+# --- what to run ------------------------------------------------------------------------------
 
-def read_json(path: "str | os.PathLike", what: str):
-    """Parse a JSON file; any failure is a DataError naming the file and the problem."""
-    path = str(path)
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such {what} file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, not a {what} file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the {what} file: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a JSON {what} file (not UTF-8 text)") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON in the {what} file: {e.msg} "
-                        f"at line {e.lineno} column {e.colno}") from None
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a worker needs to load the model itself (a model object does not cross processes)."""
+
+    weights: str | None = None
+    config: str | None = None
+    dtype: str = "float32"
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: flip test, the first `limit` images only, worker processes, start over."""
+
+    flip: bool = True
+    limit: int | None = None
+    workers: int = 1
+    restart: bool = False
+
+    def check(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise DataError(f"limit must be a positive number of images, got {self.limit}")
+        if self.workers < 1:
+            raise DataError(f"workers must be at least 1, got {self.workers}")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to run: its id, its path, and the person boxes (K, 4) xywh with scores (K,)."""
 
-
-def _check_keypoints(v) -> str | None:
-    """The problem with a COCO `keypoints` field (17 x [x, y, v] flattened), or None."""
-    if not isinstance(v, list):
-        return f"keypoints must be a list of {3 * NUM_KEYPOINTS} numbers"
-    if len(v) != 3 * NUM_KEYPOINTS:
-        return (f"keypoints has {len(v)} numbers, expected {3 * NUM_KEYPOINTS} "
-                f"({NUM_KEYPOINTS} keypoints x [x, y, v])")
-    if not all(_is_number(x) for x in v):
-        return "keypoints holds a value that is not a finite number"
-    return None
+    image_id: int
+    path: str
+    boxes: np.ndarray
+    box_scores: np.ndarray
 
 
 @dataclass
-class Annotations:
-    """A checked COCO keypoint ground truth: the dataset dict pycocotools takes, and lookups."""
+class EvalRun:
+    """What `evaluate_images` did: the figures and how they were obtained."""
 
-    dataset: dict
-    source: str
-    images: dict = field(repr=False)          # image id -> image entry
-    by_file: dict = field(repr=False)         # file name and its base name -> image id
-
-    def image_id_of(self, file_name: str) -> int | None:
-        return self.by_file.get(file_name, self.by_file.get(os.path.basename(file_name)))
-
-
-def load_annotations(ann: "str | os.PathLike | dict | Annotations") -> Annotations:
-    """Read and check a COCO keypoint ground truth (a path or the parsed dict).
-
-    Checked are the fields COCOeval reads: images with an int `id`; categories with an
-    `id`; annotations with `id`, `image_id`, `category_id`, `keypoints` (51 numbers),
-    `num_keypoints`, `area`, `bbox` and `iscrowd`, each referring to a known image and
-    category. The first bad entry is named in the DataError.
-    """
-    if isinstance(ann, Annotations):
-        return ann
-    if isinstance(ann, dict):
-        source, d = "annotations", ann
-    else:
-        source, d = str(ann), read_json(ann, "annotations")
-    if not isinstance(d, dict):
-        raise DataError(f"{source}: not a COCO annotations file (expected a JSON object "
-                        f"with images, annotations, categories; got a {type(d).__name__})")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(d.get(key), list):
-            raise DataError(f"{source}: not a COCO annotations file: no {key!r} list")
-
-    images, by_file, seen = {}, {}, {}
-    for i, img in enumerate(d["images"]):
-        if not isinstance(img, dict) or not _is_int(img.get("id")):
-            raise DataError(f"{source}: images[{i}]: needs an integer 'id'")
-        if img["id"] in images:
-            raise DataError(f"{source}: images[{i}]: image id {img['id']} appears twice")
-        images[img["id"]] = img
-        name = img.get("file_name")
-        if isinstance(name, str):
-            for key in {name, os.path.basename(name)}:
-                # a base name shared by two images cannot identify either
-                by_file[key] = None if key in by_file and by_file[key] != img["id"] else img["id"]
-    by_file = {k: v for k, v in by_file.items() if v is not None}
-
-    categories = set()
-    for i, cat in enumerate(d["categories"]):
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
-            raise DataError(f"{source}: categories[{i}]: needs an integer 'id'")
-        categories.add(cat["id"])
-    if not categories:
-        raise DataError(f"{source}: no categories (COCO keypoints has one: person, id 1)")
-
-    for i, a in enumerate(d["annotations"]):
-        where = f"{source}: annotations[{i}]"
-        if not isinstance(a, dict):
-            raise DataError(f"{where}: not a JSON object")
-        missing = [k for k in ("id", "image_id", "category_id", "keypoints", "num_keypoints", "area",
-                               "bbox", "iscrowd") if k not in a]
-        if missing:
-            raise DataError(f"{where}: missing {', '.join(missing)} (a COCO keypoint annotation needs them)")
-        where = f"{source}: annotation id {a['id']} (annotations[{i}])"
-        if not _is_int(a["id"]) or a["id"] in seen:
-            raise DataError(f"{where}: 'id' must be an integer unique among the annotations")
-        seen[a["id"]] = i
-        if a["image_id"] not in images:
-            raise DataError(f"{where}: image_id {a['image_id']!r} is not in the images list")
-        if a["category_id"] not in categories:
-            raise DataError(f"{where}: category_id {a['category_id']!r} is not in the categories list")
-        problem = _check_keypoints(a["keypoints"])
-        if problem:
-            raise DataError(f"{where}: {problem}")
-        if not _is_int(a["num_keypoints"]) or not 0 <= a["num_keypoints"] <= NUM_KEYPOINTS:
-            raise DataError(f"{where}: num_keypoints must be an integer 0..{NUM_KEYPOINTS}")
-        if not _is_number(a["area"]) or a["area"] < 0:
-            raise DataError(f"{where}: area must be a non-negative number")
-        if not (isinstance(a["bbox"], list) and len(a["bbox"]) == 4 and all(map(_is_number, a["bbox"]))):
-            raise DataError(f"{where}: bbox must be [x, y, w, h]")
-        if a["iscrowd"] not in (0, 1) or isinstance(a["iscrowd"], bool):
-            raise DataError(f"{where}: iscrowd must be 0 or 1")
-    return Annotations(d, source, images, by_file)
+    stats: dict                        # the ten figures by name (None where pycocotools says -1)
+    results_path: str
+    records: int                       # poses written to the results file
+    images: int                        # images asked for (after `limit`)
+    scored: list                       # ids of the images the figures cover
+    resumed: int                       # images taken from the progress file of an earlier run
+    missing: list = field(default_factory=list)   # (path, problem) of images that could not be read
+    boxes: str = "ground-truth person boxes"
 
 
-def load_results(results: "str | os.PathLike | list", gt: Annotations) -> list[dict]:
-    """Read and check keypoint results against the ground truth; return clean records.
-
-    A record needs `keypoints` (51 numbers), a finite `score`, and `image_id` (an image
-    of the ground truth) or `file_name` (mapped to its image id through the ground
-    truth's images, exactly or by base name, as `refpose infer` writes them).
-    `category_id` defaults to person. Other fields are dropped, `bbox` included: given
-    a `bbox`, pycocotools' `loadRes` would treat the records as box results and take the
-    box area instead of the keypoints' extent for the medium/large split, so APm/APl
-    would depend on the crop box. The COCO keypoint-results format has no box.
-    """
-    if isinstance(results, list):
-        source, recs = "results", results
-    else:
-        source, recs = str(results), read_json(results, "results")
-    if not isinstance(recs, list):
-        raise DataError(f"{source}: results must be a JSON list of records, got a {type(recs).__name__}")
-    if not recs:
-        raise DataError(f"{source}: the results list is empty")
-    categories = {c["id"] for c in gt.dataset["categories"]}
-    clean = []
-    for i, r in enumerate(recs):
-        where = f"{source}: record {i}"
-        if not isinstance(r, dict):
-            raise DataError(f"{where}: not a JSON object")
-        if "image_id" in r:
-            image_id = r["image_id"]
-            if not _is_number(image_id) or image_id not in gt.images:
-                raise DataError(f"{where}: image_id {image_id!r} is not an image of {gt.source}")
-            image_id = int(image_id)
-        elif "file_name" in r:
-            image_id = gt.image_id_of(r["file_name"]) if isinstance(r["file_name"], str) else None
-            if image_id is None:
-                raise DataError(f"{where}: file_name {r['file_name']!r} is not an image of {gt.source}")
-        else:
-            raise DataError(f"{where}: needs an image_id (or a file_name of {gt.source})")
-        if "keypoints" not in r:
-            raise DataError(f"{where}: no keypoints")
-        problem = _check_keypoints(r["keypoints"])
-        if problem:
-            raise DataError(f"{where}: {problem}")
-        if not _is_number(r.get("score")):
-            raise DataError(f"{where}: needs a finite number 'score'")
-        category = r.get("category_id", PERSON_CATEGORY)
-        if category not in categories:
-            raise DataError(f"{where}: category_id {category!r} is not a category of {gt.source}")
-        clean.append({"image_id": image_id, "category_id": category,
-                      "keypoints": [float(v) for v in r["keypoints"]], "score": float(r["score"])})
-    return clean
-
-
-# --- scoring -------------------------------------------------------------------------------
-
-def coco_eval(gt: Annotations, records: list[dict], image_ids=None) -> dict:
-    """COCOeval(keypoints) of checked records; the ten stats by name (None where undefined).
-
-    pycocotools reports -1 for a figure it cannot define (no ground truth in an area
-    range); that becomes None. `image_ids` restricts the evaluation to those images
-    (default: every image of the ground truth, as COCOeval does).
-    """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    # COCOeval writes `ignore` into the ground-truth annotations and loadRes adds fields to
-    # the results: give it copies, so that a loaded ground truth can be scored again
-    dataset = dict(gt.dataset, annotations=[dict(a) for a in gt.dataset["annotations"]])
-    with contextlib.redirect_stdout(io.StringIO()):       # pycocotools prints progress
-        coco_gt = COCO()
-        coco_gt.dataset = dataset
-        coco_gt.createIndex()
-        if records:
-            coco_dt = coco_gt.loadRes([dict(r) for r in records])
-        else:
-            # loadRes cannot take an empty list; no poses at all is a valid (zero) result
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": dataset["images"], "categories": dataset["categories"],
-                               "annotations": []}
-            coco_dt.createIndex()
-        ev = COCOeval(coco_gt, coco_dt, iouType="keypoints")
-        if image_ids is not None:
-            ev.params.imgIds = sorted(image_ids)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {name: (None if s < 0 else float(s)) for name, s in zip(STAT_NAMES, ev.stats)}
-
-
-def score_results(ann, results, image_ids=None) -> dict:
-    """COCO keypoint AP/AR of a results file (or list) against a ground truth (path or dict).
-
-    Returns {"AP": ..., "AP50": ..., ..., "ARl": ...}, the ten figures of pycocotools'
-    keypoint summary in its order.
-    """
-    gt = load_annotations(ann)
-    return coco_eval(gt, load_results(results, gt), image_ids)
-
-
-def format_stats(stats: dict) -> str:
-    """The ten figures as a two-line table (three decimals, as pycocotools prints them)."""
-    cells = ["n/a" if stats[k] is None else f"{stats[k]:.3f}" for k in STAT_NAMES]
-    return ("  ".join(f"{k:>5}" for k in STAT_NAMES) + "\n" + "  ".join(f"{c:>5}" for c in cells))
-
-
-# --- OKS-NMS --------------------------------------------------------------------------------
-
-def oks_iou(g: np.ndarray, d: np.ndarray, area_g: float, area_d: np.ndarray,
-            sigmas: np.ndarray = COCO_SIGMAS) -> np.ndarray:
-    """Object keypoint similarity of one pose `g` (17, 3) to poses `d` (N, 17, 3).
-
-    MMPose `core/post_processing/nms.py: oks_iou` (from HRNet): the COCO OKS with the
-    mean of the two areas as the scale and every keypoint counted, in float32 as there.
-    """
-    var = (2 * sigmas) ** 2                                           # (17,)
-    d2 = (d[:, :, 0] - g[:, 0]) ** 2 + (d[:, :, 1] - g[:, 1]) ** 2    # (N, 17)
-    e = d2 / var / ((area_g + area_d[:, None]) / 2 + np.spacing(1)) / 2
-    return np.exp(-e).mean(axis=1).astype(np.float32)
-
-
-def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray,
-            thr: float = OKS_NMS_THR, sigmas: np.ndarray = COCO_SIGMAS) -> list[int]:
-    """Greedy NMS on OKS: indices of the poses kept, best score first.
-
-    MMPose `oks_nms` (HRNet `nms/nms.py`): take the best remaining pose, drop every pose
-    whose OKS to it exceeds `thr`, repeat.
-    """
-    order = np.asarray(scores).argsort()[::-1]
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(int(i))
-        ovr = oks_iou(keypoints[i], keypoints[order[1:]], areas[i], areas[order[1:]], sigmas)
-        order = order[1:][ovr <= thr]
-    return keep
-
+# --- person boxes ------------------------------------------------------------------------------
 
 # --- run and score --------------------------------------------------------------------------
 
@@ -319,7 +100,7 @@ def gt_person_boxes(gt: Annotations) -> dict[int, np.ndarray]:
         if a["num_keypoints"] == 0 or max(a["keypoints"]) == 0 or a["area"] <= 0:
             continue
         img = gt.images[a["image_id"]]
-        width, height = (img.get(k) if _is_number(img.get(k)) else math.inf for k in ("width", "height"))
+        width, height = (img.get(k) if is_number(img.get(k)) else math.inf for k in ("width", "height"))
         x, y, w, h = a["bbox"]
         x1, y1 = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
         x2, y2 = min(max(x + w, 0), width - 1), min(max(y + h, 0), height - 1)
@@ -328,61 +109,57 @@ def gt_person_boxes(gt: Annotations) -> dict[int, np.ndarray]:
     return {k: np.array(v, dtype=np.float64).reshape(-1, 4) for k, v in boxes.items()}
 
 
+
+
 def detections_per_image(path: str, gt: Annotations) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Person detections (boxes (K, 4), scores (K,)) per image id of the ground truth.
 
-    `topdown.load_detections` reads the file (persons, score >= 0, as HRNet evaluates);
-    records keyed by `file_name` are mapped through the ground truth's images. Detections of
-    images the ground truth does not have are left out (a detection file often covers a whole
-    split), but a file that shares no image with the ground truth is refused.
+    `load_detections` reads the file (persons, score >= 0, as HRNet evaluates) and
+    `find_detections` matches its records to each image (by image id, file name or numeric
+    stem). Detections of images the ground truth does not have are left out (a detection
+    file often covers a whole split), but a file that shares no image with it is refused.
     """
-    from .topdown import load_detections
-
+    detections = load_detections(path)
     empty = (np.zeros((0, 4)), np.zeros(0))
-    per_image = {image_id: empty for image_id in gt.images}
-    matched = 0
-    for key, dets in load_detections(path).items():
-        image_id = key if key in gt.images else gt.image_id_of(key) if isinstance(key, str) else None
-        if image_id is not None:
-            per_image[image_id] = dets
-            matched += 1
-    if not matched:
+    per_image = {}
+    for image_id, img in gt.images.items():
+        found = find_detections(detections, img.get("file_name") or "", image_id)
+        per_image[image_id] = found[1] if found else empty
+    if not any(len(boxes) for boxes, _ in per_image.values()):
         raise DataError(f"{path}: no detection belongs to an image of {gt.source}")
     return per_image
 
 
-@dataclass(frozen=True)
-class ImageJob:
-    """One image to run: its id, its path, and the person boxes (K, 4) xywh with scores (K,)."""
+def make_jobs(gt: Annotations, images: str, boxes: str | None, limit: int | None) -> tuple[list[ImageJob], str]:
+    """The images to run with their boxes, and where the boxes come from."""
+    for img in gt.images.values():
+        if not isinstance(img.get("file_name"), str):
+            raise DataError(f"{gt.source}: image {img['id']} has no file_name to find it by in {images}")
+    if boxes is None:
+        per_image = {k: (b, np.ones(len(b))) for k, b in gt_person_boxes(gt).items()}
+        source = "ground-truth person boxes"
+    else:
+        per_image, source = detections_per_image(boxes, gt), f"detections from {boxes}"
+    jobs = [ImageJob(image_id, os.path.join(images, img["file_name"]), *per_image[image_id])
+            for image_id, img in list(gt.images.items())[:limit]]
+    return jobs, source
 
-    image_id: int
-    path: str
-    boxes: np.ndarray
-    box_scores: np.ndarray
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a worker needs to load the model itself (a model object does not cross processes)."""
-
-    weights: str | None = None
-    config: str | None = None
-    dtype: str = "float32"
-
+# --- running one image ---------------------------------------------------------------------------
 
 class Predictor:
     """Runs one image: top-down poses on its boxes, flip test, OKS-NMS; COCO records out."""
 
     def __init__(self, spec: ModelSpec, flip: bool = True):
-        from .topdown import default_model
+        from .topdown import PoseOptions, default_model
 
         self.model = default_model(weights=spec.weights, config=spec.config, dtype=spec.dtype)
-        self.flip = flip
+        self.options = PoseOptions(flip=flip, oks_nms=OKS_NMS_THR)
 
     def __call__(self, job: ImageJob) -> tuple[int, list[dict] | None, str | None]:
         """(image id, records, None), or (image id, None, the problem) for a missing image."""
         from .imageio import read_image
-        from .topdown import estimate, to_coco_records
+        from .topdown import predict
 
         if len(job.boxes) == 0:
             # nobody to look at: the image is not decoded, only its presence is checked
@@ -394,19 +171,12 @@ class Predictor:
         except ImageError as e:
             return job.image_id, None, _strip_path(str(e), job.path)
         try:
-            poses = estimate(image, self.model, job.boxes, box_scores=job.box_scores, flip=self.flip)
+            _, records = predict(image, self.model, job.boxes, job.box_scores, self.options, image_id=job.image_id)
         except RefposeError as e:      # a box the pipeline refuses: name the image it belongs to
             raise type(e)(f"{job.path}: {e}") from None
-        if not poses:
-            return job.image_id, [], None
-        keypoints = np.stack([p["keypoints"] for p in poses])                 # (K, 17, 3)
-        scores = np.array([p["score"] for p in poses])                        # rescored by estimate
-        # MMPose's area for OKS-NMS is that of the padded, aspect-fixed crop: scale w x h in pixels
-        areas = np.array([p["scale"][0] * p["scale"][1] for p in poses])
-        records = to_coco_records([poses[i] for i in oks_nms(keypoints, scores, areas)], image_id=job.image_id)
         for r in records:
             # the COCO keypoint-results format has no box; with one, pycocotools' loadRes would
-            # take the box area for APm/APl (see load_results)
+            # take the box area for APm/APl (see scoring.load_results)
             del r["bbox"]
         return job.image_id, records, None
 
@@ -416,62 +186,58 @@ def _strip_path(message: str, path: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
-# each worker process holds one Predictor, built once by the pool's initializer (or the
-# error that building it raised: an initializer that raises makes the pool respawn forever)
-_worker_predictor: "Predictor | RefposeError | None" = None
+class _Worker:
+    """The pool's initializer and task of one worker process: it builds its Predictor once.
 
-
-def _single_threaded_blas():
-    """A context in which BLAS runs on one thread.
-
-    A BLAS matrix product can round differently with another number of threads (OpenBLAS
-    float32: ~1e-6), so every process that runs the model uses one: the poses are then the
-    same for any `workers`. Parallelism comes from the worker processes (and from Numba,
-    whose kernels write each output once and so do not depend on the thread count).
-    Without threadpoolctl BLAS keeps its threads, and that guarantee with it.
+    An initializer that raises makes the pool respawn the worker forever, so a model that
+    cannot be built is kept as the error and raised by the first task instead.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+
+    predictor: "Predictor | RefposeError | None" = None     # one per worker process
+
+    @classmethod
+    def start(cls, spec: ModelSpec, flip: bool, threads: int) -> None:
+        from .threads import single_threaded_blas, set_kernel_threads
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the group: the parent ends the pool
+        single_threaded_blas()                          # for the life of this worker process
+        set_kernel_threads(threads)                     # the workers share the cores
+        try:
+            cls.predictor = Predictor(spec, flip)
+        except RefposeError as e:
+            cls.predictor = e
+
+    @classmethod
+    def run(cls, job: ImageJob):
+        if isinstance(cls.predictor, RefposeError):
+            raise cls.predictor
+        return cls.predictor(job)
 
 
-def _init_worker(spec: ModelSpec, flip: bool, threads: int) -> None:
-    global _worker_predictor
-    # Ctrl-C reaches the whole process group: the parent handles it and ends the pool
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _single_threaded_blas()                          # for the life of this worker process
-    try:
-        import numba
-        numba.set_num_threads(threads)   # the workers share the cores
-    except (ImportError, ValueError):
-        pass
-    try:
-        _worker_predictor = Predictor(spec, flip)
-    except RefposeError as e:
-        _worker_predictor = e
+def run_jobs(jobs: list[ImageJob], spec: ModelSpec, flip: bool, workers: int):
+    """Yield (image id, records, problem) per job: in order in this process when `workers`
+    is 1, else as worker processes finish them (each loads the model once). BLAS runs on
+    one thread in every process, so the records do not depend on `workers`."""
+    from .threads import single_threaded_blas
+
+    if not jobs:
+        return
+    if workers == 1:
+        predictor = Predictor(spec, flip)
+        with single_threaded_blas():
+            for job in jobs:
+                yield predictor(job)
+        return
+    import multiprocessing
+
+    # spawn, not fork: a forked child would inherit the parent's BLAS and Numba thread pools
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ctx.Pool(min(workers, len(jobs)), _Worker.start, (spec, flip, threads)) as pool:
+        yield from pool.imap_unordered(_Worker.run, jobs)
 
 
-def _run_in_worker(job: ImageJob):
-    if isinstance(_worker_predictor, RefposeError):
-        raise _worker_predictor
-    return _worker_predictor(job)
-
-
-@dataclass
-class EvalRun:
-    """What `evaluate_images` did: the figures and how they were obtained."""
-
-    stats: dict                        # the ten figures by name (None where pycocotools says -1)
-    results_path: str
-    records: int                       # poses written to the results file
-    images: int                        # images asked for (after `limit`)
-    scored: list                       # ids of the images the figures cover
-    resumed: int                       # images taken from the progress file of an earlier run
-    missing: list = field(default_factory=list)   # (path, problem) of images that could not be read
-    boxes: str = "ground-truth person boxes"
-
+# --- progress: resuming an interrupted run -------------------------------------------------------
 
 def _file_digest(path: str) -> str:
     h = hashlib.sha256()
@@ -489,6 +255,26 @@ def _weights_key(spec: ModelSpec) -> str:
         raise WeightsError(f"{spec.weights}: no such weights file")
     path = spec.weights or default_weights_path(spec.config or DEFAULT_CONFIG)
     return _file_digest(str(path)) if path is not None else "untrained, seed 0"
+
+
+def run_settings(gt: Annotations, spec: ModelSpec, flip: bool, boxes: str | None) -> dict:
+    """What the poses depend on: a progress file written with other settings is not reused."""
+    return {"annotations": _file_digest(gt.source) if os.path.isfile(gt.source) else None,
+            "weights": _weights_key(spec), "config": spec.config, "dtype": spec.dtype, "flip": bool(flip),
+            "boxes": "ground truth" if boxes is None else _file_digest(boxes)}
+
+
+def open_progress(path: str, settings: dict, gt: Annotations, restart: bool) -> dict[int, list[dict]]:
+    """Start a progress file (new, or `restart`), or read the finished images of an earlier run."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)   # as write_atomic does
+        if not restart and os.path.exists(path):
+            return _read_progress(path, settings, gt)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"format": PROGRESS_FORMAT, "settings": settings}) + "\n")
+        return {}
+    except OSError as e:
+        raise DataError(f"{path}: cannot write the progress file: {e.strerror or e}") from None
 
 
 def _read_progress(path: str, settings: dict, gt: Annotations) -> dict[int, list[dict]]:
@@ -523,32 +309,28 @@ def _read_progress(path: str, settings: dict, gt: Annotations) -> dict[int, list
     return done
 
 
-def _run_jobs(jobs: list[ImageJob], spec: ModelSpec, flip: bool, workers: int):
-    """Yield (image id, records, problem) per job: in order in this process when `workers`
-    is 1, else as worker processes finish them (each loads the model once)."""
-    if not jobs:
-        return
-    if workers == 1:
-        predictor = Predictor(spec, flip)
-        with _single_threaded_blas():
-            for job in jobs:
-                yield predictor(job)
-        return
-    import multiprocessing
-
-    # spawn, not fork: a forked child would inherit the parent's BLAS and Numba thread pools
-    ctx = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ctx.Pool(min(workers, len(jobs)), _init_worker, (spec, flip, threads)) as pool:
-        yield from pool.imap_unordered(_run_in_worker, jobs)
+def run_with_progress(todo: list[ImageJob], done: dict, progress_path: str, spec: ModelSpec,
+                      options: RunOptions, bar) -> list[tuple[str, str]]:
+    """Run the jobs, appending each finished image to the progress file and to `done`;
+    returns (path, problem) of the images that could not be read."""
+    paths, missing = {job.image_id: job.path for job in todo}, []
+    with open(progress_path, "a", encoding="utf-8") as log:
+        for image_id, records, problem in run_jobs(todo, spec, options.flip, options.workers):
+            if problem is None:
+                done[image_id] = records
+                log.write(json.dumps({"image_id": image_id, "records": records}) + "\n")
+                log.flush()
+            else:
+                missing.append((paths[image_id], problem))
+            bar.update()
+    return missing
 
 
-def evaluate_images(ann, images: "str | os.PathLike", *, boxes: "str | os.PathLike | None" = None,
-                    weights: "str | os.PathLike | None" = None, config: str | None = None,
-                    dtype: str = "float32", flip: bool = True,
-                    results_out: "str | os.PathLike" = "result_keypoints.json",
-                    limit: int | None = None, workers: int = 1, restart: bool = False,
-                    progress: bool | None = None) -> EvalRun:
+# --- the whole run ---------------------------------------------------------------------------------
+
+def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.PathLike" = "result_keypoints.json",
+                    *, boxes: "str | os.PathLike | None" = None, model: ModelSpec = ModelSpec(),
+                    options: RunOptions = RunOptions(), progress: bool | None = None) -> EvalRun:
     """Run top-down pose estimation over the annotated images and score the results.
 
     MMPose `TopDownCocoDataset` protocol: one pose per person box (the ground truth's when
@@ -557,69 +339,28 @@ def evaluate_images(ann, images: "str | os.PathLike", *, boxes: "str | os.PathLi
     Each finished image is appended to `<results_out>.progress.jsonl`, so an interrupted
     run started again with the same settings skips them; the file is removed once every
     image is done (kept after a `limit` run, which a longer one then continues).
-    `workers` > 1 spreads images over processes that each load the model once; BLAS runs
-    on one thread in each, so the records do not depend on `workers`. Images that are
-    missing or unreadable are listed in `EvalRun.missing` and left out of the figures
-    (COCOeval's `imgIds` are the images that were run); images without a person box are
-    only looked for, not decoded.
+    `options.workers` > 1 spreads images over processes that each load the model once.
+    Images that are missing or unreadable are listed in `EvalRun.missing` and left out of
+    the figures (COCOeval's `imgIds` are the images that were run); images without a person
+    box are only looked for, not decoded.
     """
     from tqdm import tqdm
 
-    gt = load_annotations(ann)
-    images = str(images)
+    gt, images, results_out = load_annotations(ann), str(images), str(results_out)
+    boxes = None if boxes is None else str(boxes)
     if not os.path.isdir(images):
         raise DataError(f"{images}: no such image directory")
-    if limit is not None and limit < 1:
-        raise DataError(f"limit must be a positive number of images, got {limit}")
-    if workers < 1:
-        raise DataError(f"workers must be at least 1, got {workers}")
-    for img in gt.images.values():
-        if not isinstance(img.get("file_name"), str):
-            raise DataError(f"{gt.source}: image {img['id']} has no file_name to find it by in {images}")
-
-    if boxes is None:
-        per_image = {k: (b, np.ones(len(b))) for k, b in gt_person_boxes(gt).items()}
-        box_source, boxes_key = "ground-truth person boxes", "ground truth"
-    else:
-        per_image = detections_per_image(str(boxes), gt)
-        box_source, boxes_key = f"detections from {boxes}", _file_digest(str(boxes))
-    jobs = [ImageJob(image_id, os.path.join(images, img["file_name"]), *per_image[image_id])
-            for image_id, img in list(gt.images.items())[:limit]]
-
-    spec = ModelSpec(None if weights is None else str(weights), config, dtype)
-    # what the poses depend on: a progress file written with other settings is not reused
-    settings = {"annotations": _file_digest(gt.source) if os.path.isfile(gt.source) else None,
-                "weights": _weights_key(spec), "config": config, "dtype": dtype, "flip": bool(flip),
-                "boxes": boxes_key}
-    results_out = str(results_out)
+    options.check()
+    jobs, box_source = make_jobs(gt, images, boxes, options.limit)
     if os.path.isdir(results_out):
         raise DataError(f"{results_out}: is a directory; --results-out names the results file")
     progress_path = results_out + PROGRESS_SUFFIX
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(results_out)), exist_ok=True)   # as write_atomic does
-        if restart or not os.path.exists(progress_path):
-            done = {}
-            with open(progress_path, "w", encoding="utf-8") as f:
-                f.write(json.dumps({"format": PROGRESS_FORMAT, "settings": settings}) + "\n")
-        else:
-            done = _read_progress(progress_path, settings, gt)
-    except OSError as e:
-        raise DataError(f"{progress_path}: cannot write the progress file: {e.strerror or e}") from None
+    done = open_progress(progress_path, run_settings(gt, model, options.flip, boxes), gt, options.restart)
     resumed = sum(job.image_id in done for job in jobs)
     todo = [job for job in jobs if job.image_id not in done]
-
-    missing = []
-    with open(progress_path, "a", encoding="utf-8") as log, \
-            tqdm(total=len(jobs), initial=resumed, desc="eval", unit="img",
-                 disable=None if progress is None else not progress) as bar:
-        for image_id, records, problem in _run_jobs(todo, spec, flip, workers):
-            if problem is None:
-                done[image_id] = records
-                log.write(json.dumps({"image_id": image_id, "records": records}) + "\n")
-                log.flush()
-            else:
-                missing.append((os.path.join(images, gt.images[image_id]["file_name"]), problem))
-            bar.update()
+    with tqdm(total=len(jobs), initial=resumed, desc="eval", unit="img",
+              disable=None if progress is None else not progress) as bar:
+        missing = sorted(run_with_progress(todo, done, progress_path, model, options, bar))
 
     scored = [job.image_id for job in jobs if job.image_id in done]
     if not scored:
@@ -630,5 +371,4 @@ def evaluate_images(ann, images: "str | os.PathLike", *, boxes: "str | os.PathLi
     if not missing and len(jobs) == len(gt.images):
         os.unlink(progress_path)      # kept after a --limit run, so that a longer one continues it
     stats = coco_eval(gt, load_results(records, gt) if records else [], image_ids=scored)
-    missing.sort()
     return EvalRun(stats, results_out, len(records), len(jobs), scored, resumed, missing, box_source)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .counting import layer_scope
 from .ops import Ops
+from .ops.geometry import clamp_window
 
 BN_EPS = 1e-5   # torch.nn.BatchNorm2d default
 LN_EPS = 1e-5   # torch.nn.LayerNorm default
@@ -194,7 +195,7 @@ class Attention(Layer):
 
     def forward(self, x):
         N, H, W, C = x.shape
-        window = (min(self.window[0], H), min(self.window[1], W))
+        window = clamp_window(self.window, H, W)
         qkv = self.qkv(self.norm(x))                                          # (N, H, W, 3C)
         y = self.ops.grouped_attention(qkv, self.heads, self.kind, window, self.patch)  # (N, H, W, C)
         return self.ops.add(x, self.proj(y))

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import WGNetConfig, get_config
+from .config import TAPS, WGNetConfig, get_config
 from .errors import ConfigError, InputShapeError
 from .layers import Conv1x1, DecoderStage, DWSep, EncoderStage, Layer, Sequential, walk
 from .ops import Ops
 
-TAPS = ("stem", "s1", "s2", "s3", "s4", "d1", "d2", "d3", "head")
+__all__ = ["TAPS", "WGNet"]
 DTYPES = ("float32", "float64")
 
 

@@ -19,24 +19,19 @@ lower a keypoint similarity (OKS) only for a ground-truth point beyond the last 
 """
 from __future__ import annotations
 
-import json
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .config import get_config
 from .errors import BoxError, DataError, InputShapeError
-from .keypoints import COCO
+from .keypoints import COCO, Keypoints
+from .nms import OKS_NMS_THR, oks_nms
 
 PADDING = 1.25                                # box enlargement (HRNet, MMPose `padding=1.25`)
 MEAN = (0.485, 0.456, 0.406)                  # ImageNet statistics, RGB (DESIGN section 1)
 STD = (0.229, 0.224, 0.225)
-COCO_KEYPOINTS = COCO.names
-FLIP_PAIRS = COCO.flip_pairs
-FLIP_INDEX = COCO.flip_index                  # joint k of a mirrored person is joint FLIP_INDEX[k]
-PERSON_CATEGORY = COCO.person_category
 KPT_SCORE_THR = 0.2        # joints counted in the instance score (HRNet `IN_VIS_THRE`, MMPose `vis_thr`)
 DARK_KERNEL = 11           # DARK's blur for heatmaps of sigma 2: k = 6 sigma - 1 (MMPose `blur_kernel_size`)
 MAX_BATCH = 16             # crops per forward pass (twice as many images with the flip test)
@@ -93,6 +88,8 @@ def affine_points(points: np.ndarray, M: np.ndarray) -> np.ndarray:
 
 def crop_person(image: np.ndarray, center, scale, input_size: tuple[int, int]) -> np.ndarray:
     """The network's view (H, W, 3) of one person: bilinear affine crop, zeros outside the image."""
+    import cv2       # imported when used: `import refpose` does not need OpenCV
+
     in_h, in_w = input_size
     M = get_affine_transform(center, scale, input_size)
     return cv2.warpAffine(image, M, (in_w, in_h), flags=cv2.INTER_LINEAR,
@@ -166,6 +163,8 @@ def dark_blur(heatmaps: np.ndarray, kernel: int = DARK_KERNEL) -> np.ndarray:
     Zhang et al. 2020 (DARK), section 3.1; MMPose `gaussian_blur`. The kernel is OpenCV's for size
     `kernel` and sigma 0 (sigma = 0.3 ((k - 1)/2 - 1) + 0.8 = 2 for k = 11), applied separably.
     """
+    import cv2
+
     N, K, h, w = heatmaps.shape
     g = cv2.getGaussianKernel(kernel, 0)[:, 0].astype(np.float64)
     r = kernel // 2
@@ -213,7 +212,7 @@ def decode_heatmaps(heatmaps: np.ndarray, dark: bool = False) -> tuple[np.ndarra
     return locs, scores
 
 
-def flip_back(heatmaps: np.ndarray, flip_index=FLIP_INDEX, shift: bool = True) -> np.ndarray:
+def flip_back(heatmaps: np.ndarray, flip_index=COCO.flip_index, shift: bool = True) -> np.ndarray:
     """Heatmaps of mirrored crops (N, K, h, w) -> heatmaps in the frame of the original crops.
 
     Mirror each map, give joint k the map of its mirror joint, and shift one pixel to the
@@ -226,7 +225,7 @@ def flip_back(heatmaps: np.ndarray, flip_index=FLIP_INDEX, shift: bool = True) -
     return out
 
 
-def predict_heatmaps(model, x: np.ndarray, flip: bool = False) -> np.ndarray:
+def predict_heatmaps(model, x: np.ndarray, flip: bool = False, flip_index=COCO.flip_index) -> np.ndarray:
     """Heatmaps (N, K, h, w) of inputs (N, 3, H, W), in batches; with `flip`, averaged with
     the flipped-back heatmaps of the mirrored inputs (the flip test)."""
     dtype = getattr(model, "dtype", np.float32)
@@ -236,7 +235,7 @@ def predict_heatmaps(model, x: np.ndarray, flip: bool = False) -> np.ndarray:
         n = len(xb)
         if flip:
             both = np.asarray(model(np.concatenate([xb, xb[..., ::-1]])), dtype=np.float64)   # (2n, K, h, w)
-            out.append(0.5 * (both[:n] + flip_back(both[n:])))
+            out.append(0.5 * (both[:n] + flip_back(both[n:], flip_index)))
         else:
             out.append(np.asarray(model(xb), dtype=np.float64))
     return np.concatenate(out)
@@ -251,6 +250,97 @@ def instance_score(keypoint_scores: np.ndarray, box_score: float = 1.0, thr: flo
 
 
 # --- the pipeline ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PoseOptions:
+    """The test-time choices of the top-down pipeline (plain values: they cross process boundaries)."""
+
+    flip: bool = False                   # flip test: average with the mirrored crop's heatmaps
+    dark: bool = False                   # DARK sub-pixel decoding instead of the quarter-pixel shift
+    oks_nms: float | None = None         # OKS-NMS threshold per image (MMPose: 0.9); None keeps every pose
+    heatmaps: bool = False               # keep each person's heatmaps (17, h, w) in its pose
+    keypoints: Keypoints = COCO          # the dataset's conventions: flip pairs, sigmas, category
+
+
+@dataclass(frozen=True)
+class Persons:
+    """The person boxes of one image, checked, with the crop of each: what the network sees."""
+
+    boxes: np.ndarray                    # (K, 4) x, y, w, h in image pixels
+    box_scores: np.ndarray               # (K,)
+    centers: np.ndarray                  # (K, 2) centre of each crop region
+    scales: np.ndarray                   # (K, 2) its width and height in pixels
+    crops: np.ndarray                    # (K, in_h, in_w, 3) RGB uint8
+    image_size: tuple[int, int]          # (H, W) of the image
+
+
+def crop_persons(image: np.ndarray, boxes, box_scores, input_size: tuple[int, int]) -> Persons:
+    """Check an image and its boxes (None: the whole image) and cut the network's view of each box."""
+    image = _check_image(image)
+    H, W = image.shape[:2]
+    boxes = _check_boxes([[0.0, 0.0, float(W), float(H)]] if boxes is None else boxes, (H, W))
+    K = len(boxes)
+    box_scores = np.ones(K) if box_scores is None else np.asarray(box_scores, dtype=np.float64).reshape(-1)
+    if len(box_scores) != K:
+        raise BoxError(f"{len(box_scores)} box scores for {K} boxes")
+    in_h, in_w = input_size
+    regions = [box_to_center_scale(b, in_w / in_h) for b in boxes]
+    centers, scales = np.array([c for c, _ in regions]).reshape(K, 2), np.array([s for _, s in regions]).reshape(K, 2)
+    crops = np.stack([crop_person(image, c, s, input_size) for c, s in regions]) if K else \
+        np.zeros((0, in_h, in_w, 3), np.uint8)                                       # (K, in_h, in_w, 3)
+    return Persons(boxes, box_scores, centers, scales, crops, (H, W))
+
+
+def _check_boxes(boxes, image_size: tuple[int, int]) -> np.ndarray:
+    """Boxes as a (K, 4) float array, each checked by `check_box`; BoxError otherwise."""
+    try:
+        boxes = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BoxError("boxes must be numbers, (K, 4) as x, y, w, h") from None
+    if boxes.size == 0:
+        return np.zeros((0, 4))
+    if boxes.ndim == 1:
+        boxes = boxes[None]
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise BoxError(f"boxes must have shape (K, 4) as x, y, w, h, got {boxes.shape}")
+    for b in boxes:
+        check_box(b, image_size)
+    return boxes
+
+
+def poses_from_heatmaps(persons: Persons, heatmaps: np.ndarray, dark: bool = False,
+                        keep_heatmaps: bool = False) -> list[dict]:
+    """Decode the heatmaps (K, 17, h, w) of the persons' crops into poses in image pixels, rescored."""
+    K, in_h, in_w = persons.crops.shape[:3]
+    H, W = persons.image_size
+    hm_h, hm_w = heatmaps.shape[2:]
+    coords, scores = decode_heatmaps(heatmaps, dark)                                 # (K, 17, 2), (K, 17)
+    coords = coords * (in_w / hm_w, in_h / hm_h)                                     # heatmap -> input pixels
+    poses = []
+    for i in range(K):
+        center, scale = persons.centers[i], persons.scales[i]
+        xy = affine_points(coords[i], get_affine_transform(center, scale, (in_h, in_w), inv=True))
+        xy = np.clip(xy, 0.0, (W - 1, H - 1))
+        pose = {"bbox": [float(v) for v in persons.boxes[i]],
+                "keypoints": np.concatenate([xy, scores[i][:, None]], axis=1),        # (17, 3)
+                "score": instance_score(scores[i], persons.box_scores[i]),
+                "center": [float(v) for v in center], "scale": [float(v) for v in scale]}
+        if keep_heatmaps:
+            pose["heatmaps"] = heatmaps[i].astype(np.float32)
+        poses.append(pose)
+    return poses
+
+
+def suppress(poses: list[dict], thr: float = OKS_NMS_THR, sigmas=COCO.oks_sigmas) -> list[dict]:
+    """The poses OKS-NMS keeps, best score first. MMPose's area for it is that of the padded,
+    aspect-fixed crop: scale w x h in pixels."""
+    if not poses:
+        return []
+    keypoints = np.stack([p["keypoints"] for p in poses])                           # (K, 17, 3)
+    scores = np.array([p["score"] for p in poses])
+    areas = np.array([p["scale"][0] * p["scale"][1] for p in poses])
+    return [poses[i] for i in oks_nms(keypoints, scores, areas, thr, sigmas)]
+
+
 def estimate(image: np.ndarray, model, boxes=None, *, box_scores=None, flip: bool = False,
              dark: bool = False, return_heatmaps: bool = False) -> list[dict]:
     """Top-down poses of the persons in `boxes` (one dict per box, in order).
@@ -261,47 +351,43 @@ def estimate(image: np.ndarray, model, boxes=None, *, box_scores=None, flip: boo
     `center` and `scale` of the crop, and with `return_heatmaps` the `heatmaps` (17, h, w).
     Raises BoxError for a box with no area or outside the image.
     """
-    image = _check_image(image)
-    H, W = image.shape[:2]
-    if boxes is None:
-        boxes = [[0.0, 0.0, float(W), float(H)]]
-    try:
-        boxes = np.asarray(boxes, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise BoxError("boxes must be numbers, (K, 4) as x, y, w, h") from None
-    if boxes.size == 0:
-        return []
-    if boxes.ndim == 1:
-        boxes = boxes[None]
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise BoxError(f"boxes must have shape (K, 4) as x, y, w, h, got {boxes.shape}")
-    K = len(boxes)
-    box_scores = np.ones(K) if box_scores is None else np.asarray(box_scores, dtype=np.float64).reshape(-1)
-    if len(box_scores) != K:
-        raise BoxError(f"{len(box_scores)} box scores for {K} boxes")
-    for b in boxes:
-        check_box(b, (H, W))
+    options = PoseOptions(flip=flip, dark=dark, heatmaps=return_heatmaps)
+    return _run(model, [crop_persons(image, boxes, box_scores, model.config.input_size)], options)[0]
 
-    in_h, in_w = model.config.input_size
-    regions = [box_to_center_scale(b, in_w / in_h) for b in boxes]
-    crops = np.stack([crop_person(image, c, s, (in_h, in_w)) for c, s in regions])   # (K, in_h, in_w, 3)
-    heatmaps = predict_heatmaps(model, normalize(crops), flip)                       # (K, 17, h, w)
-    hm_h, hm_w = heatmaps.shape[2:]
-    coords, scores = decode_heatmaps(heatmaps, dark)                                 # (K, 17, 2), (K, 17)
-    coords = coords * (in_w / hm_w, in_h / hm_h)                                     # heatmap -> input pixels
 
-    poses = []
-    for i, (center, scale) in enumerate(regions):
-        xy = affine_points(coords[i], get_affine_transform(center, scale, (in_h, in_w), inv=True))
-        xy = np.clip(xy, 0.0, (W - 1, H - 1))
-        pose = {"bbox": [float(v) for v in boxes[i]],
-                "keypoints": np.concatenate([xy, scores[i][:, None]], axis=1),        # (17, 3)
-                "score": instance_score(scores[i], box_scores[i]),
-                "center": [float(v) for v in center], "scale": [float(v) for v in scale]}
-        if return_heatmaps:
-            pose["heatmaps"] = heatmaps[i].astype(np.float32)
-        poses.append(pose)
-    return poses
+def predict(image: np.ndarray, model, boxes=None, box_scores=None, options: PoseOptions = PoseOptions(), *,
+            image_id=None, file_name: str | None = None) -> tuple[list[dict], list[dict]]:
+    """The top-down pipeline of one image: poses and their COCO keypoint-results records.
+
+    crop each box -> forward (with the flip test if asked) -> decode -> rescore -> OKS-NMS (if
+    `options.oks_nms`) -> records keyed by `image_id` and/or `file_name`. `refpose infer`,
+    `refpose eval --images` and validation during training all run it.
+    """
+    return predict_images([(image, boxes, box_scores, image_id, file_name)], model, options)[0]
+
+
+def predict_images(items, model, options: PoseOptions = PoseOptions()) -> list[tuple[list[dict], list[dict]]]:
+    """`predict` over several images at once: `items` are (image, boxes, box_scores, image_id,
+    file_name); the crops of all of them go through the network together."""
+    items = list(items)
+    persons = [crop_persons(image, boxes, scores, model.config.input_size) for image, boxes, scores, _, _ in items]
+    out = []
+    for (_, _, _, image_id, file_name), poses in zip(items, _run(model, persons, options)):
+        if options.oks_nms is not None:
+            poses = suppress(poses, options.oks_nms, options.keypoints.oks_sigmas)
+        out.append((poses, to_coco_records(poses, image_id, file_name, options.keypoints.person_category)))
+    return out
+
+
+def _run(model, persons: list[Persons], options: PoseOptions) -> list[list[dict]]:
+    """Poses of each image's persons: one forward pass (in batches) over all their crops."""
+    counts = [len(p.crops) for p in persons]
+    if not sum(counts):
+        return [[] for _ in persons]
+    x = normalize(np.concatenate([p.crops for p in persons]))                         # (sum K, 3, in_h, in_w)
+    heatmaps = predict_heatmaps(model, x, options.flip, options.keypoints.flip_index)  # (sum K, 17, h, w)
+    parts = np.split(heatmaps, np.cumsum(counts)[:-1])
+    return [poses_from_heatmaps(p, hm, options.dark, options.heatmaps) for p, hm in zip(persons, parts)]
 
 
 def _check_image(image) -> np.ndarray:
@@ -313,9 +399,10 @@ def _check_image(image) -> np.ndarray:
     return image
 
 
-def to_coco_records(poses: list[dict], image_id=None, file_name: str | None = None) -> list[dict]:
-    """COCO keypoint-results records: `image_id` and/or `file_name`, `category_id` 1, `bbox`,
-    `keypoints` (51 floats: x, y, score per joint), `score`."""
+def to_coco_records(poses: list[dict], image_id=None, file_name: str | None = None,
+                    category: int = COCO.person_category) -> list[dict]:
+    """COCO keypoint-results records: `image_id` and/or `file_name`, `category_id` (person),
+    `bbox`, `keypoints` (51 floats: x, y, score per joint), `score`."""
     if image_id is None and file_name is None:
         raise DataError("a COCO keypoint record needs an image_id or a file_name")
     records = []
@@ -325,63 +412,12 @@ def to_coco_records(poses: list[dict], image_id=None, file_name: str | None = No
             r["image_id"] = image_id
         if file_name is not None:
             r["file_name"] = file_name
-        r["category_id"] = PERSON_CATEGORY
+        r["category_id"] = category
         r["bbox"] = [float(v) for v in p["bbox"]]
         r["keypoints"] = [float(v) for v in np.asarray(p["keypoints"], dtype=np.float64).reshape(-1)]
         r["score"] = float(p["score"])
         records.append(r)
     return records
-
-
-# --- person detections ----------------------------------------------------------------------------
-def load_detections(path: "str | os.PathLike", box_thr: float = 0.0) -> dict:
-    """COCO detection results -> {image key: (boxes (K, 4) xywh, scores (K,))}.
-
-    The key is the record's `image_id`, or its `file_name` when it has none. Only persons
-    (category_id 1) with score >= box_thr and a positive width and height are kept (HRNet
-    `_load_coco_person_detection_results`; its evaluation threshold is 0.0); an image without
-    such a box is absent. A malformed file raises DataError naming it.
-    """
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            dets = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such detections file") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the detections: {e}") from None
-    if not isinstance(dets, list):
-        raise DataError(f"{path}: expected a JSON list of COCO detection results, got a JSON {type(dets).__name__}")
-    per_image: dict = {}
-    for i, d in enumerate(dets):
-        where = f"{path}: detection {i}"
-        if not isinstance(d, dict):
-            raise DataError(f"{where}: expected an object with image_id, category_id, bbox, score")
-        key = d.get("image_id", d.get("file_name"))
-        if not isinstance(key, (int, str)) or isinstance(key, bool):
-            raise DataError(f"{where}: needs an image_id (or a file_name)")
-        box, score, category = d.get("bbox"), d.get("score"), d.get("category_id")
-        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
-            raise DataError(f"{where}: bbox must be a list of 4 numbers x, y, w, h, got {box!r}")
-        if not _is_number(score):
-            raise DataError(f"{where}: score must be a number, got {score!r}")
-        if not isinstance(category, int) or isinstance(category, bool):
-            raise DataError(f"{where}: category_id must be an integer, got {category!r}")
-        if not (np.isfinite(box).all() and np.isfinite(score)):
-            raise DataError(f"{where}: bbox and score must be finite")
-        if category != PERSON_CATEGORY or score < box_thr or box[2] <= 0 or box[3] <= 0:
-            continue
-        boxes, scores = per_image.setdefault(key, ([], []))
-        boxes.append([float(v) for v in box])
-        scores.append(float(score))
-    return {k: (np.array(b, dtype=np.float64).reshape(-1, 4), np.array(s, dtype=np.float64))
-            for k, (b, s) in per_image.items()}
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # --- the model ------------------------------------------------------------------------------------

@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CONFIGS, WGNetConfig, get_config
+from .config import CONFIGS, TAPS, WGNetConfig, get_config
 from .errors import WeightsError
+from .ops.geometry import check_grouping, clamp_window
+from .weights import IGNORED_SUFFIXES, check_tensors
 
 BN_EPS = 1e-5   # BatchNorm2d and LayerNorm eps, DESIGN section 1
-IGNORED_SUFFIX = ".num_batches_tracked"   # accepted in a state_dict, never required
 
 
 # --- geometry: window and global (patch-grid) grouping, paper section 3.2 and Fig. 2 ----------
@@ -66,13 +67,6 @@ def global_reverse(groups: torch.Tensor, N: int, H: int, W: int,
     x = groups.reshape(N, gh, gw, nh, nw, ph, pw, C)       # (N, gh, gw, nh, nw, ph, pw, C)
     x = x.permute(0, 3, 1, 5, 4, 2, 6, 7)                  # (N, nh, gh, ph, nw, gw, pw, C)
     return x.reshape(N, H, W, C)
-
-
-def clamp_window(window: tuple[int, int], H: int, W: int) -> tuple[int, int]:
-    """The configured window clamped to the map, wh = min(window_h, H) (DESIGN section 1);
-    the same as WGNetConfig.window_of for the map the stage actually sees."""
-    wh, ww = window
-    return min(wh, H), min(ww, W)
 
 
 # --- layers -----------------------------------------------------------------------------------
@@ -171,10 +165,7 @@ class Attention(nn.Module):
 
     def _geometry(self, H: int, W: int) -> tuple[int, int]:
         wh, ww = clamp_window(self.window, H, W)
-        ph, pw = self.patch if self.kind == "global" else (1, 1)
-        if H % wh or W % ww or wh % ph or ww % pw:
-            raise ValueError(f"{self.kind} attention: window {wh}x{ww} / patch {ph}x{pw} "
-                             f"does not tile the {H}x{W} map")
+        check_grouping(H, W, self.kind, (wh, ww), self.patch)
         return wh, ww
 
     def mhsa(self, t: torch.Tensor) -> torch.Tensor:
@@ -276,7 +267,7 @@ class WGNetTwin(nn.Module):
     NCHW (N, 3, H, W) and returns heatmaps (N, num_keypoints, H/4, W/4). Use it in eval mode.
     """
 
-    TAPS = ("stem", "s1", "s2", "s3", "s4", "d1", "d2", "d3", "head")
+    TAPS = TAPS
 
     def __init__(self, config: "str | WGNetConfig | dict"):
         super().__init__()
@@ -317,27 +308,13 @@ class WGNetTwin(nn.Module):
     @torch.no_grad()
     def load_numpy(self, tensors: "dict[str, np.ndarray]") -> None:
         """Strict load of numpy arrays in PyTorch layouts (DESIGN section 3), cast to the module's
-        dtype. Every key except *.num_batches_tracked is required, none may be extra; a shape
-        mismatch, a non-float array or a non-finite value is a ValueError naming the key."""
-        state = {k: v for k, v in self.state_dict().items() if not k.endswith(IGNORED_SUFFIX)}
-        given = {k: v for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIX)}
-        missing = sorted(state.keys() - given.keys())
-        extra = sorted(given.keys() - state.keys())
-        if missing:
-            raise ValueError(f"missing key(s): {', '.join(missing)}")
-        if extra:
-            raise ValueError(f"unexpected key(s): {', '.join(extra)}")
+        dtype. Strict as every refpose loader (`refpose.weights.check_tensors`): a missing or extra
+        key (*.num_batches_tracked aside), a shape mismatch, a non-float array or a non-finite
+        value is a WeightsError (a ValueError) naming the key."""
+        state = {k: v for k, v in self.state_dict().items() if not k.endswith(IGNORED_SUFFIXES)}
+        check_tensors(tensors, {k: tuple(v.shape) for k, v in state.items()}, "weights")
         for key, target in state.items():
-            array = np.asarray(given[key])
-            if tuple(array.shape) != tuple(target.shape):
-                raise ValueError(f"{key}: shape {tuple(array.shape)} in the weights, "
-                                 f"{tuple(target.shape)} expected")
-            if not np.issubdtype(array.dtype, np.floating):
-                raise ValueError(f"{key}: dtype {array.dtype} is not a float type")
-            if not np.isfinite(array).all():
-                raise ValueError(f"{key}: non-finite values")
-        for key, target in state.items():
-            target.copy_(torch.from_numpy(np.ascontiguousarray(given[key])).to(target.dtype))
+            target.copy_(torch.from_numpy(np.ascontiguousarray(tensors[key])).to(target.dtype))
 
 
 # --- export: PyTorch checkpoint -> weights file (DESIGN section 5, `refpose export`) ----------
@@ -345,7 +322,7 @@ def expected_shapes(config: "str | WGNetConfig | dict") -> dict[str, tuple[int, 
     """Key -> shape of the twin's state_dict for a config (num_batches_tracked left out)."""
     with torch.device("meta"):                                          # shapes only, no memory
         model = WGNetTwin(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith(IGNORED_SUFFIX)}
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith(IGNORED_SUFFIXES)}
 
 
 def _mismatch(shapes: dict, expected: dict) -> list[str]:
@@ -377,7 +354,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise WeightsError(f"{path}: not a state_dict (a dict of named tensors, "
                            "bare or under 'state_dict')")
-    return {k: v for k, v in obj.items() if not k.endswith(IGNORED_SUFFIX)}
+    return {k: v for k, v in obj.items() if not k.endswith(IGNORED_SUFFIXES)}
 
 
 def _match_config(path: Path, shapes: dict, config) -> WGNetConfig:
@@ -410,14 +387,10 @@ def read_checkpoint(checkpoint_path, config=None) -> tuple[dict[str, np.ndarray]
     state = _read_state_dict(path)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     cfg = _match_config(path, shapes, config)
-    tensors = {}
-    for key, value in state.items():
-        if not value.is_floating_point():
-            raise WeightsError(f"{path}: {key} has dtype {value.dtype}, not a float type")
-        array = value.detach().to(torch.float32).contiguous().numpy()
-        if not np.isfinite(array).all():
-            raise WeightsError(f"{path}: {key} has non-finite values")
-        tensors[key] = array
+    # float tensors as float32 (bfloat16 has no numpy dtype); others as they are, for the check to name
+    tensors = {k: (v.detach().to(torch.float32) if v.is_floating_point() else v.detach()).contiguous().numpy()
+               for k, v in state.items()}
+    check_tensors(tensors, expected_shapes(cfg), str(path))
     return tensors, cfg
 
 

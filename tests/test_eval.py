@@ -16,10 +16,21 @@ import pytest
 
 import refpose
 from refpose.errors import DataError, WeightsError
-from refpose.evaluate import (COCO_SIGMAS, PROGRESS_SUFFIX, STAT_NAMES, _read_progress, coco_eval,
-                              evaluate_images, format_stats, gt_person_boxes, load_annotations, load_results,
-                              oks_iou, oks_nms, score_results)
+from refpose.evaluate import PROGRESS_SUFFIX, ModelSpec, RunOptions, _read_progress, gt_person_boxes
+from refpose.evaluate import evaluate_images as _evaluate_images
+from refpose.nms import oks_iou, oks_nms
+from refpose.scoring import (COCO_SIGMAS, STAT_NAMES, coco_eval, format_stats, load_annotations, load_results,
+                             score_results)
 from refpose.topdown import default_model
+
+
+
+def evaluate_images(ann, images, results_out, *, boxes=None, weights=None, progress=False, **options):
+    """`refpose.evaluate.evaluate_images` with the model and run options as keywords."""
+    model = ModelSpec(None if weights is None else str(weights))
+    return _evaluate_images(ann, images, results_out, boxes=boxes, model=model, options=RunOptions(**options),
+                            progress=progress)
+
 
 pycocotools = pytest.importorskip("pycocotools", reason="COCO evaluation needs pycocotools")
 from pycocotools.coco import COCO  # noqa: E402

@@ -18,6 +18,7 @@ import pytest
 from numba import njit
 
 import refpose
+from refpose import threads
 from refpose.ops import Ops, fast, kernels, reference as ref
 
 pytestmark = pytest.mark.usefixtures("warm_kernels")
@@ -188,14 +189,14 @@ def test_grouped_attention_matches_reference(N, H, W, heads, d, kind, window, pa
 
 def test_token_pixels_cover_every_pixel_once():
     for N, H, W, _, _, kind, window, patch in GROUPINGS:
-        pix = fast.token_pixels(N, H, W, kind, window, patch)
+        pix = geometry.token_pixels(N, H, W, kind, window, patch)
         np.testing.assert_array_equal(np.sort(pix.ravel()), np.arange(N * H * W))
 
 
 def test_global_tokens_are_the_same_patch_of_every_window():
     # 8x6 map, 4x3 windows (2 x 2 of them), 2x3 patches: group 1 is the lower patch of each
     # window, rows 2-3 of the window, all 3 columns (written out by hand from section 3.2).
-    pix = fast.token_pixels(1, 8, 6, "global", (4, 3), (2, 3))
+    pix = geometry.token_pixels(1, 8, 6, "global", (4, 3), (2, 3))
     assert pix.shape == (2, 24)
     rows = [2, 3, 6, 7]
     want = sorted(h * 6 + w for h in rows for w in range(6))
@@ -267,7 +268,7 @@ def test_every_output_element_is_written_by_the_kernels():
     N, H, W, heads, d = 2, 8, 6, 2, 4
     x = uniform(rng, (N * H * W, 3 * heads * d))
     for kind, patch in [("window", (4, 3)), ("global", (2, 3)), ("global", (1, 1))]:
-        pix = fast.token_pixels(N, H, W, kind, (4, 3), patch)
+        pix = geometry.token_pixels(N, H, W, kind, (4, 3), patch)
         G, T = pix.shape
         rows = np.full((G * T, 3 * heads * d), np.nan)
         kernels._gather_rows(x, pix, rows)
@@ -339,7 +340,7 @@ def test_results_do_not_depend_on_the_numba_thread_count(numba_threads, tiny_ten
     from refpose.weights import from_tensors
     if _max_threads() < 2:
         pytest.skip("needs 2 numba threads")
-    if kernels.OPENMP_SPINS:
+    if threads.policy().openmp_spins:
         pytest.skip("the kernels run on one thread in this process (an OpenMP runtime spins)")
     model = from_tensors(tiny_tensors, "tiny", "float32", "fast")
     x = tiny_input.astype(np.float32)
@@ -368,7 +369,11 @@ def test_wgnet_counted_macs_are_unchanged_on_the_fast_path():
 
 
 def _import_kernels(prelude="", **env):
-    code = prelude + "import os, refpose.ops.kernels as k; print(os.environ['OMP_WAIT_POLICY'], k.OPENMP_SPINS)"
+    # the policy is decided when the first fast-path model is built, not at import
+    code = prelude + ("import os, refpose.ops.kernels, refpose.threads as t; "
+                      "assert os.environ.get('OMP_WAIT_POLICY') == %r; "
+                      "refpose.build('tiny'); print(os.environ['OMP_WAIT_POLICY'], t.policy().openmp_spins)"
+                      % env.get("OMP_WAIT_POLICY"))
     env = {**{k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}, **env}
     r = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, env=env,
                        timeout=300)

@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 
 import refpose
+from refpose.detections import load_detections
 from refpose.errors import BoxError, DataError, InputShapeError
+from refpose.keypoints import COCO
 from refpose.topdown import (
-    COCO_KEYPOINTS, FLIP_INDEX, MEAN, STD, affine_points, box_to_center_scale, check_box, crop_person,
+    MEAN, STD, affine_points, box_to_center_scale, check_box, crop_person,
     decode_heatmaps, default_model, default_weights_path, estimate, flip_back, get_affine_transform,
-    instance_score, load_detections, normalize, to_coco_records)
+    instance_score, normalize, to_coco_records)
+
+COCO_KEYPOINTS, FLIP_INDEX = COCO.names, COCO.flip_index
 
 SIGMA = 2.0      # the Gaussian of MMPose's 256x192 COCO targets (and of DARK's blur for kernel 11)
 

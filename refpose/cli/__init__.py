@@ -12,8 +12,9 @@ import sys
 
 from ..errors import RefposeError
 
-# modules of this package that define commands, in the order `--help` lists them
-COMMAND_MODULES = ("infer", "eval", "models", "bench", "oracle")
+# modules of this package that define commands, in the order `--help` lists them: models ends
+# with `export` and oracle starts with `export-onnx`, so the two exports sit side by side
+COMMAND_MODULES = ("infer", "eval", "models", "oracle", "bench")
 
 
 class Parser(argparse.ArgumentParser):

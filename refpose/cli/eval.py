@@ -46,7 +46,8 @@ def add_parser(sub) -> None:
 
 
 def run_eval(args) -> int:
-    from ..evaluate import PROGRESS_SUFFIX, evaluate_images, format_stats, score_results
+    from ..evaluate import PROGRESS_SUFFIX, ModelSpec, RunOptions, evaluate_images
+    from ..scoring import format_stats, score_results
 
     if args.results:
         used = [f"--{k.replace('_', '-')}" for k in ("boxes", "weights", "config", "results_out", "limit",
@@ -65,9 +66,10 @@ def run_eval(args) -> int:
 
     args.results_out = args.results_out or "result_keypoints.json"
     try:
-        run = evaluate_images(args.ann, args.images, boxes=args.boxes, weights=args.weights, config=args.config,
-                              flip=args.flip, results_out=args.results_out, limit=args.limit,
-                              workers=1 if args.workers is None else args.workers, restart=args.restart)
+        run = evaluate_images(args.ann, args.images, args.results_out, boxes=args.boxes,
+                              model=ModelSpec(args.weights, args.config),
+                              options=RunOptions(flip=args.flip, limit=args.limit, restart=args.restart,
+                                                 workers=1 if args.workers is None else args.workers))
     except KeyboardInterrupt:
         progress = args.results_out + PROGRESS_SUFFIX
         if os.path.exists(progress):

@@ -1,7 +1,7 @@
 """`refpose infer`: top-down pose estimation on image files (DESIGN section 5).
 
 For each image: person boxes (`--bbox`, `--boxes DETS.json`, or the whole image) ->
-`refpose.topdown.estimate` -> `<name>.pose.json` (COCO keypoint results) and
+`refpose.topdown.predict` -> `<name>.pose.json` (COCO keypoint results) and
 `<name>.pose.png` (the skeleton drawn on the image) in `--out`. Files are written
 atomically. A bad image is reported on one line and the others go on; the exit status is
 0 when all went well, 1 when some failed, 2 when none could be processed.
@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import CONFIGS
@@ -66,11 +67,14 @@ def parse_bbox(text: str) -> list[float]:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..topdown import default_model, load_detections
+    from ..detections import load_detections
+    from ..topdown import PoseOptions, default_model
 
     if args.bbox and args.boxes:
         raise BoxError("give person boxes with --bbox or with --boxes, not both")
-    detections = load_detections(args.boxes, args.box_thr) if args.boxes else None
+    boxes = BoxSource(args.bbox, load_detections(args.boxes, args.box_thr) if args.boxes else None,
+                      f"no person box with score >= {args.box_thr} in {args.boxes}")
+    options = PoseOptions(flip=args.flip, dark=args.dark, heatmaps=args.heatmaps)
     model = default_model(args.weights, args.config)
     out_dir = Path(args.out)
     try:
@@ -87,12 +91,8 @@ def run(args) -> int:
     for path in bar:
         name = Path(path).stem
         try:
-            if name in taken:
-                if os.path.realpath(taken[name]) == os.path.realpath(path):
-                    raise RefposeError(f"{path}: given more than once (its outputs are written already)")
-                raise RefposeError(f"{path}: its outputs {name}.pose.* would overwrite those of {taken[name]}")
-            taken[name] = path
-            records, n = infer_one(path, model, out_dir, args, detections)
+            _claim(taken, name, path)
+            records, n = infer_one(path, model, out_dir, boxes, options, args.kpt_thr)
         except (RefposeError, OSError) as e:
             failed.append(str(e))
             tqdm.write(f"refpose infer: error: {_one_line(e, path)}", file=sys.stderr)
@@ -116,37 +116,59 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-def infer_one(path: str, model, out_dir: Path, args, detections) -> tuple[list[dict], int]:
-    """Run one image and write its outputs; returns its records and the number of persons."""
-    import numpy as np
+@dataclass(frozen=True)
+class BoxSource:
+    """Where an image's person boxes come from: `--bbox` boxes, detections, or the whole image."""
 
+    bbox: list | None                  # boxes given on the command line, for every image
+    detections: dict | None            # `refpose.detections.load_detections` of --boxes
+    none_found: str                    # the note when the detections have nothing for an image
+
+    def for_image(self, path: str):
+        """(boxes or None for the whole image, box scores or None, image_id or None)."""
+        import numpy as np
+
+        from ..detections import find_detections, image_keys
+
+        file_name = os.path.basename(path)
+        image_id = next((k for k in image_keys(file_name) if isinstance(k, int)), None)
+        if self.detections is None:
+            return (None if not self.bbox else np.asarray(self.bbox, dtype=np.float64)), None, image_id
+        found = find_detections(self.detections, file_name)
+        if found is None:
+            _err(f"refpose infer: note: {path}: {self.none_found}")
+            return np.zeros((0, 4)), None, image_id
+        key, (boxes, scores) = found
+        return boxes, scores, (key if key != file_name else image_id)
+
+
+def _claim(taken: dict, name: str, path: str) -> None:
+    """Refuse an input whose outputs would overwrite those of an earlier one."""
+    if name in taken:
+        if os.path.realpath(taken[name]) == os.path.realpath(path):
+            raise RefposeError(f"{path}: given more than once (its outputs are written already)")
+        raise RefposeError(f"{path}: its outputs {name}.pose.* would overwrite those of {taken[name]}")
+    taken[name] = path
+
+
+def infer_one(path: str, model, out_dir: Path, boxes: BoxSource, options, kpt_thr: float) -> tuple[list[dict], int]:
+    """Run one image through `refpose.topdown.predict` and write its outputs; returns its
+    records and the number of persons."""
     from ..draw import draw_poses, encode_png, heatmap_montage
     from ..imageio import read_image
-    from ..topdown import estimate, to_coco_records
+    from ..topdown import predict
 
     image = read_image(path)
-    file_name = os.path.basename(path)
-    stem = Path(path).stem
-    image_id = int(stem) if stem.isdigit() else None
-    boxes, scores = (np.asarray(args.bbox, dtype=np.float64) if args.bbox else None), None
-    if detections is not None:
-        key = next((k for k in (file_name, image_id, stem) if k is not None and k in detections), None)
-        if key is None:
-            boxes = np.zeros((0, 4))
-            _err(f"refpose infer: note: {path}: no person box with score >= {args.box_thr} in {args.boxes}")
-        else:
-            boxes, scores = detections[key]
-            if key != file_name:
-                image_id = key
+    file_name, stem = os.path.basename(path), Path(path).stem
+    person_boxes, scores, image_id = boxes.for_image(path)
     try:
-        poses = estimate(image, model, boxes, box_scores=scores, flip=args.flip, dark=args.dark,
-                         return_heatmaps=args.heatmaps)
+        poses, records = predict(image, model, person_boxes, scores, options, image_id=image_id,
+                                 file_name=None if image_id is not None else file_name)
     except RefposeError as e:
         raise type(e)(f"{path}: {e}") from None
-    records = to_coco_records(poses, image_id=image_id, file_name=None if image_id is not None else file_name)
     files = {out_dir / f"{stem}.pose.json": (json.dumps(records, indent=1) + "\n").encode(),
-             out_dir / f"{stem}.pose.png": encode_png(draw_poses(image, poses, args.kpt_thr))}
-    if args.heatmaps:
+             out_dir / f"{stem}.pose.png": encode_png(draw_poses(image, poses, kpt_thr))}
+    if options.heatmaps:
         for i, pose in enumerate(poses):
             files[out_dir / f"{stem}.person{i}.heatmaps.png"] = encode_png(
                 heatmap_montage(image, pose, model.config.input_size))

@@ -14,10 +14,6 @@ from . import geometry, reference
 IMPLS = ("reference", "fast")
 
 
-def _out(n: int, k: int, stride: int) -> int:
-    return (n + 2 * (k // 2) - k) // stride + 1
-
-
 class Ops:
     """A model's op set: `Ops("reference")` or `Ops("fast")`. Maps are NHWC."""
 
@@ -25,7 +21,9 @@ class Ops:
         if impl == "reference":
             self.impl = reference
         elif impl == "fast":
+            from ..threads import policy
             from . import fast
+            policy()                         # the thread policy, decided before any kernel runs
             self.impl = fast
         else:
             raise ValueError(f"unknown op implementation {impl!r}; choose one of {', '.join(IMPLS)}")
@@ -36,14 +34,16 @@ class Ops:
         """Dense conv (used for 1x1 projections); w (Cout, Cin, k, k)."""
         N, H, W, Cin = x.shape
         Cout, _, kh, kw = w.shape
-        report("conv", N * _out(H, kh, stride) * _out(W, kw, stride) * Cout * Cin * kh * kw)
+        Ho, Wo = geometry.conv_out_size(H, kh, stride), geometry.conv_out_size(W, kw, stride)
+        report("conv", N * Ho * Wo * Cout * Cin * kh * kw)
         return self._act(self.impl.conv2d, relu6, x, w, b, stride)
 
     def depthwise_conv(self, x, w, b, stride=1, relu6=False):
         """Depthwise conv; w (C, 1, k, k)."""
         N, H, W, C = x.shape
         _, _, kh, kw = w.shape
-        report("depthwise_conv", N * _out(H, kh, stride) * _out(W, kw, stride) * C * kh * kw)
+        Ho, Wo = geometry.conv_out_size(H, kh, stride), geometry.conv_out_size(W, kw, stride)
+        report("depthwise_conv", N * Ho * Wo * C * kh * kw)
         return self._act(self.impl.depthwise_conv2d, relu6, x, w, b, stride)
 
     def conv_transpose(self, x, w, b, stride=2, relu6=False):
@@ -67,11 +67,12 @@ class Ops:
         N, H, W, C3 = qkv.shape
         C = C3 // 3
         geometry.check_grouping(H, W, kind, window, patch)
-        tokens = window[0] * window[1] if kind == "window" else (H * W) // ((window[0] // patch[0]) * (window[1] // patch[1]))
-        # every one of the N*H*W queries meets `tokens` keys, over C channels summed across heads
-        report("attention_qk", N * H * W * tokens * C)
-        report("attention_av", N * H * W * tokens * C)
-        report_elementwise("softmax", N * H * W * tokens * heads)
+        # the grouping the kernels receive, (groups, tokens): counted from its shape, not from a formula
+        G, T = geometry.token_pixels(N, H, W, kind, window, patch).shape
+        # each group: Q K^T is (T x C) (C x T) and A V is (T x T) (T x C), C summed across heads
+        report("attention_qk", G * T * T * C)
+        report("attention_av", G * T * T * C)
+        report_elementwise("softmax", G * heads * T * T)
         return self.impl.grouped_attention(qkv, heads, kind, window, patch)
 
     def squeeze_excite(self, x, w1, b1, w2, b2):

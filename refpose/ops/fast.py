@@ -6,13 +6,10 @@ from `refpose.ops.kernels` (depthwise conv, LayerNorm, the gather/softmax/scatte
 attention, bias + ReLU6 epilogues). The conv ops take an extra `relu6` that fuses the
 activation into the kernel (`Ops` passes it on this path only). Everything runs in the
 dtype of the inputs, float32 or float64 (DESIGN section 4: one forward, two dtypes).
-Threads: BLAS's own, and Numba's (`numba.set_num_threads`) for the kernels.
+Threads: BLAS's own, and Numba's for the kernels, as `refpose.threads` decides once.
 """
 from __future__ import annotations
 
-import functools
-
-import numba
 import numpy as np
 
 from . import geometry, kernels, reference
@@ -21,22 +18,6 @@ from .reference import squeeze_excite  # noqa: F401  (not hot: a mean and two ti
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 SCORES_BYTES = 1 << 20     # attention scores handled per chunk: small enough to stay in L2
 PLANAR_BELOW = 8           # depthwise convs with fewer channels run on planar maps
-
-
-def _kernel_threads(op):
-    """Run `op` with Numba on one thread when an OpenMP runtime spins (`kernels.OPENMP_SPINS`)."""
-    if not kernels.OPENMP_SPINS:
-        return op
-
-    @functools.wraps(op)
-    def on_one_thread(*args, **kwargs):
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            return op(*args, **kwargs)
-        finally:
-            numba.set_num_threads(threads)
-    return on_one_thread
 
 
 def _dtype(*arrays) -> np.dtype:
@@ -54,11 +35,6 @@ def _bias(b, n: int, dtype: np.dtype) -> np.ndarray:
     return np.zeros(n, dtype) if b is None else _c(b, dtype)
 
 
-def _out_size(n: int, k: int, stride: int) -> int:
-    # PyTorch: floor((n + 2*pad - k) / stride) + 1 with pad = k // 2
-    return (n + 2 * (k // 2) - k) // stride + 1
-
-
 def _epilogue(y: np.ndarray, b, relu6: bool) -> np.ndarray:
     """y (M, C) + b, then ReLU6 if asked, in place and in one pass."""
     if b is not None or relu6:
@@ -66,7 +42,6 @@ def _epilogue(y: np.ndarray, b, relu6: bool) -> np.ndarray:
     return y
 
 
-@_kernel_threads
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1,
            relu6: bool = False) -> np.ndarray:
     """Dense conv; a 1x1 conv is one matmul over the pixels: (NHW, Cin) @ (Cin, Cout)."""
@@ -84,7 +59,6 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1,
     return _epilogue(y, b, relu6).reshape(N, Ho, Wo, Cout)
 
 
-@_kernel_threads
 def depthwise_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1,
                      relu6: bool = False) -> np.ndarray:
     """Depthwise conv, zero padding k//2; w (C, 1, k, k). One kernel does the taps, the bias
@@ -95,7 +69,7 @@ def depthwise_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
     if kh != kw:
         raise ValueError(f"depthwise_conv2d supports square kernels, got {kh}x{kw}")
     dtype = _dtype(x, w)
-    Ho, Wo = _out_size(H, kh, stride), _out_size(W, kw, stride)
+    Ho, Wo = geometry.conv_out_size(H, kh, stride), geometry.conv_out_size(W, kw, stride)
     if C < PLANAR_BELOW:
         xp = _c(x.transpose(0, 3, 1, 2), dtype)                   # (N, C, H, W); a view when x came from NCHW
         y = np.empty((N, C, Ho, Wo), dtype)
@@ -107,7 +81,6 @@ def depthwise_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
     return y
 
 
-@_kernel_threads
 def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 2,
                      relu6: bool = False) -> np.ndarray:
     """Transposed conv with kernel == stride: one matmul for every tap, then a scatter."""
@@ -123,7 +96,6 @@ def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
     return y
 
 
-@_kernel_threads
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     """y = x W^T + b over the last axis: a BLAS matmul and a bias epilogue."""
     dtype = _dtype(x, w)
@@ -132,7 +104,6 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return _epilogue(y, b, False).reshape(*x.shape[:-1], out)
 
 
-@_kernel_threads
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """LayerNorm over the channel axis (torch.nn.LayerNorm), one row per kernel iteration."""
     dtype = _dtype(x, weight)
@@ -143,22 +114,6 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float =
     return y.reshape(x.shape)
 
 
-@functools.lru_cache(maxsize=64)
-def token_pixels(N: int, H: int, W: int, kind: str, window: tuple[int, int],
-                 patch: tuple[int, int]) -> np.ndarray:
-    """(G, T) int64: the flat pixel index n*H*W + h*W + w of token t of group g.
-
-    Built by `geometry.partition` itself on a map of indices, so the kernels group exactly
-    as the reference does; cached (read-only) since a network asks for the same few shapes
-    on every forward.
-    """
-    idx = np.arange(N * H * W, dtype=np.int64).reshape(N, H, W, 1)
-    pix = np.ascontiguousarray(geometry.partition(idx, kind, window, patch)[..., 0])   # (G, T)
-    pix.setflags(write=False)
-    return pix
-
-
-@_kernel_threads
 def grouped_attention(qkv: np.ndarray, heads: int, kind: str,
                       window: tuple[int, int], patch: tuple[int, int]) -> np.ndarray:
     """Multi-head attention inside the groups of `kind`; qkv (N, H, W, 3C) -> (N, H, W, C).
@@ -172,7 +127,7 @@ def grouped_attention(qkv: np.ndarray, heads: int, kind: str,
     C = C3 // 3
     d = C // heads
     dtype = _dtype(qkv)
-    pix = token_pixels(N, H, W, kind, window, patch)
+    pix = geometry.token_pixels(N, H, W, kind, window, patch)   # (G, T)
     G, T = pix.shape
     rows = np.empty((G * T, C3), dtype)
     kernels._gather_rows(_c(qkv, dtype).reshape(N * H * W, C3), pix, rows)

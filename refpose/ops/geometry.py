@@ -13,6 +13,8 @@ the window and p the row inside the patch (columns alike with b, j, q).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -74,10 +76,56 @@ def reverse(t: np.ndarray, kind: str, shape: tuple, window: tuple[int, int], pat
     raise ValueError(f"unknown attention kind {kind!r}")
 
 
+def clamp_window(window: tuple[int, int], H: int, W: int) -> tuple[int, int]:
+    """The configured window clamped to an H x W map: wh = min(window_h, H) (DESIGN section 1)."""
+    wh, ww = window
+    return min(wh, H), min(ww, W)
+
+
+def tiling_problem(H: int, W: int, kind: str, window: tuple[int, int], patch: tuple[int, int]) -> str | None:
+    """Why windows of `window` (already clamped) do not tile an H x W map, or patches the
+    window for global attention; None when they do (DESIGN section 1)."""
+    wh, ww = window
+    if wh <= 0 or ww <= 0 or H % wh or W % ww:
+        return f"window {wh}x{ww} does not divide the {H}x{W} map"
+    ph, pw = patch
+    if kind == "global" and (ph <= 0 or pw <= 0 or wh % ph or ww % pw):
+        return f"patch {ph}x{pw} does not divide the {wh}x{ww} window"
+    return None
+
+
 def check_grouping(H: int, W: int, kind: str, window: tuple[int, int], patch: tuple[int, int]) -> None:
     """Raise ValueError when the window does not divide the map or the patch the window."""
+    problem = tiling_problem(H, W, kind, window, patch)
+    if problem:
+        raise ValueError(problem)
+
+
+def grouped_shape(N: int, H: int, W: int, kind: str, window: tuple[int, int],
+                  patch: tuple[int, int]) -> tuple[int, int]:
+    """(groups, tokens) of `partition` on an (N, H, W, C) map: what the attention kernels see."""
     wh, ww = window
-    if H % wh or W % ww:
-        raise ValueError(f"window {wh}x{ww} does not divide the {H}x{W} map")
-    if kind == "global" and (wh % patch[0] or ww % patch[1]):
-        raise ValueError(f"patch {patch[0]}x{patch[1]} does not divide the {wh}x{ww} window")
+    if kind == "window":
+        return N * (H // wh) * (W // ww), wh * ww
+    gh, gw = wh // patch[0], ww // patch[1]
+    return N * gh * gw, (H // wh) * (W // ww) * patch[0] * patch[1]
+
+
+def conv_out_size(n: int, k: int, stride: int) -> int:
+    """Output length of a conv with padding k // 2 (PyTorch: floor((n + 2 pad - k) / stride) + 1)."""
+    return (n + 2 * (k // 2) - k) // stride + 1
+
+
+@functools.lru_cache(maxsize=64)
+def token_pixels(N: int, H: int, W: int, kind: str, window: tuple[int, int],
+                 patch: tuple[int, int]) -> np.ndarray:
+    """(groups, tokens) int64: the flat pixel index n*H*W + h*W + w of token t of group g.
+
+    `partition` itself applied to a map of indices, so the fast kernels group exactly as the
+    reference does and the op counter reads the grouped shape from it; cached (read-only)
+    since a network asks for the same few shapes on every forward.
+    """
+    idx = np.arange(N * H * W, dtype=np.int64).reshape(N, H, W, 1)
+    pix = np.ascontiguousarray(partition(idx, kind, window, patch)[..., 0])   # (G, T)
+    pix.setflags(write=False)
+    return pix

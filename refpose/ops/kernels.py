@@ -15,8 +15,6 @@ and writes into an output array the caller allocates.
 from __future__ import annotations
 
 import math
-import os
-import warnings
 
 import numpy as np
 from llvmlite import ir
@@ -25,37 +23,6 @@ from numba.extending import intrinsic, overload
 
 FASTMATH = {"contract", "nsz"}
 JIT = dict(cache=True, fastmath=FASTMATH)
-
-
-
-def _openmp_may_spin() -> bool:
-    """Ask OpenMP runtimes to wait passively; True if one was loaded before we could ask.
-
-    Numba's OpenMP threads spin after a parallel region by default, and so do OpenBLAS's
-    workers after a matmul; the fast path alternates the two, and on a 2-core machine the
-    spinning pools starved each other (a wgnet forward took ~1.4 s instead of ~50 ms).
-    libgomp reads OMP_WAIT_POLICY once, when it loads: for Numba that is its first parallel
-    launch, unless another package (torch) loaded libgomp first. A policy set by the user is kept.
-    """
-    if "OMP_WAIT_POLICY" in os.environ:
-        return False
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        with open("/proc/self/maps") as f:
-            loaded = f.read()
-    except OSError:                      # not Linux: nothing to check
-        return False
-    return any(lib in loaded for lib in ("libgomp", "libiomp", "libomp."))
-
-
-# True when an OpenMP runtime spins regardless: `refpose.ops.fast` then runs the kernels on one
-# thread, which on 2 cores costs nothing measurable next to OpenBLAS's threads (see the report).
-OPENMP_SPINS = _openmp_may_spin()
-if OPENMP_SPINS:
-    warnings.warn("an OpenMP runtime (torch's, or Numba's thread pool) was loaded before refpose could ask it "
-                  "not to spin; the fast path runs its Numba kernels on one thread. Set OMP_WAIT_POLICY=PASSIVE "
-                  "in the environment (or import refpose before torch) to run them in parallel.",
-                  RuntimeWarning, stacklevel=2)
 
 
 # --- exp for softmax ------------------------------------------------------------------------

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import partition, reverse
+from .geometry import conv_out_size, partition, reverse
 
 
 def _pad_hw(x: np.ndarray, pad: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-
-
-def _out_size(n: int, k: int, stride: int) -> int:
-    # PyTorch: floor((n + 2*pad - k) / stride) + 1 with pad = k // 2
-    return (n + 2 * (k // 2) - k) // stride + 1
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1) -> np.ndarray:
@@ -28,7 +23,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1) 
     """
     N, H, W, Cin = x.shape
     Cout, _, kh, kw = w.shape
-    Ho, Wo = _out_size(H, kh, stride), _out_size(W, kw, stride)
+    Ho, Wo = conv_out_size(H, kh, stride), conv_out_size(W, kw, stride)
     if (kh, kw, stride) == (1, 1, 1):           # a 1x1 conv is a linear layer over the pixels
         return linear(x, w[:, :, 0, 0], b)
     xp = _pad_hw(x, kh // 2) if kh > 1 else x
@@ -49,7 +44,7 @@ def depthwise_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
     """
     N, H, W, C = x.shape
     _, _, kh, kw = w.shape
-    Ho, Wo = _out_size(H, kh, stride), _out_size(W, kw, stride)
+    Ho, Wo = conv_out_size(H, kh, stride), conv_out_size(W, kw, stride)
     xp = _pad_hw(x, kh // 2)
     taps = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))     # (kh, kw, C): each tap's C weights contiguous
     y = np.zeros((N, Ho, Wo, C), dtype=x.dtype)

@@ -1,0 +1,100 @@
+"""Person detections: reading a COCO detection-results file, and matching its records to an image.
+
+A detection-results file is a JSON list of `{"image_id", "category_id", "bbox": [x, y, w, h],
+"score"}` (the format of COCO's detection challenge and of HRNet / MMPose's
+`COCO_val2017_detections_AP_H_56_person.json`). Records keyed by `file_name` instead of
+`image_id` are accepted too. `refpose infer` and `refpose eval --images` both read boxes
+through `load_detections` and find an image's boxes through `find_detections`, so the two
+commands agree on which boxes belong to which image.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+from .errors import DataError
+from .keypoints import COCO
+
+
+def is_number(v) -> bool:
+    """A finite JSON number (bool, NaN and infinities are not)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_int(v) -> bool:
+    """A JSON integer (bool is not)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def load_detections(path: "str | os.PathLike", box_thr: float = 0.0,
+                    category: int = COCO.person_category) -> dict:
+    """COCO detection results -> {image key: (boxes (K, 4) xywh, scores (K,))}.
+
+    The key is the record's `image_id`, or its `file_name` when it has none. Only persons
+    (`category`) with score >= box_thr and a positive width and height are kept (HRNet
+    `_load_coco_person_detection_results`; its evaluation threshold is 0.0); an image without
+    such a box is absent. A malformed file raises DataError naming it and the first bad record.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            dets = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such detections file") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the detections: {e}") from None
+    if not isinstance(dets, list):
+        raise DataError(f"{path}: expected a JSON list of COCO detection results, got a JSON {type(dets).__name__}")
+    per_image: dict = {}
+    for i, d in enumerate(dets):
+        key, box, score = _check_record(d, f"{path}: detection {i}")
+        if d["category_id"] != category or score < box_thr or box[2] <= 0 or box[3] <= 0:
+            continue
+        boxes, scores = per_image.setdefault(key, ([], []))
+        boxes.append(box)
+        scores.append(score)
+    return {k: (np.array(b, dtype=np.float64).reshape(-1, 4), np.array(s, dtype=np.float64))
+            for k, (b, s) in per_image.items()}
+
+
+def _check_record(d, where: str) -> tuple:
+    """(image key, box as 4 floats, score) of one detection record; DataError when malformed."""
+    if not isinstance(d, dict):
+        raise DataError(f"{where}: expected an object with image_id, category_id, bbox, score")
+    key = d.get("image_id", d.get("file_name"))
+    if not (is_int(key) or isinstance(key, str)):
+        raise DataError(f"{where}: needs an image_id (or a file_name)")
+    box, score, category = d.get("bbox"), d.get("score"), d.get("category_id")
+    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+        raise DataError(f"{where}: bbox must be a list of 4 numbers x, y, w, h, got {box!r}")
+    if not isinstance(score, (int, float)) or isinstance(score, bool):
+        raise DataError(f"{where}: score must be a number, got {score!r}")
+    if not is_int(category):
+        raise DataError(f"{where}: category_id must be an integer, got {category!r}")
+    if not (all(is_number(v) for v in box) and is_number(score)):
+        raise DataError(f"{where}: bbox and score must be finite")
+    return key, [float(v) for v in box], float(score)
+
+
+def image_keys(file_name: str, image_id=None) -> list:
+    """The keys a detection record may use for an image, in the order they are tried: its
+    image id (given, else the numeric file stem, as COCO names its files), its file name as
+    given, its base name."""
+    stem = os.path.splitext(os.path.basename(file_name))[0]
+    if image_id is None and stem.isdigit():
+        image_id = int(stem)
+    keys = [image_id, file_name, os.path.basename(file_name)]
+    return [k for i, k in enumerate(keys) if k is not None and k not in keys[:i]]
+
+
+def find_detections(detections: dict, file_name: str, image_id=None):
+    """(key, (boxes, scores)) of the first of `image_keys` that the detections hold, or None."""
+    for key in image_keys(file_name, image_id):
+        if key in detections:
+            return key, detections[key]
+    return None
