@@ -13,7 +13,7 @@ class InputShapeError(RefposeError, ValueError):
     """An input array whose shape or dtype the model cannot take."""
 
 
-class WeightsError(RefposeError):
+class WeightsError(RefposeError, ValueError):
     """A weights file that is missing, unreadable, or does not match the config."""
 
 

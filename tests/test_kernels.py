@@ -19,7 +19,7 @@ from numba import njit
 
 import refpose
 from refpose import threads
-from refpose.ops import Ops, fast, kernels, reference as ref
+from refpose.ops import Ops, fast, geometry, kernels, reference as ref
 
 pytestmark = pytest.mark.usefixtures("warm_kernels")
 
