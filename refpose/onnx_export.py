@@ -20,13 +20,13 @@ import warnings
 
 import numpy as np
 
-from .config import WGNetConfig, get_config
+from .config import TAPS, WGNetConfig, get_config
 from .errors import BackendError, WeightsError
 from .fileio import write_atomic
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "heatmaps"
-TAP_OUTPUTS = ("stem", "s1", "s2", "s3", "s4", "d1", "d2", "d3")   # model.TAPS without "head"
+TAP_OUTPUTS = TAPS[:-1]      # every stage output; "head" is the heatmaps output itself
 META_CONFIG = "refpose.config"
 META_TAPS = "refpose.taps"
 DEFAULT_OPSET = 17   # the first opset with LayerNormalization as one node

@@ -239,3 +239,27 @@ def test_unknown_kind_is_refused():
     with count_ops():
         with pytest.raises(ValueError, match="unknown MAC kind"):
             report("softmax", 10)
+
+
+def test_attention_macs_come_from_the_grouped_shape_not_from_eq2():
+    # tiny's s4 runs on a 4x3 map (input 128x96) with a configured 8x6 window, clamped to the map:
+    # the kernels see one group of all 12 tokens per image. Eq. (2)'s window term with the
+    # configured window, 2 h w h' w' C, would claim 48 keys per query; the map has 12.
+    from analysis.formulas import check_shapes
+    from refpose.ops.geometry import clamp_window, partition
+
+    cfg = refpose.get_config("tiny")
+    stage = cfg.stages["s4"]
+    N, (h, w), C = 2, cfg.map_size("s4"), stage.channels
+    assert (h, w) == (4, 3) and stage.window == (8, 6) and not stage.global_attn
+    with pytest.raises(refpose.ConfigError):
+        check_shapes(h, w, C, stage.window, None)       # the formula has no reading of this shape
+    model = refpose.build(cfg, impl="reference")
+    with count_ops() as c:
+        model(np.zeros((N, 3, *cfg.input_size)))
+    counted = c.by_layer["s4.blocks.0.win"]["attention_qk"]
+    # the grouped tensor itself, from the same partition of a real map as the kernels receive
+    G, T, _ = partition(np.zeros((N, h, w, C)), "window", clamp_window(stage.window, h, w), stage.patch).shape
+    assert (G, T) == (N, 12)
+    assert counted == G * T * T * C == N * h * w * 12 * C
+    assert counted != N * h * w * (stage.window[0] * stage.window[1]) * C   # the unclamped formula

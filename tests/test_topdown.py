@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 
 import refpose
-from refpose.detections import load_detections
 from refpose.errors import BoxError, DataError, InputShapeError
 from refpose.keypoints import COCO
 from refpose.topdown import (
-    MEAN, STD, affine_points, box_to_center_scale, check_box, crop_person,
+    MEAN, STD, PoseOptions, affine_points, box_to_center_scale, check_box, crop_person,
     decode_heatmaps, default_model, default_weights_path, estimate, flip_back, get_affine_transform,
-    instance_score, normalize, to_coco_records)
+    instance_score, normalize, predict, predict_images, to_coco_records)
 
 COCO_KEYPOINTS, FLIP_INDEX = COCO.names, COCO.flip_index
 
@@ -340,7 +339,50 @@ def test_estimate_heatmaps_on_request(tiny_model):
     assert "heatmaps" not in estimate(image, tiny_model)[0]
 
 
-# --- records and detections -------------------------------------------------------------------------
+# --- predict: the pipeline that infer, eval and validation share --------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model64():
+    # float64 reference ops: results do not depend on how the crops are batched (to ~1e-12)
+    return refpose.build("tiny", seed=0, dtype="float64", impl="reference")
+
+
+def test_predict_is_estimate_then_records(tiny_model64):
+    image = np.random.default_rng(5).integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    boxes = [[5, 5, 40, 80], [50, 10, 30, 60]]
+    poses, records = predict(image, tiny_model64, boxes, [0.8, 0.6], PoseOptions(flip=True), image_id=42)
+    want = estimate(image, tiny_model64, boxes, box_scores=[0.8, 0.6], flip=True)
+    assert [p["score"] for p in poses] == [p["score"] for p in want]
+    assert records == to_coco_records(want, image_id=42)
+
+
+def test_predict_oks_nms_drops_the_same_person_scored_lower(tiny_model64):
+    image = np.random.default_rng(6).integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    box, other = [5, 5, 40, 80], [50, 10, 30, 60]
+    # the first box twice: the same crop, the same pose (OKS 1 > 0.9), so the lower-scored copy goes
+    poses, records = predict(image, tiny_model64, [box, other, box], [0.9, 0.6, 0.3],
+                             PoseOptions(oks_nms=0.9), file_name="a.jpg")
+    kept = estimate(image, tiny_model64, [box, other], box_scores=[0.9, 0.6])
+    assert sorted(r["score"] for r in records) == sorted(p["score"] for p in kept)
+    assert len(poses) == 2 and all(r["file_name"] == "a.jpg" for r in records)
+
+
+def test_predict_images_batches_images_as_predicting_each(tiny_model64):
+    rng = np.random.default_rng(7)
+    items = [(rng.integers(0, 256, (100, 80, 3), dtype=np.uint8), [[5, 5, 40, 60], [30, 20, 40, 70]], None, 1, None),
+             (rng.integers(0, 256, (60, 70, 3), dtype=np.uint8), None, None, 2, None),
+             (rng.integers(0, 256, (50, 50, 3), dtype=np.uint8), np.zeros((0, 4)), None, 3, None)]
+    together = predict_images(items, tiny_model64, PoseOptions(flip=True))
+    assert [len(poses) for poses, _ in together] == [2, 1, 0]
+    for item, (poses, records) in zip(items, together):
+        alone_poses, alone_records = predict(item[0], tiny_model64, item[1], options=PoseOptions(flip=True),
+                                             image_id=item[3])
+        assert [r["image_id"] for r in records] == [r["image_id"] for r in alone_records]
+        for a, b in zip(records, alone_records):
+            # float64, the same arithmetic in another batch: 1e-9 px is far above its rounding
+            np.testing.assert_allclose(a["keypoints"], b["keypoints"], rtol=0, atol=1e-9)
+
+
+# --- records ---------------------------------------------------------------------------------
 def test_to_coco_records():
     kp = np.arange(51, dtype=np.float64).reshape(17, 3)
     poses = [{"bbox": [1, 2, 3, 4], "keypoints": kp, "score": 0.5}]
@@ -352,45 +394,6 @@ def test_to_coco_records():
     json.dumps(r)                                        # plain Python types only
     with pytest.raises(DataError):
         to_coco_records(poses)
-
-
-def test_load_detections(tmp_path):
-    dets = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 20], "score": 0.9},
-            {"image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 20], "score": 0.1},   # below thr
-            {"image_id": 1, "category_id": 2, "bbox": [5, 5, 10, 20], "score": 0.9},   # not a person
-            {"image_id": 2, "category_id": 1, "bbox": [1, 1, 0, 20], "score": 0.9},    # no area
-            {"image_id": 3, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5},
-            {"image_id": 3, "category_id": 1, "bbox": [4, 3, 2, 1], "score": 0.4},
-            {"file_name": "x.jpg", "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.7}]
-    path = tmp_path / "dets.json"
-    path.write_text(json.dumps(dets))
-    got = load_detections(path, box_thr=0.3)
-    assert sorted(got, key=str) == [1, 3, "x.jpg"]
-    np.testing.assert_array_equal(got[1][0], [[0, 0, 10, 20]])
-    np.testing.assert_array_equal(got[1][1], [0.9])
-    np.testing.assert_array_equal(got[3][0], [[1, 2, 3, 4], [4, 3, 2, 1]])
-    np.testing.assert_array_equal(got[3][1], [0.5, 0.4])
-    assert len(load_detections(path)[1][0]) == 2         # default threshold 0.0 keeps the 0.1
-
-
-@pytest.mark.parametrize("text, problem", [
-    ("[{\"image_id\": 1,", "not valid JSON"), ("{\"a\": 1}", "JSON list"),
-    ("[{\"image_id\": 1, \"category_id\": 1, \"bbox\": [1, 2, 3], \"score\": 1}]", "bbox"),
-    ("[{\"category_id\": 1, \"bbox\": [1, 2, 3, 4], \"score\": 1}]", "image_id"),
-    ("[{\"image_id\": 1, \"category_id\": 1, \"bbox\": [1, 2, 3, 4]}]", "score"),
-    ("[{\"image_id\": 1, \"category_id\": 1, \"bbox\": [1, 2, NaN, 4], \"score\": 1}]", "finite"),
-    ("[3]", "expected an object")])
-def test_load_detections_malformed(tmp_path, text, problem):
-    path = tmp_path / "dets.json"
-    path.write_text(text)
-    with pytest.raises(DataError, match=problem) as e:
-        load_detections(path)
-    assert str(path) in str(e.value)
-
-
-def test_load_detections_missing_file(tmp_path):
-    with pytest.raises(DataError, match="no such"):
-        load_detections(tmp_path / "nope.json")
 
 
 # --- default model --------------------------------------------------------------------------------

@@ -286,6 +286,24 @@ def test_load_numpy_is_strict():
         model.load_numpy(dict(weights, **{"head.bias": np.full(17, np.nan, np.float32)}))
 
 
+def test_load_numpy_fails_as_the_weights_loader_does():
+    # one strict check: the same exception type and message from the twin and from refpose.weights
+    from refpose.weights import from_tensors
+    weights = random_numpy_weights("tiny")
+    model = WGNetTwin("tiny")
+    bad = [{k: v for k, v in weights.items() if k != "d2.skip.bn.running_var"},
+           dict(weights, **{"s1.blocks.0.win.rpb": np.zeros((3, 15, 11), np.float32)}),
+           dict(weights, **{"head.weight": np.zeros((17, 33, 1, 1), np.float32)}),
+           dict(weights, **{"head.bias": np.zeros(17, np.int64)}),
+           dict(weights, **{"head.bias": np.full(17, np.nan, np.float32)})]
+    for tensors in bad:
+        with pytest.raises(WeightsError) as twin_error:
+            model.load_numpy(tensors)
+        with pytest.raises(WeightsError) as numpy_error:
+            from_tensors(tensors, "tiny", impl="reference", source="weights")
+        assert str(twin_error.value) == str(numpy_error.value)
+
+
 # --- export (DESIGN sections 3 and 5) ----------------------------------------------------------
 def trained_tiny_state_dict():
     torch.manual_seed(1)
