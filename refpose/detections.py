@@ -98,3 +98,20 @@ def find_detections(detections: dict, file_name: str, image_id=None):
         if key in detections:
             return key, detections[key]
     return None
+
+
+def boxes_for_image(file_name: str, bbox=None, detections: dict | None = None):
+    """(boxes, box scores, image id) for one image file, as `refpose infer` takes them.
+
+    `bbox` (K, 4) applies to every image; else the image's `detections` (matched by
+    `find_detections`; boxes (0, 4) when it has none); else boxes None, the whole image.
+    The image id is the detection key when a record matched by id, else the numeric stem.
+    """
+    image_id = next((k for k in image_keys(file_name) if is_int(k)), None)
+    if detections is None:
+        return (None if bbox is None or len(bbox) == 0 else np.asarray(bbox, dtype=np.float64)), None, image_id
+    found = find_detections(detections, file_name)
+    if found is None:
+        return np.zeros((0, 4)), None, image_id
+    key, (boxes, scores) = found
+    return boxes, scores, (key if is_int(key) else image_id)

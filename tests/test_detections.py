@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from refpose.detections import find_detections, image_keys, is_number, load_detections
+from refpose.detections import boxes_for_image, find_detections, image_keys, is_number, load_detections
 from refpose.errors import DataError
 
 
@@ -74,3 +74,16 @@ def test_find_detections_takes_the_first_key_the_file_holds():
     assert find_detections(dets, "val/000000000785.jpg", image_id=1) == ("000000000785.jpg", b)
     assert find_detections(dets, "other/photo.jpg") == ("photo.jpg", c)     # by base name
     assert find_detections(dets, "nobody.jpg") is None
+
+
+def test_boxes_for_image_as_infer_takes_them():
+    dets = {785: (np.array([[1.0, 2, 3, 4]]), np.array([0.9])), "photo.jpg": (np.array([[5.0, 6, 7, 8]]), np.array([0.4]))}
+    boxes, scores, image_id = boxes_for_image("000000000785.jpg", detections=dets)
+    assert boxes.tolist() == [[1, 2, 3, 4]] and scores.tolist() == [0.9] and image_id == 785
+    boxes, scores, image_id = boxes_for_image("photo.jpg", detections=dets)
+    assert boxes.tolist() == [[5, 6, 7, 8]] and image_id is None           # keyed by file name
+    boxes, scores, image_id = boxes_for_image("12.jpg", detections=dets)
+    assert boxes.shape == (0, 4) and scores is None and image_id == 12      # no box for this image
+    boxes, scores, image_id = boxes_for_image("a.jpg", bbox=[[0, 0, 5, 5]])
+    assert boxes.tolist() == [[0, 0, 5, 5]] and scores is None and image_id is None
+    assert boxes_for_image("a.jpg")[0] is None                               # the whole image

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import CONFIGS
@@ -67,13 +66,13 @@ def parse_bbox(text: str) -> list[float]:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..detections import load_detections
+    from ..detections import boxes_for_image, load_detections
     from ..topdown import PoseOptions, default_model
 
     if args.bbox and args.boxes:
         raise BoxError("give person boxes with --bbox or with --boxes, not both")
-    boxes = BoxSource(args.bbox, load_detections(args.boxes, args.box_thr) if args.boxes else None,
-                      f"no person box with score >= {args.box_thr} in {args.boxes}")
+    detections = load_detections(args.boxes, args.box_thr) if args.boxes else None
+    no_box = f"no person box with score >= {args.box_thr} in {args.boxes}"
     options = PoseOptions(flip=args.flip, dark=args.dark, heatmaps=args.heatmaps)
     model = default_model(args.weights, args.config)
     out_dir = Path(args.out)
@@ -92,7 +91,10 @@ def run(args) -> int:
         name = Path(path).stem
         try:
             _claim(taken, name, path)
-            records, n = infer_one(path, model, out_dir, boxes, options, args.kpt_thr)
+            records, n = infer_one(path, model, out_dir, options, args.kpt_thr, boxes_for_image(
+                os.path.basename(path), args.bbox, detections))
+            if detections is not None and n == 0:
+                _err(f"refpose infer: note: {path}: {no_box}")
         except (RefposeError, OSError) as e:
             failed.append(str(e))
             tqdm.write(f"refpose infer: error: {_one_line(e, path)}", file=sys.stderr)
@@ -116,32 +118,6 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-@dataclass(frozen=True)
-class BoxSource:
-    """Where an image's person boxes come from: `--bbox` boxes, detections, or the whole image."""
-
-    bbox: list | None                  # boxes given on the command line, for every image
-    detections: dict | None            # `refpose.detections.load_detections` of --boxes
-    none_found: str                    # the note when the detections have nothing for an image
-
-    def for_image(self, path: str):
-        """(boxes or None for the whole image, box scores or None, image_id or None)."""
-        import numpy as np
-
-        from ..detections import find_detections, image_keys
-
-        file_name = os.path.basename(path)
-        image_id = next((k for k in image_keys(file_name) if isinstance(k, int)), None)
-        if self.detections is None:
-            return (None if not self.bbox else np.asarray(self.bbox, dtype=np.float64)), None, image_id
-        found = find_detections(self.detections, file_name)
-        if found is None:
-            _err(f"refpose infer: note: {path}: {self.none_found}")
-            return np.zeros((0, 4)), None, image_id
-        key, (boxes, scores) = found
-        return boxes, scores, (key if key != file_name else image_id)
-
-
 def _claim(taken: dict, name: str, path: str) -> None:
     """Refuse an input whose outputs would overwrite those of an earlier one."""
     if name in taken:
@@ -151,16 +127,16 @@ def _claim(taken: dict, name: str, path: str) -> None:
     taken[name] = path
 
 
-def infer_one(path: str, model, out_dir: Path, boxes: BoxSource, options, kpt_thr: float) -> tuple[list[dict], int]:
+def infer_one(path: str, model, out_dir: Path, options, kpt_thr: float, boxes: tuple) -> tuple[list[dict], int]:
     """Run one image through `refpose.topdown.predict` and write its outputs; returns its
-    records and the number of persons."""
+    records and the number of persons. `boxes` is `refpose.detections.boxes_for_image`'s."""
     from ..draw import draw_poses, encode_png, heatmap_montage
     from ..imageio import read_image
     from ..topdown import predict
 
     image = read_image(path)
     file_name, stem = os.path.basename(path), Path(path).stem
-    person_boxes, scores, image_id = boxes.for_image(path)
+    person_boxes, scores, image_id = boxes
     try:
         poses, records = predict(image, model, person_boxes, scores, options, image_id=image_id,
                                  file_name=None if image_id is not None else file_name)
