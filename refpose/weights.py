@@ -66,9 +66,13 @@ def read_weights(path: "str | os.PathLike") -> WeightsFile:
     if meta.get("config"):
         try:
             config = get_config(json.loads(meta["config"]))
-        except (json.JSONDecodeError, ConfigError) as e:
+        except (ValueError, RecursionError, ConfigError) as e:    # ValueError: JSONDecodeError, huge ints
             raise WeightsError(f"{path}: the config in the metadata is not valid: {e}") from None
-    trained = {"true": True, "false": False}.get(str(meta.get("trained", "")).lower())
+    trained = meta.get("trained")
+    if trained is not None:                 # a JSON boolean, as written by save_weights; absent = unknown
+        if trained not in ("true", "false"):
+            raise WeightsError(f"{path}: metadata 'trained' must be true or false, got {str(trained)[:40]!r}")
+        trained = trained == "true"
     return WeightsFile(tensors, config, trained, path)
 
 
