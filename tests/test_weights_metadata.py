@@ -146,5 +146,5 @@ def test_info_refuses_a_huge_input_before_allocating(capsys):
     """`refpose info --input 6144x4608` allocated until it failed (2.85 TiB)."""
     code, out, err = run(capsys, "info", "--config", "tiny", "--input", "6144x4608")
     assert code == 2 and out == ""
-    assert err == ("refpose info: error: input 6144x4608 is 28,311,552 pixels, more than the 786,432 (1024x768) "
+    assert err == ("refpose info: error: input 6144x4608 is 28,311,552 pixels, more than the 196,608 (512x384) "
                    "a summary runs at\n")

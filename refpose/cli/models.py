@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     src.add_argument("--config", help=f"a named config: {', '.join(CONFIGS)}")
     src.add_argument("--weights", help="a weights file (.safetensors or .npz); its config is read from it")
     p.add_argument("--input", metavar="HxW", help="input size (default: the config's, 256x192 for WGNet); "
-                   "at most 1024x768 pixels in all, since the summary runs a forward at this size")
+                   "at most 512x384 pixels in all, since the summary runs a forward at this size")
     p.add_argument("--json", action="store_true", help="print a JSON object (keys config, params, macs, input, ...)")
     p.set_defaults(run=run_info)
 
