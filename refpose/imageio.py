@@ -57,11 +57,11 @@ def read_image(path: "str | os.PathLike", max_pixels: int = MAX_PIXELS) -> np.nd
         raise ImageError(f"{path}: is a directory, not an image")
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > BYTES_PER_PIXEL_MAX * max_pixels + 2 ** 20:
-                raise ImageError(f"{path}: file too large for an image of at most {max_pixels:,} pixels "
-                                 f"({size:,} bytes)")
-            data = f.read()
+            limit = BYTES_PER_PIXEL_MAX * max_pixels + 2 ** 20
+            data = f.read(limit + 1)              # bounded: a device or a pipe may never end
+        if len(data) > limit:
+            raise ImageError(f"{path}: file too large for an image of at most {max_pixels:,} pixels "
+                             f"(more than {limit:,} bytes)")
     except OSError as e:
         raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
     return decode_image(data, path, max_pixels)

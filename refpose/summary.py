@@ -14,7 +14,7 @@ from .errors import ConfigError
 
 # The summary runs a forward at the input size asked for, and global attention's score matrices
 # grow with the square of the input area: wgnet at 1024x768 (16x the named configs' 256x192)
-# peaked at 3.9 GB and took minutes; 4x the area is the limit.
+# peaked at 3.9 GB and took minutes; 4x the area (512x384) is the limit, where it peaks at 0.4 GB.
 MAX_INPUT_PIXELS = 512 * 384
 
 

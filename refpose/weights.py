@@ -49,7 +49,9 @@ def read_weights(path: "str | os.PathLike") -> WeightsFile:
     """Read tensors and metadata from a .safetensors or .npz file, checking nothing yet."""
     path = str(path)
     if not os.path.isfile(path):
-        raise WeightsError(f"{path}: no such weights file")
+        reason = ("is a folder, not a weights file" if os.path.isdir(path) else
+                  "not a regular file" if os.path.exists(path) else "no such weights file")
+        raise WeightsError(f"{path}: {reason}")
     with open(path, "rb") as f:
         head = f.read(8)
     try:
@@ -157,6 +159,8 @@ def init_weights(config, seed: int = 0) -> dict[str, np.ndarray]:
     their defaults, so that a backend that ignores one of them disagrees with refpose.
     """
     cfg = get_config(config)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"the seed must be a non-negative integer, got {seed!r}")
     rng = np.random.default_rng(seed)
     out = {}
     for key, shape in WGNet(cfg, impl="reference").tensor_shapes_all().items():

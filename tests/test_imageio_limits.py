@@ -120,3 +120,9 @@ def test_the_default_limit_passes_a_large_photo_header():
     # 150 MP, the largest production camera sensor (14204x10652), is below the default
     assert image_size(png_declaring(14204, 10652)) == (14204, 10652)
     assert 14204 * 10652 < MAX_PIXELS < 20000 * 20000
+
+
+def test_a_device_that_never_ends_is_read_bounded():
+    """read_image('/dev/zero') read until memory ran out."""
+    with pytest.raises(ImageError, match="/dev/zero: file too large"):
+        read_image("/dev/zero", max_pixels=1000)

@@ -148,3 +148,25 @@ def test_info_refuses_a_huge_input_before_allocating(capsys):
     assert code == 2 and out == ""
     assert err == ("refpose info: error: input 6144x4608 is 28,311,552 pixels, more than the 196,608 (512x384) "
                    "a summary runs at\n")
+
+
+# --- found while probing ------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [-1, 1.5, "3", True])
+def test_a_bad_seed_is_a_config_error(seed):
+    """`refpose init --seed -1` was a ValueError traceback from NumPy."""
+    with pytest.raises(ConfigError, match="seed must be a non-negative integer"):
+        refpose.init_weights("tiny", seed=seed)
+
+
+def test_init_with_a_negative_seed_is_one_line(tmp_path, capsys):
+    code, out, err = run(capsys, "init", "--config", "tiny", "--seed", "-1", tmp_path / "w.safetensors")
+    assert code == 2 and err == "refpose init: error: the seed must be a non-negative integer, got -1\n"
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+@pytest.mark.parametrize("path, reason", [(".", "is a folder, not a weights file"),
+                                          ("/dev/null", "not a regular file"),
+                                          ("nope.safetensors", "no such weights file")])
+def test_a_weights_path_that_is_not_a_file_says_what_it_is(tmp_path, path, reason):
+    with pytest.raises(WeightsError, match=reason):
+        refpose.read_weights(tmp_path / path)
