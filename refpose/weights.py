@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .config import WGNetConfig, get_config
+from .config import MAX_PARAMS, WGNetConfig, get_config
 from .errors import ConfigError, WeightsError
 from .fileio import write_atomic
 from .layers import walk
@@ -23,6 +24,8 @@ from .model import WGNet
 
 FORMAT = "refpose-weights/1"
 IGNORED_SUFFIXES = ("num_batches_tracked",)
+# the largest file a config within MAX_PARAMS needs: every tensor in float64, plus the header
+MAX_WEIGHTS_BYTES = 8 * MAX_PARAMS + 2 ** 20
 
 
 @dataclass
@@ -52,8 +55,14 @@ def read_weights(path: "str | os.PathLike") -> WeightsFile:
         reason = ("is a folder, not a weights file" if os.path.isdir(path) else
                   "not a regular file" if os.path.exists(path) else "no such weights file")
         raise WeightsError(f"{path}: {reason}")
-    with open(path, "rb") as f:
-        head = f.read(8)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read: {e.strerror or e}") from None
+    if size > MAX_WEIGHTS_BYTES:
+        raise WeightsError(f"{path}: {size:,} bytes, more than the weights of any config refpose builds")
     try:
         if head[:2] == b"PK":
             tensors, meta = _read_npz(path)
@@ -90,6 +99,10 @@ def _read_safetensors(path: str):
 
 
 def _read_npz(path: str):
+    with zipfile.ZipFile(path) as z:         # sizes as the archive declares them: a zip bomb stops here
+        unpacked = sum(info.file_size for info in z.infolist())
+    if unpacked > MAX_WEIGHTS_BYTES:
+        raise WeightsError(f"{path}: unpacks to {unpacked:,} bytes, more than the weights of any config refpose builds")
     tensors, meta = {}, {}
     with np.load(path, allow_pickle=False) as z:
         for k in z.files:

@@ -170,3 +170,16 @@ def test_init_with_a_negative_seed_is_one_line(tmp_path, capsys):
 def test_a_weights_path_that_is_not_a_file_says_what_it_is(tmp_path, path, reason):
     with pytest.raises(WeightsError, match=reason):
         refpose.read_weights(tmp_path / path)
+
+
+def test_an_npz_that_unpacks_beyond_the_limit_is_refused_before_unpacking(tmp_path, monkeypatch, tiny_tensors):
+    """A compressed .npz of zeros is a zip bomb: ~1000x smaller on disk than in memory."""
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, big=np.zeros(10 ** 6, np.float32))      # 4 MB unpacked, a few KB packed
+    assert path.stat().st_size < 100_000
+    import refpose.weights as weights
+    monkeypatch.setattr(weights, "MAX_WEIGHTS_BYTES", 10 ** 6)
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("unpacked"))
+    with pytest.raises(WeightsError, match=r"unpacks to 4,000,\d+ bytes"):
+        refpose.read_weights(path)
+
