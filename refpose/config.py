@@ -116,6 +116,7 @@ class WGNetConfig:
                 _check_fields(s, STAGE_FIELDS, f"{where}, {part}[{i}]")
                 stages[part].append(StageConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()}))
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        check_input_pixels(fields["input_size"], f"{where}: field 'input_size'")
         cfg = cls(**dict(fields, **stages))
         _check_size(cfg)
         return cfg
@@ -127,6 +128,9 @@ class WGNetConfig:
 MAX_WIDTH = 4096                       # channels, stem widths, head size, keypoints, sizes
 MAX_DEPTH = 64                         # WNet blocks in a stage
 MAX_PARAMS = 200_000_000               # 35x wgnet; 800 MB of float32 weights
+# Global attention's score matrices grow with the square of the input area: wgnet at 1024x768
+# (16x the named configs' 256x192) peaked at 3.9 GB and took minutes; at 512x384 it peaks at 0.4 GB.
+MAX_INPUT_PIXELS = 512 * 384
 CONFIG_FIELDS = {"name": "name", "input_size": "pair", "stem": "pair", "encoder": "stages", "decoder": "stages",
                  "num_keypoints": "count", "head_dim": "count", "ir_expand": "count", "ffn_expand": "count",
                  "se_reduction": "count", "stem_kernel": "odd"}
@@ -134,6 +138,14 @@ STAGE_FIELDS = {"name": "name", "channels": "count", "depth": "depth", "window_a
                 "global_attn": "flag", "window": "pair", "patch": "pair", "stride": "count"}
 OPTIONAL = {"num_keypoints", "head_dim", "ir_expand", "ffn_expand", "se_reduction", "stem_kernel",
             "window_attn", "global_attn", "window", "patch", "stride"}
+
+
+def check_input_pixels(input_size: tuple[int, int], what: str = "input") -> None:
+    """Refuse an input size above MAX_INPUT_PIXELS, before anything of that size is allocated."""
+    H, W = input_size
+    if H * W > MAX_INPUT_PIXELS:
+        raise ConfigError(f"{what} {H}x{W} is {H * W:,} pixels, more than the {MAX_INPUT_PIXELS:,} (512x384) "
+                          "refpose runs at")
 
 
 def _check_fields(d, fields: dict, where: str) -> None:

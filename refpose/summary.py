@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import STAGES, get_config
+from .config import STAGES, check_input_pixels, get_config
 from .counting import count_ops
-from .errors import ConfigError
-
-# The summary runs a forward at the input size asked for, and global attention's score matrices
-# grow with the square of the input area: wgnet at 1024x768 (16x the named configs' 256x192)
-# peaked at 3.9 GB and took minutes; 4x the area (512x384) is the limit, where it peaks at 0.4 GB.
-MAX_INPUT_PIXELS = 512 * 384
 
 
 def _is_param(key: str) -> bool:
@@ -26,13 +20,12 @@ def model_summary(config, input_size: tuple[int, int] | None = None, shapes: dic
     """Params and MACs of a config at `input_size` (default: the config's), by stage and kind.
 
     Parameters are counted over `shapes` (key -> shape), a weights file's own tensors when given,
-    else the config's layout; input sizes above MAX_INPUT_PIXELS are refused before any allocation.
+    else the config's layout; input sizes above
+    `config.MAX_INPUT_PIXELS` (the forward's memory) are refused before any allocation.
     """
     cfg = get_config(config)
     H, W = input_size or cfg.input_size
-    if H * W > MAX_INPUT_PIXELS:
-        raise ConfigError(f"input {H}x{W} is {H * W:,} pixels, more than the {MAX_INPUT_PIXELS:,} "
-                          f"(512x384) a summary runs at")
+    check_input_pixels((H, W))
     cfg.check_input_size((H, W))
     from .weights import build
     model = build(cfg, impl="reference")

@@ -49,6 +49,7 @@ BAD_CONFIGS = [
     (tiny_with(num_keypoints=17.0), r"'num_keypoints' must be an integer, got 17.0"),
     (tiny_with(num_keypoints=True), r"'num_keypoints' must be an integer, got true"),
     (tiny_with(input_size=[128]), r"'input_size' must be a pair of integers"),
+    (tiny_with(input_size=[4096, 3072]), r"'input_size' 4096x3072 is 12,582,912 pixels, more than the 196,608"),
     (tiny_with(input_size=[128, "96"]), r"'input_size' must be a pair of integers .*got \[128, the string '96'\]"),
     (tiny_with(stem_kernel=4), r"'stem_kernel' must be odd"),
     (tiny_with(name=""), r"'name' must be a name"),
@@ -147,7 +148,7 @@ def test_info_refuses_a_huge_input_before_allocating(capsys):
     code, out, err = run(capsys, "info", "--config", "tiny", "--input", "6144x4608")
     assert code == 2 and out == ""
     assert err == ("refpose info: error: input 6144x4608 is 28,311,552 pixels, more than the 196,608 (512x384) "
-                   "a summary runs at\n")
+                   "refpose runs at\n")
 
 
 # --- found while probing ------------------------------------------------------------------------
