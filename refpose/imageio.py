@@ -122,21 +122,10 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     if kind == "PNG" and data[12:16] == b"IHDR":                 # PNG spec 11.2.2: IHDR comes first
         return struct.unpack(">II", data[16:24])
     if kind == "JPEG":                                           # ITU T.81 B.2.2: the frame header
-        i = 2
-        while i + 4 <= len(data) and data[i] == 0xFF:
-            marker = data[i + 1]
-            if marker == 0xFF:                  # fill byte
-                i += 1
-                continue
-            if 0xD0 <= marker <= 0xD7 or marker == 0x01:        # markers without a length
-                i += 2
-                continue
-            if marker in (0xDA, 0xD9):
-                return None
+        for marker, i in _jpeg_segments(data):
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):   # SOF0..SOF15
                 h, w = struct.unpack(">HH", data[i + 5:i + 9])
                 return w, h
-            i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
         return None
     if kind == "BMP":                                            # BITMAPCOREHEADER or BITMAPINFOHEADER+
         if struct.unpack("<I", data[14:18])[0] == 12:
@@ -165,6 +154,24 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     if m:
         return int(m.group(1)), int(m.group(2))
     return None
+
+
+def _jpeg_segments(data: bytes):
+    """(marker, offset) of each marker segment of a JPEG file before its first scan (ITU T.81
+    B.1.1: FF, the marker, a 2-byte length that counts itself; fill bytes FF may come between)."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:                  # fill byte
+            i += 1
+            continue
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:        # markers without a length
+            i += 2
+            continue
+        if marker in (0xDA, 0xD9):          # start of scan / end of image: no more headers
+            return
+        yield marker, i
+        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
 
 
 def to_rgb8(raw: np.ndarray, name: str = "image") -> np.ndarray:
@@ -238,19 +245,10 @@ def _exif_block(data: bytes) -> bytes | None:
     if kind == "TIFF":
         return data
     if kind == "JPEG":
-        i = 2
-        while i + 4 <= len(data) and data[i] == 0xFF:
-            marker = data[i + 1]
-            if marker == 0xFF:                  # fill byte
-                i += 1
-                continue
-            if marker == 0xDA or marker == 0xD9:  # start of scan / end of image: no more headers
-                return None
-            length = struct.unpack(">H", data[i + 2:i + 4])[0]
-            segment = data[i + 4:i + 2 + length]
+        for marker, i in _jpeg_segments(data):
+            segment = data[i + 4:i + 2 + struct.unpack(">H", data[i + 2:i + 4])[0]]
             if marker == 0xE1 and segment.startswith(b"Exif\x00\x00"):
                 return segment[6:]
-            i += 2 + length
         return None
     if kind == "PNG":
         i = 8
