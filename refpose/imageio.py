@@ -105,7 +105,7 @@ def _check_pixels(name: str, source: str, size: tuple[int, int], max_pixels: int
     w, h = size
     if w * h > max_pixels:
         raise ImageError(f"{name}: image too large: {source} declares {w}x{h} pixels ({w * h:,}), "
-                         f"more than the {max_pixels:,} allowed (max_pixels)")
+                         f"more than the {max_pixels:,} allowed")
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
