@@ -5,6 +5,8 @@ import subprocess
 import sys
 import warnings
 
+import pytest
+
 from refpose.cli import EXIT_BROKEN_PIPE, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,3 +48,20 @@ def test_a_warning_is_one_line(capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert out == "done\n"
     assert err == "refpose info: warning: something to know\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_standard_output_on_a_full_disk_is_one_line():
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-c", "import sys; from refpose.cli import main; sys.exit(main())",
+                            "info", "--config", "tiny"], stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                           timeout=300)
+    assert p.returncode == 2
+    assert p.stderr == "refpose info: error: No space left on device\n"
+
+
+def test_standard_output_closed_is_no_traceback():
+    p = subprocess.run([sys.executable, "-c", "import os, sys; os.close(1); sys.stdout = None; "
+                        "from refpose.cli import main; sys.exit(main())", "info", "--config", "tiny"],
+                       stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0 and p.stderr == ""

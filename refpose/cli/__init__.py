@@ -9,6 +9,7 @@ command stops quietly with exit status 141, the status a shell reports for a pro
 by SIGPIPE (128 + 13), as `cat` or `yes` would: no traceback, and `set -o pipefail` still
 sees that the output was cut short. Python ignores SIGPIPE and raises BrokenPipeError instead;
 standard output is pointed at the null device so that the final flush does not raise again.
+Standard output that cannot be written otherwise (`> /dev/full`) is one error line, status 2.
 """
 from __future__ import annotations
 
@@ -47,14 +48,23 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    command = "refpose"
     try:
         try:
-            return _run(build_parser().parse_args(argv))
+            args = build_parser().parse_args(argv)
+            command = f"refpose {args.command}"
+            return _run(args)
         finally:
-            sys.stdout.flush()                # a closed pipe shows here, not in a message at exit
+            if sys.stdout is not None:        # None when started with standard output closed
+                sys.stdout.flush()            # a closed pipe or a full disk shows here, not at exit
     except BrokenPipeError:
         _stdout_to_devnull()
         return EXIT_BROKEN_PIPE
+    except OSError as e:                      # standard output on a full disk or a failing device
+        _stdout_to_devnull()
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"{command}: error: {where}{e.strerror or e}\n")
+        return 2
 
 
 def _run(args) -> int:
@@ -77,7 +87,7 @@ def _stdout_to_devnull() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-    except (OSError, ValueError):             # no descriptor behind sys.stdout (a test's capture)
+    except (AttributeError, OSError, ValueError):    # no descriptor behind sys.stdout (closed, a capture)
         pass
 
 
