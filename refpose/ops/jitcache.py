@@ -14,6 +14,8 @@ runner) could not run a forward at all. This module adds two things:
   kernels are then compiled in memory in each process, which costs time but nothing else.
 
 A `NUMBA_CACHE_DIR` that is not writable is reported (Numba itself passes over it silently).
+The hooks used are Numba's internal locator classes (`_CacheLocator`,
+`CacheImpl._locator_classes` in `numba.core.caching`), as of Numba 0.68.
 """
 from __future__ import annotations
 
@@ -89,7 +91,7 @@ def _register() -> None:
 def cache_kernels(py_file: str) -> bool:
     """True when Numba can cache the kernels defined in `py_file` on disk; else warn once, False."""
     _register()
-    if numba_config.CACHE_LOCATOR_CLASSES:    # the user chose the locators: Numba's rules apply
+    if getattr(numba_config, "CACHE_LOCATOR_CLASSES", None):   # the user chose them (Numba >= 0.62)
         return True
     unusable = ""
     if numba_config.CACHE_DIR and caching.UserProvidedCacheLocator.from_function(_probe, py_file) is None:
