@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -104,21 +105,113 @@ class WGNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "WGNetConfig":
-        try:
-            d = dict(d)
-            d["encoder"] = tuple(StageConfig(**_stage_fields(s)) for s in d["encoder"])
-            d["decoder"] = tuple(StageConfig(**_stage_fields(s)) for s in d["decoder"])
-            return cls(**d)
-        except (KeyError, TypeError) as e:
-            raise ConfigError(f"malformed config: {e}") from None
+        """A config from its dict (JSON) form, e.g. a weights file's metadata: every field is
+        checked for its type and range first, so that a bad file is a ConfigError naming the field."""
+        name = d.get("name") if isinstance(d, dict) else None
+        where = f"config {name[:40]!r}" if isinstance(name, str) else "config"
+        _check_fields(d, CONFIG_FIELDS, where)
+        stages = {}
+        for part in ("encoder", "decoder"):
+            stages[part] = []
+            for i, s in enumerate(d[part]):
+                _check_fields(s, STAGE_FIELDS, f"{where}, {part}[{i}]")
+                stages[part].append(StageConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()}))
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        check_input_pixels(fields["input_size"], f"{where}: field 'input_size'")
+        cfg = cls(**dict(fields, **stages))
+        _check_size(cfg)
+        return cfg
 
 
-def _stage_fields(s: dict) -> dict:
-    s = dict(s)
-    for k in ("window", "patch"):
-        if k in s:
-            s[k] = tuple(s[k])
-    return s
+# --- the dict (JSON) form: what each field may hold -------------------------------------------
+# Bounds keep a config from a file within what a CPU reference builds: no field of a named
+# config comes near them (widths <= 256, depths <= 3, inputs 256x192).
+MAX_WIDTH = 4096                       # channels, stem widths, head size, keypoints, sizes
+MAX_DEPTH = 64                         # WNet blocks in a stage
+MAX_PARAMS = 200_000_000               # 35x wgnet; 800 MB of float32 weights
+# Global attention's score matrices grow with the square of the input area: wgnet at 1024x768
+# (16x the named configs' 256x192) peaked at 3.9 GB and took minutes; at 512x384 it peaks at 0.4 GB.
+MAX_INPUT_PIXELS = 512 * 384
+CONFIG_FIELDS = {"name": "name", "input_size": "pair", "stem": "pair", "encoder": "stages", "decoder": "stages",
+                 "num_keypoints": "count", "head_dim": "count", "ir_expand": "count", "ffn_expand": "count",
+                 "se_reduction": "count", "stem_kernel": "odd"}
+STAGE_FIELDS = {"name": "name", "channels": "count", "depth": "depth", "window_attn": "flag",
+                "global_attn": "flag", "window": "pair", "patch": "pair", "stride": "count"}
+OPTIONAL = {"num_keypoints", "head_dim", "ir_expand", "ffn_expand", "se_reduction", "stem_kernel",
+            "window_attn", "global_attn", "window", "patch", "stride"}
+
+
+def check_input_pixels(input_size: tuple[int, int], what: str = "input") -> None:
+    """Refuse an input size above MAX_INPUT_PIXELS, before anything of that size is allocated."""
+    H, W = input_size
+    if H * W > MAX_INPUT_PIXELS:
+        raise ConfigError(f"{what} {H}x{W} is {H * W:,} pixels, more than the {MAX_INPUT_PIXELS:,} (512x384) "
+                          "refpose runs at")
+
+
+def _check_fields(d, fields: dict, where: str) -> None:
+    """Raise ConfigError unless `d` is a dict whose keys are `fields` (some optional), each of its kind."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {_kind(d)}")
+    unknown = sorted(map(str, set(d) - set(fields)))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r}; fields are {', '.join(fields)}")
+    for key, kind in fields.items():
+        if key not in d:
+            if key in OPTIONAL:
+                continue
+            raise ConfigError(f"{where}: missing field {key!r}")
+        problem = _field_problem(d[key], kind)
+        if problem:
+            raise ConfigError(f"{where}: field {key!r} {problem}")
+
+
+def _field_problem(v, kind: str) -> str | None:
+    """What is wrong with value `v` for a field of this kind, or None."""
+    def is_int(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if kind == "name":
+        return None if isinstance(v, str) and 0 < len(v) <= 100 else f"must be a name (1 to 100 characters), got {_kind(v)}"
+    if kind == "flag":
+        return None if isinstance(v, bool) else f"must be true or false, got {_kind(v)}"
+    if kind == "stages":
+        return None if isinstance(v, (list, tuple)) else f"must be a list of stages, got {_kind(v)}"
+    if kind == "pair":
+        if not (isinstance(v, (list, tuple)) and len(v) == 2):
+            return f"must be a pair of integers [a, b], got {_kind(v)}"
+        if any(_field_problem(x, "count") for x in v):
+            return f"must be a pair of integers between 1 and {MAX_WIDTH}, got [{_kind(v[0])}, {_kind(v[1])}]"
+        return None
+    lo = 0 if kind == "depth" else 1
+    hi = MAX_DEPTH if kind == "depth" else MAX_WIDTH
+    if not is_int(v):
+        return f"must be an integer, got {_kind(v)}"
+    if not lo <= v <= hi:
+        return f"must be between {lo} and {hi}, got {_kind(v)}"
+    if kind == "odd" and v % 2 == 0:
+        return f"must be odd (the convolution pads k // 2 on each side), got {v}"
+    return None
+
+
+def _kind(v) -> str:
+    """A short description of a JSON value for messages (never its whole text)."""
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    if isinstance(v, (int, float)):
+        text = repr(v)
+        return text if len(text) <= 20 else f"a number of {len(text)} digits"
+    if isinstance(v, str):
+        return f"the string {v[:20]!r}" + ("..." if len(v) > 20 else "")
+    return {dict: "an object", list: "a list", tuple: "a list"}.get(type(v), type(v).__name__)
+
+
+def _check_size(cfg: "WGNetConfig") -> None:
+    """Refuse a config whose weights alone would exceed MAX_PARAMS (before anything is allocated)."""
+    from .model import WGNet         # the layer tree knows every tensor's shape; it allocates nothing
+    n = sum(math.prod(shape) for shape in WGNet(cfg, impl="reference").tensor_shapes_all().values())
+    if n > MAX_PARAMS:
+        raise ConfigError(f"config {cfg.name!r}: {n:,} weights, more than the {MAX_PARAMS:,} refpose builds")
 
 
 def validate(cfg: WGNetConfig, input_size: tuple[int, int] | None = None) -> None:

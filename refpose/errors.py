@@ -36,3 +36,8 @@ class BackendError(RefposeError):
 
 class BenchError(RefposeError, ValueError):
     """A benchmark that cannot run as asked (thread count, number of runs, batch size)."""
+
+
+class OutputError(RefposeError):
+    """An output file that cannot be written: a folder of that name, a parent that is a file,
+    no permission, a full disk."""

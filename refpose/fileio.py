@@ -5,24 +5,39 @@ import os
 import secrets
 from pathlib import Path
 
+from .errors import OutputError
+
 
 def write_files(files: "dict[str | os.PathLike, bytes]") -> None:
     """Write every file to a new temporary name beside it, then rename them all into place.
 
     A reader (or a crash) never sees a half-written file, and when one write fails none of
     the files is replaced. Folders are created as needed; the files get the mode the umask gives.
+    A path that names a folder, lies under a file, or cannot be written is an `OutputError`
+    naming it, raised before any file is replaced.
     """
+    for path in files:
+        check_output_path(path)
     temps = {}
     try:
         for path, data in files.items():
             path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise OutputError(f"{path}: cannot create its folder {path.parent}: {_reason(e)}") from None
             tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-            temps[path] = tmp
-            with open(tmp, "xb") as f:          # a new file: never someone else's
-                f.write(data)
+            try:
+                with open(tmp, "xb") as f:          # a new file: never someone else's
+                    temps[path] = tmp
+                    f.write(data)
+            except OSError as e:
+                raise OutputError(f"{path}: cannot write: {_reason(e)}") from None
         for path, tmp in temps.items():
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise OutputError(f"{path}: cannot write: {_reason(e)}") from None
     finally:
         for tmp in temps.values():
             if os.path.exists(tmp):
@@ -32,3 +47,25 @@ def write_files(files: "dict[str | os.PathLike, bytes]") -> None:
 def write_atomic(path: "str | os.PathLike", data: bytes) -> None:
     """Write one file whole or not at all (see `write_files`)."""
     write_files({path: data})
+
+
+def check_output_path(path: "str | os.PathLike") -> None:
+    """Refuse (`OutputError`) a path that is, or must be, a folder, or that has a file among its
+    parents. `write_files` checks every path with it; a command may call it before long work."""
+    text = os.fspath(path)
+    if not text or text.endswith(("/", os.sep)) or os.path.isdir(text):
+        raise OutputError(f"{text or repr(text)}: is a folder, not a file to write; name the output file")
+    for parent in Path(text).absolute().parents:
+        try:
+            if not parent.exists():
+                continue
+            is_dir = parent.is_dir()
+        except OSError:                       # cannot look: the write itself will say why
+            return
+        if not is_dir:
+            raise OutputError(f"{text}: cannot write under {parent}, which is a file, not a folder")
+        return
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e)

@@ -8,22 +8,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import STAGES, get_config
+from .config import STAGES, check_input_pixels, get_config
 from .counting import count_ops
 
 
 def _is_param(key: str) -> bool:
-    return not key.endswith(("running_mean", "running_var"))
+    return not key.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
-def model_summary(config, input_size: tuple[int, int] | None = None) -> dict:
-    """Params and MACs of a config at `input_size` (default: the config's), by stage and kind."""
+def model_summary(config, input_size: tuple[int, int] | None = None, shapes: dict | None = None) -> dict:
+    """Params and MACs of a config at `input_size` (default: the config's), by stage and kind.
+
+    Parameters are counted over `shapes` (key -> shape), a weights file's own tensors when given,
+    else the config's layout; input sizes above
+    `config.MAX_INPUT_PIXELS` (the forward's memory) are refused before any allocation.
+    """
     cfg = get_config(config)
     H, W = input_size or cfg.input_size
+    check_input_pixels((H, W))
     cfg.check_input_size((H, W))
     from .weights import build
     model = build(cfg, impl="reference")
-    shapes = model.tensor_shapes_all()
+    shapes = model.tensor_shapes_all() if shapes is None else shapes
     with count_ops() as counter:
         model(np.zeros((1, 3, H, W), np.float32))
 
@@ -59,7 +65,7 @@ def model_summary(config, input_size: tuple[int, int] | None = None) -> dict:
         "config": cfg.name,
         "input": [H, W],
         "output": [cfg.num_keypoints, *cfg.output_size((H, W))],
-        "params": model.num_params,
+        "params": sum(int(np.prod(s)) for k, s in shapes.items() if _is_param(k)),
         "macs": counter.macs,
         "macs_by_kind": dict(counter.by_kind),
         "elementwise": dict(counter.elementwise),

@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .config import WGNetConfig, get_config
+from .config import MAX_PARAMS, WGNetConfig, get_config
 from .errors import ConfigError, WeightsError
 from .fileio import write_atomic
 from .layers import walk
@@ -23,6 +24,8 @@ from .model import WGNet
 
 FORMAT = "refpose-weights/1"
 IGNORED_SUFFIXES = ("num_batches_tracked",)
+# the largest file a config within MAX_PARAMS needs: every tensor in float64, plus the header
+MAX_WEIGHTS_BYTES = 8 * MAX_PARAMS + 2 ** 20
 
 
 @dataclass
@@ -49,9 +52,17 @@ def read_weights(path: "str | os.PathLike") -> WeightsFile:
     """Read tensors and metadata from a .safetensors or .npz file, checking nothing yet."""
     path = str(path)
     if not os.path.isfile(path):
-        raise WeightsError(f"{path}: no such weights file")
-    with open(path, "rb") as f:
-        head = f.read(8)
+        reason = ("is a folder, not a weights file" if os.path.isdir(path) else
+                  "not a regular file" if os.path.exists(path) else "no such weights file")
+        raise WeightsError(f"{path}: {reason}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read: {e.strerror or e}") from None
+    if size > MAX_WEIGHTS_BYTES:
+        raise WeightsError(f"{path}: {size:,} bytes, more than the weights of any config refpose builds")
     try:
         if head[:2] == b"PK":
             tensors, meta = _read_npz(path)
@@ -66,9 +77,13 @@ def read_weights(path: "str | os.PathLike") -> WeightsFile:
     if meta.get("config"):
         try:
             config = get_config(json.loads(meta["config"]))
-        except (json.JSONDecodeError, ConfigError) as e:
+        except (ValueError, RecursionError, ConfigError) as e:    # ValueError: JSONDecodeError, huge ints
             raise WeightsError(f"{path}: the config in the metadata is not valid: {e}") from None
-    trained = {"true": True, "false": False}.get(str(meta.get("trained", "")).lower())
+    trained = meta.get("trained")
+    if trained is not None:                 # a JSON boolean, as written by save_weights; absent = unknown
+        if trained not in ("true", "false"):
+            raise WeightsError(f"{path}: metadata 'trained' must be true or false, got {str(trained)[:40]!r}")
+        trained = trained == "true"
     return WeightsFile(tensors, config, trained, path)
 
 
@@ -84,6 +99,10 @@ def _read_safetensors(path: str):
 
 
 def _read_npz(path: str):
+    with zipfile.ZipFile(path) as z:         # sizes as the archive declares them: a zip bomb stops here
+        unpacked = sum(info.file_size for info in z.infolist())
+    if unpacked > MAX_WEIGHTS_BYTES:
+        raise WeightsError(f"{path}: unpacks to {unpacked:,} bytes, more than the weights of any config refpose builds")
     tensors, meta = {}, {}
     with np.load(path, allow_pickle=False) as z:
         for k in z.files:
@@ -153,6 +172,8 @@ def init_weights(config, seed: int = 0) -> dict[str, np.ndarray]:
     their defaults, so that a backend that ignores one of them disagrees with refpose.
     """
     cfg = get_config(config)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"the seed must be a non-negative integer, got {seed!r}")
     rng = np.random.default_rng(seed)
     out = {}
     for key, shape in WGNet(cfg, impl="reference").tensor_shapes_all().items():

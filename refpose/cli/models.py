@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help=f"a named config: {', '.join(CONFIGS)}")
     src.add_argument("--weights", help="a weights file (.safetensors or .npz); its config is read from it")
-    p.add_argument("--input", metavar="HxW", help="input size (default: the config's, 256x192 for WGNet)")
+    p.add_argument("--input", metavar="HxW", help="input size (default: the config's, 256x192 for WGNet); "
+                   "at most 512x384 pixels in all, since the summary runs a forward at this size")
     p.add_argument("--json", action="store_true", help="print a JSON object (keys config, params, macs, input, ...)")
     p.set_defaults(run=run_info)
 
@@ -51,17 +52,19 @@ def run_info(args) -> int:
     from tabulate import tabulate
 
     from ..summary import model_summary
-    from ..weights import read_weights
+    from ..weights import from_tensors, read_weights
 
-    trained = None
+    trained = shapes = None
     if args.weights:
         wf = read_weights(args.weights)
         if wf.config is None:
             raise WeightsError(f"{args.weights}: the file has no config in its metadata")
+        from_tensors(wf.tensors, wf.config, impl="reference", source=wf.path)    # as strict as loading
         cfg, trained = wf.config, wf.trained
+        shapes = {k: a.shape for k, a in wf.tensors.items()}                    # count the file's own
     else:
         cfg = get_config(args.config)
-    s = model_summary(cfg, parse_size(args.input) if args.input else None)
+    s = model_summary(cfg, parse_size(args.input) if args.input else None, shapes)
     if args.weights:
         s["weights"], s["trained"] = args.weights, trained
     if args.json:
@@ -70,7 +73,8 @@ def run_info(args) -> int:
     H, W = s["input"]
     print(f"config {s['config']}: input {H}x{W} -> heatmaps {'x'.join(map(str, s['output']))}")
     if args.weights:
-        print(f"weights {args.weights} ({'trained' if trained else 'untrained'})")
+        state = {True: "trained", False: "untrained"}.get(trained, "trained or not: not stated")
+        print(f"weights {args.weights} ({state})")
     paper = ""
     if cfg.name in PAPER_PARAMS_M:
         paper = f"  (paper: {PAPER_PARAMS_M[cfg.name]} M"

@@ -21,8 +21,10 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from .jitcache import cache_kernels
+
 FASTMATH = {"contract", "nsz"}
-JIT = dict(cache=True, fastmath=FASTMATH)
+JIT = dict(cache=cache_kernels(__file__), fastmath=FASTMATH)   # on disk wherever a folder is writable
 
 
 # --- exp for softmax ------------------------------------------------------------------------

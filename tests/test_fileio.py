@@ -1,0 +1,67 @@
+"""The atomic writer (refpose/fileio.py): whole or nothing, and an output path that cannot be a
+file (a folder, under a file, not writable) is one `OutputError` naming it, for every command."""
+import os
+
+import pytest
+
+from refpose.cli import main
+from refpose.errors import OutputError
+from refpose.fileio import write_atomic, write_files
+
+
+def test_writes_and_replaces(tmp_path):
+    path = tmp_path / "sub" / "a.bin"
+    write_atomic(path, b"one")
+    write_atomic(path, b"two")
+    assert path.read_bytes() == b"two"
+    assert sorted(os.listdir(path.parent)) == ["a.bin"]          # no temporary file left
+
+
+@pytest.mark.parametrize("name", ["folder", "folder/"])
+def test_a_folder_is_refused(tmp_path, name):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "keep").write_bytes(b"x")
+    with pytest.raises(OutputError, match="is a folder"):
+        write_atomic(f"{tmp_path}/{name}", b"data")
+    assert os.listdir(tmp_path / "folder") == ["keep"]
+
+
+@pytest.mark.parametrize("under", ["file/out.bin", "file/deeper/out.bin"])
+def test_a_parent_that_is_a_file_is_refused(tmp_path, under):
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(OutputError, match=f"{tmp_path / 'file'}, which is a file"):
+        write_atomic(tmp_path / under, b"data")
+    assert (tmp_path / "file").read_bytes() == b"x"
+
+
+def test_a_folder_among_several_outputs_replaces_none(tmp_path):
+    (tmp_path / "x.json").write_bytes(b"old")
+    (tmp_path / "x.png").mkdir()
+    with pytest.raises(OutputError, match="x.png"):
+        write_files({tmp_path / "x.json": b"new", tmp_path / "x.png": b"png"})
+    assert (tmp_path / "x.json").read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["x.json", "x.png"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match="cannot write: Permission denied"):
+            write_atomic(ro / "a.bin", b"data")
+    finally:
+        ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("target", ["folder", "file/out.safetensors"])
+def test_cli_output_that_cannot_be_a_file(tmp_path, capsys, target):
+    """`refpose init ... DIR` and a parent that is a file: one line, exit 2 (was a traceback)."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_bytes(b"x")
+    code = main(["init", "--config", "tiny", str(tmp_path / target)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith("refpose init: error: ") and err.count("\n") == 1 and str(tmp_path / target) in err
+    assert sorted(os.listdir(tmp_path / "folder")) == []
