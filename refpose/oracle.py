@@ -167,8 +167,9 @@ class Comparison:
             return out
         inner = [t for t in self.taps if t.name != "head"]
         if not inner:
-            out.append("the backend gives no taps, so the diverging stage cannot be located "
-                       "(export with --taps: outputs stem, s1..s4, d1..d3)")
+            out.append("the backend gives no taps, so the diverging stage cannot be located (a "
+                       "`refpose export-onnx` file, with or without --taps, names its stage tensors "
+                       "stem, s1..s4, d1..d3; for another model, map them with --tap NAME=TENSOR)")
             out.append(f"largest heatmap error at {o.where()}")
             return out
         out.append("taps (rel error = max|got - ref| / max|ref|):")
@@ -228,9 +229,14 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor
 
 class OnnxBackend:
     """An ONNX file run with ONNX Runtime on the CPU, checked against the interface of
-    `refpose export-onnx`: one input `input` (N, 3, H, W), output `heatmaps`, taps optional."""
+    `refpose export-onnx`: one input `input` (N, 3, H, W), output `heatmaps`.
 
-    def __init__(self, path: "str | os.PathLike"):
+    The stage tensors are exposed as extra outputs of a copy of the model, whether or not the
+    file lists them as outputs: those named `stem, s1..s4, d1..d3` (refpose's exports name them
+    with or without --taps), or, for another model, those `taps` maps to our names
+    ({"s3": "their/tensor", "heatmaps": "their_output"}). Other outputs are ignored."""
+
+    def __init__(self, path: "str | os.PathLike", taps: "dict[str, str] | None" = None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -238,6 +244,7 @@ class OnnxBackend:
         self.path = str(path)
         if not os.path.isfile(self.path):
             raise BackendError(f"{self.path}: no such ONNX file")
+        model, tensors = _expose_stages(self.path, dict(taps or {}))
         options = ort.SessionOptions()
         # no busy-waiting threads and one node at a time: the machine is shared, and the
         # comparison needs no speed
@@ -246,7 +253,7 @@ class OnnxBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as e:   # onnxruntime raises its own exception types for a bad file
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BackendError(f"{self.path}: not a loadable ONNX model ({reason})") from None
@@ -258,14 +265,14 @@ class OnnxBackend:
         if self.input.type not in _ORT_TYPES:
             raise BackendError(f"{self.path}: input {INPUT_NAME!r} is {self.input.type}, expected a float tensor")
         self.dtype = np.dtype(_ORT_TYPES[self.input.type])
-        self.outputs = [o.name for o in self.session.get_outputs()]
-        if OUTPUT_NAME not in self.outputs:
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if tensors is None:                   # no onnx package: the file's own outputs only
+            tensors = {("head" if k == OUTPUT_NAME else k): k for k in outputs if k in TAP_OUTPUTS + (OUTPUT_NAME,)}
+        if "head" not in tensors:
             raise BackendError(f"{self.path}: the model has no output named {OUTPUT_NAME!r} "
-                               f"(its outputs: {', '.join(self.outputs)})")
-        stray = [o for o in self.outputs if o != OUTPUT_NAME and o not in TAP_OUTPUTS]
-        if stray:
-            raise BackendError(f"{self.path}: unexpected output {stray[0]!r}; outputs are {OUTPUT_NAME!r} "
-                               f"and optionally the taps {', '.join(TAP_OUTPUTS)}")
+                               f"(its outputs: {', '.join(outputs)}); map one with --tap {OUTPUT_NAME}=TENSOR")
+        self.tensors = {k: tensors[k] for k in TAPS if k in tensors}      # {tap: tensor}, network order
+        self.output_info = {k: outputs[t] for k, t in self.tensors.items()}
         meta = self.session.get_modelmeta().custom_metadata_map
         self.config: WGNetConfig | None = None
         if meta.get(META_CONFIG):
@@ -289,8 +296,8 @@ class OnnxBackend:
         want = tap_shapes(cfg)
         want_input = (None, 3) + cfg.input_size
         self._check_shape(INPUT_NAME, self.input.shape, want_input, cfg)
-        for o in self.session.get_outputs():
-            self._check_shape(o.name, o.shape, want["head" if o.name == OUTPUT_NAME else o.name], cfg)
+        for tap, o in self.output_info.items():
+            self._check_shape(o.name, o.shape, want[tap], cfg)
 
     def _check_shape(self, name: str, shape, want: tuple, cfg: WGNetConfig) -> None:
         """Check the dimensions the file states; an unknown rank is checked when it runs."""
@@ -312,21 +319,51 @@ class OnnxBackend:
                                   f"{len(x)} inputs do not split into them")
         chunks = [x] if b is None else [x[i:i + b] for i in range(0, len(x), b)]
         try:
-            runs = [self.session.run(self.outputs, {INPUT_NAME: c}) for c in chunks]
+            runs = [self.session.run(list(self.tensors.values()), {INPUT_NAME: c}) for c in chunks]
         except Exception as e:   # onnxruntime's own exception types
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BackendError(f"{self.path}: ONNX Runtime failed on input {chunks[0].shape}: {reason}") from None
-        out = {}
-        for i, name in enumerate(self.outputs):
-            out["head" if name == OUTPUT_NAME else name] = np.concatenate([r[i] for r in runs])
-        return out
+        return {tap: np.concatenate([r[i] for r in runs]) for i, tap in enumerate(self.tensors)}
+
+
+def _expose_stages(path: str, taps: dict[str, str]) -> "tuple[bytes | str, dict[str, str] | None]":
+    """The model (serialised) with its stage tensors added to the outputs, and {tap: tensor}.
+
+    A stage's tensor is the one `taps` names for it, else the tensor named after the stage.
+    Without the onnx package the file is run as it is (None: its outputs name the taps)."""
+    try:
+        import onnx
+    except ImportError:
+        if taps:
+            raise BackendError("mapping tensors to stages (--tap) needs the onnx package: pip install onnx") from None
+        return path, None
+    names = TAP_OUTPUTS + (OUTPUT_NAME,)
+    unknown = [k for k in taps if k not in names]
+    if unknown:
+        raise BackendError(f"--tap {unknown[0]}=...: not a stage; the names are {', '.join(names)}")
+    try:
+        model = onnx.load(path)
+    except Exception as e:   # protobuf's DecodeError and others for a damaged file
+        raise BackendError(f"{path}: not a loadable ONNX model ({type(e).__name__})") from None
+    graph = model.graph
+    produced = {t for node in graph.node for t in node.output} | {o.name for o in graph.output}
+    tensors = {k: taps.get(k, k) for k in names if k in taps or k in produced}
+    absent = [t for t in tensors.values() if t not in produced]
+    if absent:
+        raise BackendError(f"{path}: no tensor named {absent[0]!r} in the graph (--tap)")
+    outputs = {o.name for o in graph.output}
+    known = {v.name: v for v in graph.value_info}
+    for tensor in tensors.values():
+        if tensor not in outputs:   # an output's type may be left for ONNX Runtime to infer
+            graph.output.append(known.get(tensor) or onnx.helper.make_empty_tensor_value_info(tensor))
+    return model.SerializeToString(), {("head" if k == OUTPUT_NAME else k): t for k, t in tensors.items()}
 
 
 def oracle_onnx(onnx_path, weights, n: int = 2, seed: int = 0, rtol: float | None = None,
-                config=None) -> Comparison:
+                config=None, taps: "dict[str, str] | None" = None) -> Comparison:
     """Run an ONNX file with ONNX Runtime and refpose float64 on the same seeded inputs, and
-    compare (`refpose oracle --onnx`)."""
-    backend = OnnxBackend(onnx_path)
+    compare (`refpose oracle --onnx`); `taps` maps stage names to another model's tensors."""
+    backend = OnnxBackend(onnx_path, taps)
     tensors, cfg = resolve_weights(weights, config)
     backend.check(cfg, _source(weights))
     rtol = tolerance(backend.dtype) if rtol is None else float(rtol)
