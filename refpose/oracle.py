@@ -32,6 +32,15 @@ tiny and 1.4e-6 on wgnet, for the PyTorch twin in float32 and ONNX Runtime (opse
 (margin 70×); 6.5e-15 for the twin in float64 (margin 30×). A BatchNorm eps of 1e-4 instead of
 1e-5 moves the heatmaps by 6e-4 and is caught; a LayerNorm eps of 1e-6 instead of 1e-5 moves
 them by only 8e-5, which is the float64 comparison's job (4e8 times its tolerance).
+
+Looser modes, used only when asked for (the conformance suite's --refpose-precision). A model
+that stores its activations in float16, or quantises them to int8, rounds every layer's output
+to that precision; these roundings dominate the dot products' (which such backends accumulate
+in float32 or int32) and, independent along the L ~ 170 layers, add in quadrature to about
+sqrt(L)·u ~ 13·u of the scale. Four times that, rounded up:
+
+    float16: u = 2^-11 = 4.9e-4 -> 4·13·u = 2.5e-2 -> 3e-2
+    int8, symmetric per tensor (step max/127, so u = 1/254 = 3.9e-3) -> 4·13·u = 0.2
 """
 from __future__ import annotations
 
@@ -49,6 +58,15 @@ from .model import TAPS
 from .onnx_export import INPUT_NAME, META_CONFIG, OUTPUT_NAME, TAP_OUTPUTS, resolve_weights
 
 TOLERANCES = {"float32": 1e-4, "float64": 2e-13}   # rel error vs the float64 reference; see above
+LOW_PRECISION_TOLERANCES = {"float16": 3e-2, "int8": 0.2}   # only when asked for; see above
+TOLERANCE_REASONS = {
+    "float32": "float32 backend vs float64 reference: 4·sqrt(L·K)·u, L ~ 170 layers, K <= 1152 terms, "
+               "u = 2^-24 (refpose.oracle)",
+    "float64": "float64 backend vs float64 reference: 4·sqrt(L·K)·u, L ~ 170 layers, K <= 1152 terms, "
+               "u = 2^-53 (refpose.oracle)",
+    "float16": "float16 activations: 4·sqrt(L)·u, L ~ 170 layers, u = 2^-11 (refpose.oracle)",
+    "int8": "int8 activations, symmetric per tensor: 4·sqrt(L)·u, L ~ 170 layers, u = 1/254 (refpose.oracle)",
+}
 DUMP_FORMAT = "refpose-oracle/1"
 DUMP_KEYS = ("input",) + TAP_OUTPUTS + (OUTPUT_NAME,)
 
@@ -60,6 +78,15 @@ def tolerance(dtype) -> float:
         raise BackendError(f"no stated tolerance for a {name} backend (only "
                               f"{', '.join(TOLERANCES)}); give rtol explicitly")
     return TOLERANCES[name]
+
+
+def stated_tolerance(precision: str) -> tuple[float, str]:
+    """(rtol, its justification) for a backend computing in `precision`: float32, float64, or
+    one of the looser modes float16 and int8."""
+    rtol = {**TOLERANCES, **LOW_PRECISION_TOLERANCES}.get(precision)
+    if rtol is None:
+        raise BackendError(f"no stated tolerance for {precision!r} (only {', '.join(TOLERANCE_REASONS)})")
+    return rtol, TOLERANCE_REASONS[precision]
 
 
 # --- inputs and the reference -----------------------------------------------------------------
@@ -119,6 +146,10 @@ class TapError:
     def where(self) -> str:
         return f"[{', '.join(map(str, self.index))}] (got {self.got:.6g}, ref {self.ref:.6g})"
 
+    def summary(self) -> str:
+        return (f"max abs error {self.abs_err:.3g}, max rel error {self.rel_err:.3g} "
+                f"(to max|ref| = {self.scale:.4g})")
+
 
 def tap_error(name: str, got, ref) -> TapError:
     """Max abs error, error relative to max|ref|, and the index where the error is largest."""
@@ -161,8 +192,7 @@ class Comparison:
         o = self.output
         verdict = "within tolerance" if self.passed else "BEYOND tolerance"
         out = list(self.notes)
-        out.append(f"heatmaps: max abs error {o.abs_err:.3g}, max rel error {o.rel_err:.3g} "
-                   f"(to max|ref| = {o.scale:.4g}); rtol {self.rtol:.3g}: {verdict}")
+        out.append(f"heatmaps: {o.summary()}; rtol {self.rtol:.3g}: {verdict}")
         if self.passed:
             return out
         inner = [t for t in self.taps if t.name != "head"]
@@ -172,8 +202,16 @@ class Comparison:
                        "stem, s1..s4, d1..d3; for another model, map them with --tap NAME=TENSOR)")
             out.append(f"largest heatmap error at {o.where()}")
             return out
-        out.append("taps (rel error = max|got - ref| / max|ref|):")
         first = self.first_divergent
+        out += self.table()
+        out.append(f"first diverging tap: {first.name} (rel error {first.rel_err:.3g}, abs {first.abs_err:.3g}, "
+                   f"largest at index {list(first.index)} of (N, C, H, W)); {self._hint(first)}")
+        return out
+
+    def table(self) -> list[str]:
+        """Every tap given, in network order, with its rel error and verdict."""
+        out = ["taps (rel error = max|got - ref| / max|ref|):"]
+        first = next((t for t in self.taps if not t.within(self.rtol)), None)
         for t in self.taps:
             mark = "ok" if t.within(self.rtol) else "DIVERGES"
             if t is first:
@@ -181,8 +219,6 @@ class Comparison:
             out.append(f"  {t.name:5s} {t.rel_err:9.3g}  {mark}")
         if self.missing:
             out.append(f"  (not given by the backend: {', '.join(self.missing)})")
-        out.append(f"first diverging tap: {first.name} (rel error {first.rel_err:.3g}, abs {first.abs_err:.3g}, "
-                   f"largest at index {list(first.index)} of (N, C, H, W)); {self._hint(first)}")
         return out
 
     def _hint(self, first: TapError) -> str:
@@ -242,6 +278,7 @@ class OnnxBackend:
         except ImportError:
             raise BackendError("onnxruntime is not installed: pip install onnxruntime") from None
         self.path = str(path)
+        self.name = f"ONNX Runtime ({self.path})"
         if not os.path.isfile(self.path):
             raise BackendError(f"{self.path}: no such ONNX file")
         model, tensors = _expose_stages(self.path, dict(taps or {}))
@@ -337,26 +374,51 @@ def _expose_stages(path: str, taps: dict[str, str]) -> "tuple[bytes | str, dict[
         if taps:
             raise BackendError("mapping tensors to stages (--tap) needs the onnx package: pip install onnx") from None
         return path, None
-    names = TAP_OUTPUTS + (OUTPUT_NAME,)
-    unknown = [k for k in taps if k not in names]
-    if unknown:
-        raise BackendError(f"--tap {unknown[0]}=...: not a stage; the names are {', '.join(names)}")
     try:
         model = onnx.load(path)
     except Exception as e:   # protobuf's DecodeError and others for a damaged file
         raise BackendError(f"{path}: not a loadable ONNX model ({type(e).__name__})") from None
     graph = model.graph
     produced = {t for node in graph.node for t in node.output} | {o.name for o in graph.output}
-    tensors = {k: taps.get(k, k) for k in names if k in taps or k in produced}
-    absent = [t for t in tensors.values() if t not in produced]
-    if absent:
-        raise BackendError(f"{path}: no tensor named {absent[0]!r} in the graph (--tap)")
+    tensors = stage_tensors(path, produced, taps)
     outputs = {o.name for o in graph.output}
     known = {v.name: v for v in graph.value_info}
     for tensor in tensors.values():
         if tensor not in outputs:   # an output's type may be left for ONNX Runtime to infer
             graph.output.append(known.get(tensor) or onnx.helper.make_empty_tensor_value_info(tensor))
-    return model.SerializeToString(), {("head" if k == OUTPUT_NAME else k): t for k, t in tensors.items()}
+    return model.SerializeToString(), tensors
+
+
+def parse_taps(items: "list[str]") -> dict[str, str]:
+    """["s3=their/tensor", ...] (--tap NAME=TENSOR, repeatable) -> {"s3": "their/tensor"}."""
+    taps = {}
+    for text in items:
+        name, sep, tensor = text.partition("=")
+        if not (sep and name and tensor):
+            raise BackendError(f"--tap {text!r}: expected NAME=TENSOR")
+        taps[name] = tensor
+    check_tap_names(taps)
+    return taps
+
+
+def check_tap_names(taps: dict[str, str]) -> None:
+    """Raise BackendError unless every key of a --tap mapping is a stage or the output."""
+    names = TAP_OUTPUTS + (OUTPUT_NAME,)
+    unknown = [k for k in taps if k not in names]
+    if unknown:
+        raise BackendError(f"--tap {unknown[0]}=...: not a stage; the names are {', '.join(names)}")
+
+
+def stage_tensors(path: str, available: "set[str]", taps: dict[str, str]) -> dict[str, str]:
+    """{tap: tensor} ("head" for the heatmaps, in network order): the tensor `taps` names for a
+    stage or the output, else the one named after it, among the model's `available` tensors."""
+    check_tap_names(taps)
+    tensors = {k: taps.get(k, k) for k in TAP_OUTPUTS + (OUTPUT_NAME,) if k in taps or k in available}
+    absent = [t for t in tensors.values() if t not in available]
+    if absent:
+        raise BackendError(f"{path}: no tensor named {absent[0]!r} in the graph (--tap)")
+    tensors = {("head" if k == OUTPUT_NAME else k): t for k, t in tensors.items()}
+    return {k: tensors[k] for k in TAPS if k in tensors}
 
 
 def oracle_onnx(onnx_path, weights, n: int = 2, seed: int = 0, rtol: float | None = None,

@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
     p.add_argument("--onnx", metavar="MODEL.onnx", help="the ONNX model to check")
     p.add_argument("--weights", metavar="WEIGHTS", help="the weights it should compute with")
     p.add_argument("--config", help="the config, if the weights file does not carry one")
-    p.add_argument("--tap", action="append", type=tap_mapping, default=[], metavar="NAME=TENSOR",
+    p.add_argument("--tap", action="append", default=[], metavar="NAME=TENSOR",
                    help="the model's tensor TENSOR is our stage NAME (stem, s1..s4, d1..d3, or heatmaps "
                         "for the output); repeatable, for models not exported by refpose")
     _add_sampling(p, argparse_defaults=True)
@@ -85,14 +85,6 @@ def _add_sampling(p, argparse_defaults: bool) -> None:
     p.add_argument("--seed", type=int, default=seed, metavar="S", help="seed of the inputs (default 0)")
 
 
-def tap_mapping(text: str) -> tuple[str, str]:
-    """NAME=TENSOR -> (NAME, TENSOR); the names are checked by the library."""
-    name, sep, tensor = text.partition("=")
-    if not (sep and name and tensor):
-        raise argparse.ArgumentTypeError(f"expected NAME=TENSOR, got {text!r}")
-    return name, tensor
-
-
 def run_export_onnx(args) -> int:
     from ..onnx_export import export_onnx
 
@@ -105,10 +97,10 @@ def run_export_onnx(args) -> int:
 def run_oracle(args) -> int:
     if not (args.onnx and args.weights):
         args.oracle_parser.error("give --onnx MODEL.onnx and --weights WEIGHTS, or use `refpose oracle dump`")
-    from ..oracle import oracle_onnx
+    from ..oracle import oracle_onnx, parse_taps
 
     result = oracle_onnx(args.onnx, args.weights, n=args.inputs, seed=args.seed, rtol=args.rtol,
-                         config=args.config, taps=dict(args.tap))
+                         config=args.config, taps=parse_taps(args.tap))
     print("\n".join(result.lines()))
     return 0 if result.passed else 1
 
