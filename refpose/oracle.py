@@ -41,6 +41,10 @@ sqrt(L)·u ~ 13·u of the scale. Four times that, rounded up:
 
     float16: u = 2^-11 = 4.9e-4 -> 4·13·u = 2.5e-2 -> 3e-2
     int8, symmetric per tensor (step max/127, so u = 1/254 = 3.9e-3) -> 4·13·u = 0.2
+
+Measured for the PyTorch twin in float16 on seeded weights, largest over all taps: 4.9e-3 on
+tiny (three inputs) and 4.4e-3 on wgnet (the photo input), a margin of 6x. The int8 figure is
+derived only.
 """
 from __future__ import annotations
 

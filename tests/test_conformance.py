@@ -66,7 +66,6 @@ def test_suite_passes_on_the_exported_twin(exports):
     print(out.strip().splitlines()[-1])
     assert status == 0, out[-3000:]
     assert summary(out) == {"passed": CASES * TAPS}
-    assert "precision fp32, tolerance 0.0001" in out          # the report header states the rule
 
 
 @pytest.mark.onnx
