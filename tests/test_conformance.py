@@ -231,3 +231,20 @@ def test_inputs():
     assert np.all(case_inputs("tiny", "plus5sigma", 2) == 5.0) and np.all(case_inputs("tiny", "minus5sigma", 1) == -5.0)
     assert not case_inputs("tiny", "zeros", 3).any()
     assert not np.array_equal(case_inputs("tiny", "normal0", 1), case_inputs("tiny", "normal1", 1))
+
+
+def test_the_plugin_stays_out_of_other_runs(tmp_path):
+    """Loaded by every pytest run, the plugin imports nothing of the suite unless asked."""
+    (tmp_path / "test_other.py").write_text(
+        "import sys\n"
+        "def test_nothing_loaded():\n"
+        "    loaded = [m for m in ('refpose.conformance.suite', 'refpose.oracle', 'onnxruntime', 'torch')\n"
+        "              if m in sys.modules]\n"
+        "    assert loaded == []\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_other.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+    plugins = subprocess.run([sys.executable, "-m", "pytest", "--version", "--version"],
+                             capture_output=True, text=True, timeout=300)
+    assert os.path.join("conformance", "plugin.py") in plugins.stdout + plugins.stderr  # registered
