@@ -479,16 +479,22 @@ class Golden:
     seed: int
 
 
+def read_npz(path, what: str = "file") -> dict[str, np.ndarray]:
+    """Every array of a .npz file, read without pickle; DataError if it is missing or damaged."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such {what}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:   # a damaged zip raises several types
+        raise DataError(f"{path}: not a readable .npz ({type(e).__name__})") from None
+
+
 def load_dump(path) -> Golden:
     """Read a file written by `dump` (no pickle), checking its keys and shapes."""
     path = str(path)
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such golden file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:   # a damaged zip raises several types
-        raise DataError(f"{path}: not a readable .npz ({type(e).__name__})") from None
+    arrays = read_npz(path, "golden file")
     if str(arrays.get("format", "")) != DUMP_FORMAT:
         raise DataError(f"{path}: not a refpose golden file (format {DUMP_FORMAT!r} expected)")
     missing = [k for k in DUMP_KEYS + ("config", "seed") if k not in arrays]

@@ -16,7 +16,8 @@ import numpy as np
 from ..config import CONFIGS, WGNetConfig, get_config
 from ..errors import DataError, RefposeError, WeightsError
 from ..onnx_export import OUTPUT_NAME, TAP_OUTPUTS
-from ..oracle import Comparison, compare, load_dump, make_inputs, reference_model, stated_tolerance
+from ..oracle import (Comparison, compare, load_dump, make_inputs, read_npz, reference_model,
+                      stated_tolerance)
 
 BATCHES = (1, 2, 3)
 INPUT_KINDS = ("normal0", "normal1", "photo", "zeros", "plus5sigma", "minus5sigma")
@@ -237,13 +238,7 @@ def build_suite(backend: str | None = None, weights: str | None = None, config: 
 
 def read_outputs(path: str, n: int) -> dict[str, np.ndarray]:
     """A port's outputs (.npz, no pickle): `heatmaps` and any of stem, s1..s4, d1..d3."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:   # a damaged zip raises several types
-        raise DataError(f"{path}: not a readable .npz ({type(e).__name__})") from None
+    arrays = read_npz(path, "outputs file")
     stray = [k for k in arrays if k not in STAGES and k != "input"]
     if stray or OUTPUT_NAME not in arrays:
         raise DataError(f"{path}: keys are {OUTPUT_NAME!r} and optionally {', '.join(TAP_OUTPUTS)} "
