@@ -248,3 +248,11 @@ def test_the_plugin_stays_out_of_other_runs(tmp_path):
     plugins = subprocess.run([sys.executable, "-m", "pytest", "--version", "--version"],
                              capture_output=True, text=True, timeout=300)
     assert os.path.join("conformance", "plugin.py") in plugins.stdout + plugins.stderr  # registered
+
+
+@pytest.mark.onnx
+def test_a_model_of_another_config_is_refused(exports, tmp_path):
+    with pytest.raises(WeightsError, match=r"made\.safetensors: weights for config 'wgnet-c', but .*good\.onnx "
+                                           r"was exported for config 'tiny'"):
+        build_suite(backend=f"onnx:{exports / 'good.onnx'}", weights=str(tmp_path / "made.safetensors"),
+                    config="wgnet-c")

@@ -77,7 +77,7 @@ class OpenVinoBackend:
         # f32 inference: the CPU plugin would otherwise run in bf16 where the hardware has it
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
-    def check(self, config) -> None:
+    def check(self, config, weights_name: str = "weights") -> None:
         """Nothing to check before running: OpenVINO reports a wrong input shape when it runs."""
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -113,7 +113,7 @@ class PythonBackend:
             raise BackendError(f"python:{target}: the factory returned {type(self.fn).__name__}, not a callable")
         self.name = f"python:{target}"
 
-    def check(self, config) -> None:
+    def check(self, config, weights_name: str = "weights") -> None:
         """A port takes the weights it was given; nothing to check before running."""
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -230,7 +230,7 @@ def build_suite(backend: str | None = None, weights: str | None = None, config: 
     backends = {}
     for cfg in configs_allowed(weights, config):
         b = open_backend(backend, weights, cfg, taps)
-        b.check(cfg)
+        b.check(cfg, weights)
         backends[cfg.name] = b
     dtype = next(iter(backends.values())).dtype
     return Suite(weights, backends, precision or default_precision(dtype))
