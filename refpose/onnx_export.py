@@ -7,8 +7,9 @@ against (DESIGN section 5):
 
 - one input `input`, float32 (N, 3, H, W) with a dynamic batch N and the config's H, W;
 - the output `heatmaps` (N, K, H/4, W/4), K = 17 keypoints;
-- with `taps=True`, also the stage outputs `stem, s1, s2, s3, s4, d1, d2, d3` (NCHW), so that
-  `refpose oracle` can name the first stage that diverges.
+- every stage's output tensor is named `stem, s1, s2, s3, s4, d1, d2, d3` (NCHW) inside the
+  graph, so that `refpose oracle` can expose them and name the first stage that diverges; with
+  `taps=True` they are graph outputs as well.
 
 The file carries metadata `refpose.config` (the config as JSON) and `refpose.taps`, so a
 checker can tell which config it was exported for.
@@ -60,8 +61,8 @@ def twin_from_weights(tensors: dict[str, np.ndarray], config, dtype: str = "floa
     return model
 
 
-def _tapped(twin, taps: bool):
-    """A module whose forward returns the heatmaps, then (if taps) the stage outputs, as a tuple."""
+def _tapped(twin):
+    """A module whose forward returns the heatmaps, then the stage outputs, as a tuple."""
     import torch
 
     class Tapped(torch.nn.Module):
@@ -71,7 +72,7 @@ def _tapped(twin, taps: bool):
 
         def forward(self, x):
             out = self.twin.forward_taps(x)
-            return (out["head"],) + tuple(out[k] for k in TAP_OUTPUTS) if taps else out["head"]
+            return (out["head"],) + tuple(out[k] for k in TAP_OUTPUTS)
 
     return Tapped().eval()
 
@@ -91,8 +92,10 @@ def export_onnx(weights, config, out_path, opset: int = DEFAULT_OPSET, taps: boo
     if int(opset) not in OPSETS:
         raise BackendError(f"opset {opset} is not supported: use {OPSETS.start}..{OPSETS.stop - 1}")
     tensors, cfg = resolve_weights(weights, config)
-    model = _tapped(twin_from_weights(tensors, cfg, "float32"), taps)
-    names = [OUTPUT_NAME] + (list(TAP_OUTPUTS) if taps else [])
+    model = _tapped(twin_from_weights(tensors, cfg, "float32"))
+    # the stages are always exported as outputs, which gives their tensors these names; without
+    # taps they are then dropped from the outputs and stay in the graph under their names
+    names = [OUTPUT_NAME] + list(TAP_OUTPUTS)
     H, W = cfg.input_size
     example = torch.zeros(2, 3, H, W)     # batch 2, so that nothing specialises on a batch of 1
     buffer = io.BytesIO()
@@ -110,6 +113,11 @@ def export_onnx(weights, config, out_path, opset: int = DEFAULT_OPSET, taps: boo
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BackendError(f"ONNX export at opset {opset} failed: {reason}") from None
     proto = onnx.load_from_string(buffer.getvalue())
+    if not taps:
+        stages = [o for o in proto.graph.output if o.name in TAP_OUTPUTS]
+        proto.graph.value_info.extend(stages)          # their types and shapes stay known
+        for o in stages:
+            proto.graph.output.remove(o)
     for key, value in ((META_CONFIG, cfg.to_json()), (META_TAPS, ",".join(TAP_OUTPUTS) if taps else "")):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

@@ -32,6 +32,19 @@ tiny and 1.4e-6 on wgnet, for the PyTorch twin in float32 and ONNX Runtime (opse
 (margin 70×); 6.5e-15 for the twin in float64 (margin 30×). A BatchNorm eps of 1e-4 instead of
 1e-5 moves the heatmaps by 6e-4 and is caught; a LayerNorm eps of 1e-6 instead of 1e-5 moves
 them by only 8e-5, which is the float64 comparison's job (4e8 times its tolerance).
+
+Looser modes, used only when asked for (the conformance suite's --refpose-precision). A model
+that stores its activations in float16, or quantises them to int8, rounds every layer's output
+to that precision; these roundings dominate the dot products' (which such backends accumulate
+in float32 or int32) and, independent along the L ~ 170 layers, add in quadrature to about
+sqrt(L)·u ~ 13·u of the scale. Four times that, rounded up:
+
+    float16: u = 2^-11 = 4.9e-4 -> 4·13·u = 2.5e-2 -> 3e-2
+    int8, symmetric per tensor (step max/127, so u = 1/254 = 3.9e-3) -> 4·13·u = 0.2
+
+Measured for the PyTorch twin in float16 on seeded weights, largest over all taps: 4.9e-3 on
+tiny (three inputs) and 4.4e-3 on wgnet (the photo input), a margin of 6x. The int8 figure is
+derived only.
 """
 from __future__ import annotations
 
@@ -49,6 +62,15 @@ from .model import TAPS
 from .onnx_export import INPUT_NAME, META_CONFIG, OUTPUT_NAME, TAP_OUTPUTS, resolve_weights
 
 TOLERANCES = {"float32": 1e-4, "float64": 2e-13}   # rel error vs the float64 reference; see above
+LOW_PRECISION_TOLERANCES = {"float16": 3e-2, "int8": 0.2}   # only when asked for; see above
+TOLERANCE_REASONS = {
+    "float32": "float32 backend vs float64 reference: 4·sqrt(L·K)·u, L ~ 170 layers, K <= 1152 terms, "
+               "u = 2^-24 (refpose.oracle)",
+    "float64": "float64 backend vs float64 reference: 4·sqrt(L·K)·u, L ~ 170 layers, K <= 1152 terms, "
+               "u = 2^-53 (refpose.oracle)",
+    "float16": "float16 activations: 4·sqrt(L)·u, L ~ 170 layers, u = 2^-11 (refpose.oracle)",
+    "int8": "int8 activations, symmetric per tensor: 4·sqrt(L)·u, L ~ 170 layers, u = 1/254 (refpose.oracle)",
+}
 DUMP_FORMAT = "refpose-oracle/1"
 DUMP_KEYS = ("input",) + TAP_OUTPUTS + (OUTPUT_NAME,)
 
@@ -60,6 +82,15 @@ def tolerance(dtype) -> float:
         raise BackendError(f"no stated tolerance for a {name} backend (only "
                               f"{', '.join(TOLERANCES)}); give rtol explicitly")
     return TOLERANCES[name]
+
+
+def stated_tolerance(precision: str) -> tuple[float, str]:
+    """(rtol, its justification) for a backend computing in `precision`: float32, float64, or
+    one of the looser modes float16 and int8."""
+    rtol = {**TOLERANCES, **LOW_PRECISION_TOLERANCES}.get(precision)
+    if rtol is None:
+        raise BackendError(f"no stated tolerance for {precision!r} (only {', '.join(TOLERANCE_REASONS)})")
+    return rtol, TOLERANCE_REASONS[precision]
 
 
 # --- inputs and the reference -----------------------------------------------------------------
@@ -119,6 +150,10 @@ class TapError:
     def where(self) -> str:
         return f"[{', '.join(map(str, self.index))}] (got {self.got:.6g}, ref {self.ref:.6g})"
 
+    def summary(self) -> str:
+        return (f"max abs error {self.abs_err:.3g}, max rel error {self.rel_err:.3g} "
+                f"(to max|ref| = {self.scale:.4g})")
+
 
 def tap_error(name: str, got, ref) -> TapError:
     """Max abs error, error relative to max|ref|, and the index where the error is largest."""
@@ -161,18 +196,26 @@ class Comparison:
         o = self.output
         verdict = "within tolerance" if self.passed else "BEYOND tolerance"
         out = list(self.notes)
-        out.append(f"heatmaps: max abs error {o.abs_err:.3g}, max rel error {o.rel_err:.3g} "
-                   f"(to max|ref| = {o.scale:.4g}); rtol {self.rtol:.3g}: {verdict}")
+        out.append(f"heatmaps: {o.summary()}; rtol {self.rtol:.3g}: {verdict}")
         if self.passed:
             return out
         inner = [t for t in self.taps if t.name != "head"]
         if not inner:
-            out.append("the backend gives no taps, so the diverging stage cannot be located "
-                       "(export with --taps: outputs stem, s1..s4, d1..d3)")
+            out.append("the backend gives no taps, so the diverging stage cannot be located (a "
+                       "`refpose export-onnx` file, with or without --taps, names its stage tensors "
+                       "stem, s1..s4, d1..d3; for another model, map them with --tap NAME=TENSOR)")
             out.append(f"largest heatmap error at {o.where()}")
             return out
-        out.append("taps (rel error = max|got - ref| / max|ref|):")
         first = self.first_divergent
+        out += self.table()
+        out.append(f"first diverging tap: {first.name} (rel error {first.rel_err:.3g}, abs {first.abs_err:.3g}, "
+                   f"largest at index {list(first.index)} of (N, C, H, W)); {self._hint(first)}")
+        return out
+
+    def table(self) -> list[str]:
+        """Every tap given, in network order, with its rel error and verdict."""
+        out = ["taps (rel error = max|got - ref| / max|ref|):"]
+        first = next((t for t in self.taps if not t.within(self.rtol)), None)
         for t in self.taps:
             mark = "ok" if t.within(self.rtol) else "DIVERGES"
             if t is first:
@@ -180,8 +223,6 @@ class Comparison:
             out.append(f"  {t.name:5s} {t.rel_err:9.3g}  {mark}")
         if self.missing:
             out.append(f"  (not given by the backend: {', '.join(self.missing)})")
-        out.append(f"first diverging tap: {first.name} (rel error {first.rel_err:.3g}, abs {first.abs_err:.3g}, "
-                   f"largest at index {list(first.index)} of (N, C, H, W)); {self._hint(first)}")
         return out
 
     def _hint(self, first: TapError) -> str:
@@ -228,16 +269,23 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor
 
 class OnnxBackend:
     """An ONNX file run with ONNX Runtime on the CPU, checked against the interface of
-    `refpose export-onnx`: one input `input` (N, 3, H, W), output `heatmaps`, taps optional."""
+    `refpose export-onnx`: one input `input` (N, 3, H, W), output `heatmaps`.
 
-    def __init__(self, path: "str | os.PathLike"):
+    The stage tensors are exposed as extra outputs of a copy of the model, whether or not the
+    file lists them as outputs: those named `stem, s1..s4, d1..d3` (refpose's exports name them
+    with or without --taps), or, for another model, those `taps` maps to our names
+    ({"s3": "their/tensor", "heatmaps": "their_output"}). Other outputs are ignored."""
+
+    def __init__(self, path: "str | os.PathLike", taps: "dict[str, str] | None" = None):
         try:
             import onnxruntime as ort
         except ImportError:
             raise BackendError("onnxruntime is not installed: pip install onnxruntime") from None
         self.path = str(path)
+        self.name = f"ONNX Runtime ({self.path})"
         if not os.path.isfile(self.path):
             raise BackendError(f"{self.path}: no such ONNX file")
+        model, tensors = _expose_stages(self.path, dict(taps or {}))
         options = ort.SessionOptions()
         # no busy-waiting threads and one node at a time: the machine is shared, and the
         # comparison needs no speed
@@ -246,7 +294,7 @@ class OnnxBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as e:   # onnxruntime raises its own exception types for a bad file
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BackendError(f"{self.path}: not a loadable ONNX model ({reason})") from None
@@ -258,14 +306,14 @@ class OnnxBackend:
         if self.input.type not in _ORT_TYPES:
             raise BackendError(f"{self.path}: input {INPUT_NAME!r} is {self.input.type}, expected a float tensor")
         self.dtype = np.dtype(_ORT_TYPES[self.input.type])
-        self.outputs = [o.name for o in self.session.get_outputs()]
-        if OUTPUT_NAME not in self.outputs:
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if tensors is None:                   # no onnx package: the file's own outputs only
+            tensors = {("head" if k == OUTPUT_NAME else k): k for k in outputs if k in TAP_OUTPUTS + (OUTPUT_NAME,)}
+        if "head" not in tensors:
             raise BackendError(f"{self.path}: the model has no output named {OUTPUT_NAME!r} "
-                               f"(its outputs: {', '.join(self.outputs)})")
-        stray = [o for o in self.outputs if o != OUTPUT_NAME and o not in TAP_OUTPUTS]
-        if stray:
-            raise BackendError(f"{self.path}: unexpected output {stray[0]!r}; outputs are {OUTPUT_NAME!r} "
-                               f"and optionally the taps {', '.join(TAP_OUTPUTS)}")
+                               f"(its outputs: {', '.join(outputs)}); map one with --tap {OUTPUT_NAME}=TENSOR")
+        self.tensors = {k: tensors[k] for k in TAPS if k in tensors}      # {tap: tensor}, network order
+        self.output_info = {k: outputs[t] for k, t in self.tensors.items()}
         meta = self.session.get_modelmeta().custom_metadata_map
         self.config: WGNetConfig | None = None
         if meta.get(META_CONFIG):
@@ -289,8 +337,8 @@ class OnnxBackend:
         want = tap_shapes(cfg)
         want_input = (None, 3) + cfg.input_size
         self._check_shape(INPUT_NAME, self.input.shape, want_input, cfg)
-        for o in self.session.get_outputs():
-            self._check_shape(o.name, o.shape, want["head" if o.name == OUTPUT_NAME else o.name], cfg)
+        for tap, o in self.output_info.items():
+            self._check_shape(o.name, o.shape, want[tap], cfg)
 
     def _check_shape(self, name: str, shape, want: tuple, cfg: WGNetConfig) -> None:
         """Check the dimensions the file states; an unknown rank is checked when it runs."""
@@ -312,21 +360,76 @@ class OnnxBackend:
                                   f"{len(x)} inputs do not split into them")
         chunks = [x] if b is None else [x[i:i + b] for i in range(0, len(x), b)]
         try:
-            runs = [self.session.run(self.outputs, {INPUT_NAME: c}) for c in chunks]
+            runs = [self.session.run(list(self.tensors.values()), {INPUT_NAME: c}) for c in chunks]
         except Exception as e:   # onnxruntime's own exception types
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BackendError(f"{self.path}: ONNX Runtime failed on input {chunks[0].shape}: {reason}") from None
-        out = {}
-        for i, name in enumerate(self.outputs):
-            out["head" if name == OUTPUT_NAME else name] = np.concatenate([r[i] for r in runs])
-        return out
+        return {tap: np.concatenate([r[i] for r in runs]) for i, tap in enumerate(self.tensors)}
+
+
+def _expose_stages(path: str, taps: dict[str, str]) -> "tuple[bytes | str, dict[str, str] | None]":
+    """The model (serialised) with its stage tensors added to the outputs, and {tap: tensor}.
+
+    A stage's tensor is the one `taps` names for it, else the tensor named after the stage.
+    Without the onnx package the file is run as it is (None: its outputs name the taps)."""
+    try:
+        import onnx
+    except ImportError:
+        if taps:
+            raise BackendError("mapping tensors to stages (--tap) needs the onnx package: pip install onnx") from None
+        return path, None
+    try:
+        model = onnx.load(path)
+    except Exception as e:   # protobuf's DecodeError and others for a damaged file
+        raise BackendError(f"{path}: not a loadable ONNX model ({type(e).__name__})") from None
+    graph = model.graph
+    produced = {t for node in graph.node for t in node.output} | {o.name for o in graph.output}
+    tensors = stage_tensors(path, produced, taps)
+    outputs = {o.name for o in graph.output}
+    known = {v.name: v for v in graph.value_info}
+    for tensor in tensors.values():
+        if tensor not in outputs:   # an output's type may be left for ONNX Runtime to infer
+            graph.output.append(known.get(tensor) or onnx.helper.make_empty_tensor_value_info(tensor))
+    return model.SerializeToString(), tensors
+
+
+def parse_taps(items: "list[str]") -> dict[str, str]:
+    """["s3=their/tensor", ...] (--tap NAME=TENSOR, repeatable) -> {"s3": "their/tensor"}."""
+    taps = {}
+    for text in items:
+        name, sep, tensor = text.partition("=")
+        if not (sep and name and tensor):
+            raise BackendError(f"--tap {text!r}: expected NAME=TENSOR")
+        taps[name] = tensor
+    check_tap_names(taps)
+    return taps
+
+
+def check_tap_names(taps: dict[str, str]) -> None:
+    """Raise BackendError unless every key of a --tap mapping is a stage or the output."""
+    names = TAP_OUTPUTS + (OUTPUT_NAME,)
+    unknown = [k for k in taps if k not in names]
+    if unknown:
+        raise BackendError(f"--tap {unknown[0]}=...: not a stage; the names are {', '.join(names)}")
+
+
+def stage_tensors(path: str, available: "set[str]", taps: dict[str, str]) -> dict[str, str]:
+    """{tap: tensor} ("head" for the heatmaps, in network order): the tensor `taps` names for a
+    stage or the output, else the one named after it, among the model's `available` tensors."""
+    check_tap_names(taps)
+    tensors = {k: taps.get(k, k) for k in TAP_OUTPUTS + (OUTPUT_NAME,) if k in taps or k in available}
+    absent = [t for t in tensors.values() if t not in available]
+    if absent:
+        raise BackendError(f"{path}: no tensor named {absent[0]!r} in the graph (--tap)")
+    tensors = {("head" if k == OUTPUT_NAME else k): t for k, t in tensors.items()}
+    return {k: tensors[k] for k in TAPS if k in tensors}
 
 
 def oracle_onnx(onnx_path, weights, n: int = 2, seed: int = 0, rtol: float | None = None,
-                config=None) -> Comparison:
+                config=None, taps: "dict[str, str] | None" = None) -> Comparison:
     """Run an ONNX file with ONNX Runtime and refpose float64 on the same seeded inputs, and
-    compare (`refpose oracle --onnx`)."""
-    backend = OnnxBackend(onnx_path)
+    compare (`refpose oracle --onnx`); `taps` maps stage names to another model's tensors."""
+    backend = OnnxBackend(onnx_path, taps)
     tensors, cfg = resolve_weights(weights, config)
     backend.check(cfg, _source(weights))
     rtol = tolerance(backend.dtype) if rtol is None else float(rtol)
@@ -376,16 +479,22 @@ class Golden:
     seed: int
 
 
+def read_npz(path, what: str = "file") -> dict[str, np.ndarray]:
+    """Every array of a .npz file, read without pickle; DataError if it is missing or damaged."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such {what}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:   # a damaged zip raises several types
+        raise DataError(f"{path}: not a readable .npz ({type(e).__name__})") from None
+
+
 def load_dump(path) -> Golden:
     """Read a file written by `dump` (no pickle), checking its keys and shapes."""
     path = str(path)
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such golden file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:   # a damaged zip raises several types
-        raise DataError(f"{path}: not a readable .npz ({type(e).__name__})") from None
+    arrays = read_npz(path, "golden file")
     if str(arrays.get("format", "")) != DUMP_FORMAT:
         raise DataError(f"{path}: not a refpose golden file (format {DUMP_FORMAT!r} expected)")
     missing = [k for k in DUMP_KEYS + ("config", "seed") if k not in arrays]

@@ -199,7 +199,7 @@ def test_load_dump_rejects_other_files(tmp_path, tiny_file):
 # --- `refpose oracle --onnx` -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def onnx_files(tmp_path_factory, tiny_tensors):
-    """A good tiny export with taps, and one from weights with s3 broken."""
+    """A good tiny export with taps, and exports with and without taps of weights with s3 broken."""
     pytest.importorskip("torch", reason="ONNX export traces the PyTorch twin")
     pytest.importorskip("onnxruntime", reason="the oracle runs ONNX files with ONNX Runtime")
     from refpose.onnx_export import export_onnx
@@ -209,9 +209,11 @@ def onnx_files(tmp_path_factory, tiny_tensors):
     refpose.save_weights(weights, tiny_tensors, "tiny", trained=False)
     broken = dict(tiny_tensors)
     broken["s3.blocks.0.ffn.project.conv.weight"] = broken["s3.blocks.0.ffn.project.conv.weight"] * 1.5
-    files = {"weights": weights, "good": d / "good.onnx", "broken": d / "broken.onnx"}
+    files = {"weights": weights, "good": d / "good.onnx", "broken": d / "broken.onnx",
+             "broken-plain": d / "broken_plain.onnx"}
     export_onnx(tiny_tensors, "tiny", files["good"], taps=True)
     export_onnx(broken, "tiny", files["broken"], taps=True)
+    export_onnx(broken, "tiny", files["broken-plain"], taps=False)
     return files
 
 
@@ -227,14 +229,70 @@ def test_oracle_passes_on_the_exported_twin(onnx_files, capsys):
     assert "within tolerance" in out and "max abs error" in out
 
 
-def test_oracle_names_the_broken_stage(onnx_files, capsys):
-    status, out, _ = oracle(capsys, "--onnx", onnx_files["broken"], "--weights", onnx_files["weights"],
+def verdicts(out: str) -> dict[str, str]:
+    """{tap: "ok" | "DIVERGES"} from the oracle's table."""
+    return {line.split()[0]: line.split()[2] for line in out.splitlines()
+            if line.startswith("  ") and len(line.split()) > 2}
+
+
+@pytest.mark.parametrize("export", ["broken", "broken-plain"])     # with and without --taps
+def test_oracle_names_the_broken_stage(onnx_files, capsys, export):
+    status, out, _ = oracle(capsys, "--onnx", onnx_files[export], "--weights", onnx_files["weights"],
                             "--inputs", "1", "--seed", "2")
     assert status == 1
     assert "first diverging tap: s3 " in out
-    verdict = {line.split()[0]: line.split()[2] for line in out.splitlines()
-               if line.startswith("  ") and len(line.split()) > 2}
+    verdict = verdicts(out)
     assert [verdict[k] for k in ("stem", "s1", "s2", "s3")] == ["ok", "ok", "ok", "DIVERGES"]
+
+
+def test_export_without_taps_names_the_stage_tensors_inside(onnx_files):
+    onnx = pytest.importorskip("onnx", reason="reading ONNX files needs the onnx package")
+    graph = onnx.load(str(onnx_files["broken-plain"])).graph
+    assert [o.name for o in graph.output] == ["heatmaps"]
+    produced = [t for node in graph.node for t in node.output]
+    for stage in ("stem", "s1", "s2", "s3", "s4", "d1", "d2", "d3"):
+        assert produced.count(stage) == 1, stage
+
+
+def renamed(src, dst, names: dict[str, str]):
+    """A copy of an ONNX file with tensors renamed (as another exporter would name them)."""
+    onnx = pytest.importorskip("onnx", reason="editing ONNX files needs the onnx package")
+    model = onnx.load(str(src))
+    for node in model.graph.node:
+        node.input[:] = [names.get(t, t) for t in node.input]
+        node.output[:] = [names.get(t, t) for t in node.output]
+    for info in list(model.graph.output) + list(model.graph.value_info):
+        info.name = names.get(info.name, info.name)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_tap_maps_another_models_tensors(onnx_files, tmp_path, capsys):
+    names = {"s2": "encoder/layer2/out", "s3": "encoder/layer3/out", "heatmaps": "logits"}
+    model = renamed(onnx_files["broken-plain"], tmp_path / "theirs.onnx", names)
+    base = ("--onnx", model, "--weights", onnx_files["weights"], "--inputs", "1")
+    status, out, err = oracle(capsys, *base)                 # no output named heatmaps
+    assert status == 2 and "no output named 'heatmaps'" in err and "--tap heatmaps=" in err
+    status, out, _ = oracle(capsys, *base, "--tap", "heatmaps=logits")
+    assert status == 1 and "first diverging tap: s4 " in out   # s2 and s3 are not found by name
+    assert "not given by the backend: s2, s3" in out
+    status, out, _ = oracle(capsys, *base, "--tap", "heatmaps=logits", "--tap", "s3=encoder/layer3/out",
+                            "--tap", "s2=encoder/layer2/out")
+    assert status == 1 and "first diverging tap: s3 " in out and "s2 agrees" in out
+    assert verdicts(out)["s2"] == "ok"
+
+
+@pytest.mark.parametrize("tap, pattern", [
+    ("s9=x", r"--tap s9=\.\.\.: not a stage"),
+    ("s3=no/such/tensor", r"no tensor named 'no/such/tensor'"),
+])
+def test_bad_tap_mapping(onnx_files, capsys, tap, pattern):
+    status, out, err = oracle(capsys, "--onnx", onnx_files["good"], "--weights", onnx_files["weights"], "--tap", tap)
+    assert status == 2 and out == "" and err.count("\n") == 1
+    assert re.search(pattern, err), err
+    status, _, err = oracle(capsys, "--onnx", onnx_files["good"], "--weights", onnx_files["weights"],
+                            "--tap", "s3")                   # no '='
+    assert status == 2 and "expected NAME=TENSOR" in err and err.count("\n") == 1
 
 
 def test_oracle_rtol_option(onnx_files, capsys):

@@ -9,10 +9,13 @@ Check another backend against refpose float64, in one of two ways:
   refpose oracle --onnx MODEL.onnx --weights WEIGHTS [--inputs N] [--seed S] [--rtol R]
       Run MODEL.onnx with ONNX Runtime and refpose float64 (plain NumPy ops) on the same N
       seeded inputs, and report the max absolute and relative error of the heatmaps
-      (relative = max|got - ref| / max|ref|). Beyond the tolerance, compare the taps (an ONNX
-      file exported with `refpose export-onnx --taps`) and name the first diverging stage,
-      with its error and the index where it is largest. Exit status 0 within tolerance,
-      1 beyond it, 2 for bad input (file, names, shapes, config, onnxruntime missing).
+      (relative = max|got - ref| / max|ref|). Beyond the tolerance, compare the stage outputs
+      and name the first diverging stage, with its error and the index where it is largest.
+      The stage tensors are read from inside the graph: `refpose export-onnx` names them
+      stem, s1..s4, d1..d3 (with or without --taps); for another model, map its tensors to
+      these names with --tap NAME=TENSOR (repeatable; --tap heatmaps=TENSOR for the output).
+      Exit status 0 within tolerance, 1 beyond it, 2 for bad input (file, names, shapes,
+      config, onnxruntime missing).
 
   refpose oracle dump WEIGHTS OUT.npz [--inputs N] [--seed S]
       Write golden data for a backend without Python (see `refpose oracle dump --help`).
@@ -39,12 +42,13 @@ with max|got - ref| / max|ref| <= 1e-4 (float32) or 2e-13 (float64).
 def add_parser(sub) -> None:
     p = sub.add_parser("export-onnx", help="export a model to ONNX through the PyTorch twin (needs torch, onnx)",
                        description="Export WEIGHTS to ONNX through refpose's PyTorch twin: input 'input' "
-                       "(N, 3, H, W) float32 with a dynamic batch, output 'heatmaps'; with --taps also the "
-                       "stage outputs stem, s1..s4, d1..d3, which `refpose oracle` uses to locate a divergence.")
+                       "(N, 3, H, W) float32 with a dynamic batch, output 'heatmaps'. The stage outputs are "
+                       "tensors named stem, s1..s4, d1..d3 in the graph, which `refpose oracle` reads to locate "
+                       "a divergence; --taps makes them graph outputs too.")
     p.add_argument("weights", metavar="WEIGHTS", help="a weights file (.safetensors or .npz)")
     p.add_argument("out", metavar="OUT.onnx", help="output ONNX file (written atomically)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..20 (default 17)")
-    p.add_argument("--taps", action="store_true", help="add the stage outputs as extra outputs")
+    p.add_argument("--taps", action="store_true", help="list the stage tensors among the graph's outputs")
     p.add_argument("--config", help="the config, if the weights file does not carry one")
     p.set_defaults(run=run_export_onnx)
 
@@ -55,6 +59,9 @@ def add_parser(sub) -> None:
     p.add_argument("--onnx", metavar="MODEL.onnx", help="the ONNX model to check")
     p.add_argument("--weights", metavar="WEIGHTS", help="the weights it should compute with")
     p.add_argument("--config", help="the config, if the weights file does not carry one")
+    p.add_argument("--tap", action="append", default=[], metavar="NAME=TENSOR",
+                   help="the model's tensor TENSOR is our stage NAME (stem, s1..s4, d1..d3, or heatmaps "
+                        "for the output); repeatable, for models not exported by refpose")
     _add_sampling(p, argparse_defaults=True)
     p.add_argument("--rtol", type=float, help="tolerance, as max|got - ref| / max|ref| "
                    "(default: by the model's input dtype, float32 1e-4, float64 2e-13)")
@@ -90,17 +97,17 @@ def run_export_onnx(args) -> int:
 def run_oracle(args) -> int:
     if not (args.onnx and args.weights):
         args.oracle_parser.error("give --onnx MODEL.onnx and --weights WEIGHTS, or use `refpose oracle dump`")
-    from ..oracle import oracle_onnx
+    from ..oracle import oracle_onnx, parse_taps
 
     result = oracle_onnx(args.onnx, args.weights, n=args.inputs, seed=args.seed, rtol=args.rtol,
-                         config=args.config)
+                         config=args.config, taps=parse_taps(args.tap))
     print("\n".join(result.lines()))
     return 0 if result.passed else 1
 
 
 def run_dump(args) -> int:
-    if args.onnx or args.weights or args.rtol is not None:
-        args.oracle_parser.error("`oracle dump` takes WEIGHTS OUT.npz; --onnx, --weights and --rtol "
+    if args.onnx or args.weights or args.rtol is not None or args.tap:
+        args.oracle_parser.error("`oracle dump` takes WEIGHTS OUT.npz; --onnx, --weights, --rtol and --tap "
                                  "belong to the comparison")
     from ..oracle import dump
 
