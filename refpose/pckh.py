@@ -130,7 +130,8 @@ def pckh(pred: np.ndarray, gt: MpiiGroundTruth) -> dict:
         raise DataError(f"{pred.shape[0] if pred.ndim else 0} predictions of shape {pred.shape[1:]} for "
                         f"{gt.num_persons} persons of {gt.source} (expected {gt.positions.shape})")
     # 1-based, like the .mat; distance in head sizes
-    scaled = np.linalg.norm(pred + 1.0 - gt.positions, axis=2) / gt.head_sizes[:, None]   # (N, 16)
+    with np.errstate(invalid="ignore", divide="ignore"):   # persons without visible joints may lack a head box
+        scaled = np.linalg.norm(pred + 1.0 - gt.positions, axis=2) / gt.head_sizes[:, None]   # (N, 16)
     count = gt.visible.sum(axis=0)                                                         # (16,)
 
     def per_joint(threshold: float) -> np.ndarray:

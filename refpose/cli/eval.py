@@ -21,7 +21,9 @@ def add_parser(sub) -> None:
         description=NOTE + ". Either score a results file (--results), or run the model over the "
         "annotated images (--images) on ground-truth person boxes or detections (--boxes), with "
         "flip test, rescoring and OKS-NMS as MMPose does, write the results and score them. "
-        "A run can be interrupted and resumed by running the same command again.")
+        "A run can be interrupted and resumed by running the same command again. With --metric pckh: "
+        "MPII PCKh (the paper's Table 3) of a predictions file or of a run over mpii_val.json's persons, "
+        "against the official .mat (--gt).")
     p.add_argument("--metric", choices=("coco", "pckh"), default="coco",
                    help="coco: keypoint AP/AR (default); pckh: MPII PCKh@0.5 per joint group, Mean and "
                    "Mean@0.1 in percent, as the MPII benchmark and MMPose compute them (needs --gt and scipy)")
