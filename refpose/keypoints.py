@@ -70,3 +70,12 @@ MPII = Keypoints(
 )
 
 DATASETS = {COCO.name: COCO, MPII.name: MPII}
+
+
+def for_joints(num_joints: int) -> Keypoints:
+    """The dataset whose persons have `num_joints` joints (each dataset's count is its own)."""
+    for kp in DATASETS.values():
+        if kp.num_joints == num_joints:
+            return kp
+    raise ValueError(f"no keypoint conventions for {num_joints} joints; known: "
+                     + ", ".join(f"{k.name} ({k.num_joints})" for k in DATASETS.values()))

@@ -77,3 +77,22 @@ def test_flip_test_uses_the_models_flip_pairs():
     expect = 0.5 * (plain + back)
     got = predict_heatmaps(model, x, flip=True)
     np.testing.assert_allclose(got, expect, rtol=0, atol=1e-12)    # float64, same ops: rounding only
+
+
+def test_an_mpii_pose_is_drawn_with_the_mpii_skeleton():
+    from refpose.draw import draw_poses
+    from refpose.keypoints import for_joints
+
+    assert for_joints(16) is MPII and for_joints(17).name == "coco"
+    with pytest.raises(ValueError, match="no keypoint conventions for 5 joints"):
+        for_joints(5)
+    # every joint far left except pelvis (6) and thorax (7), 100 px apart on a vertical line:
+    # the pelvis-thorax link of MPII's skeleton must colour the pixels between them
+    kpts = np.zeros((16, 3))
+    kpts[:, :2] = (10, 10)
+    kpts[:, 2] = 1.0
+    kpts[6, :2], kpts[7, :2] = (100, 150), (100, 50)
+    image = np.zeros((200, 200, 3), np.uint8)
+    out = draw_poses(image, [{"keypoints": kpts, "bbox": [0, 0, 1, 1]}], boxes=False)
+    assert out[100, 100].any()                     # on the link, halfway
+    assert not out[100, 160].any()                 # away from every link
