@@ -2,10 +2,11 @@
 
     python -m analysis.flops --alpha 4 --C 32          # Eq. (1), Eq. (2), counted terms, Table 1
     python -m analysis.flops --model wgnet             # the whole network, beside Tables 2 and 4
+    python -m analysis.flops --paper                   # every checkable number of the paper, with verdicts
 
 Three parts kept apart (STYLE.md): `formulas` (pure functions of shapes), `counted`
 (what the real layers report to `refpose.count_ops()` while they run), `paper` (what
-the paper prints, as data). The two report builders below put them side by side;
+the paper prints, as data, and the verdicts on it). The report builders below put them side by side;
 `analysis.flops` only parses arguments and prints. One FLOP is one multiply-accumulate.
 """
 from __future__ import annotations

@@ -22,7 +22,8 @@ PROG = "python -m analysis.flops"
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description="Eq. (1), Eq. (2) and Table 1 of the paper (section 3.2), each "
                "number derived from its formula and counted from refpose's real attention layers; "
-               "or, with --model, a whole network beside Tables 2 and 4. " + FLOP_NOTE + ".")
+               "or, with --model, a whole network beside Tables 2 and 4; or, with --paper, every checkable "
+               "number of the paper with its source and a verdict. " + FLOP_NOTE + ".")
     p.add_argument("--alpha", type=int, nargs="+", default=[4], metavar="A",
                    help="one or several alphas: window 4A x 3A (default 4)")
     p.add_argument("--C", type=int, default=32, help="channels C (default 32, as in the paper's 74%% claim)")

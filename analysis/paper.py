@@ -1,8 +1,10 @@
-"""What the paper prints about complexity, as data, and how to read it against the formulas.
+"""What the paper prints, as data, and how to read it against the formulas, our counts and its sources.
 
 Transcribed from the paper (section 3.2 Table 1 and the paragraph after it; section 4.2
-Table 2 and its prose). Printed text is kept verbatim, including the `$...$` math markup
-of the text version; `read_cell` strips it.
+Table 2 and its prose; and, for `--paper`, the abstract, section 4.1, Tables 3 and 4 and
+the conclusion). The peers of Tables 2 and 3 are set beside the figures of their own
+publications, each with its source. Printed text is kept verbatim, including the `$...$`
+math markup of the text version; `read_cell` strips it.
 
 How the paper rounds: every number in Table 1 that matches its formula equals the exact
 value *cut* to the printed decimals, never rounded (11.796N is printed 11.7N, 47.186N
