@@ -96,3 +96,35 @@ def test_an_mpii_pose_is_drawn_with_the_mpii_skeleton():
     out = draw_poses(image, [{"keypoints": kpts, "bbox": [0, 0, 1, 1]}], boxes=False)
     assert out[100, 100].any()                     # on the link, halfway
     assert not out[100, 160].any()                 # away from every link
+
+
+@pytest.mark.torch
+def test_16_joint_model_matches_the_twin(single_threaded_blas):
+    torch = pytest.importorskip("torch", reason="parity with the PyTorch twin needs torch")
+    from refpose.twin import WGNetTwin
+    from refpose.weights import from_tensors, init_weights
+
+    # the tiny config with MPII's head, at a square input whose maps its windows tile (32x32 ... 4x4)
+    base = get_config("tiny")
+    stages = {s.name: s for s in base.encoder + base.decoder}
+    # stage: (window, patch) on its square map
+    square = {"s1": ((8, 8), (4, 4)), "s2": ((8, 8), (4, 4)), "s3": ((4, 4), (2, 2)), "s4": ((4, 4), (4, 4)),
+              "d1": ((4, 4), (2, 2)), "d2": ((8, 8), (4, 4)), "d3": ((8, 8), (4, 4))}
+
+    def squared(names):
+        return tuple(dataclasses.replace(stages[n], window=square[n][0], patch=square[n][1]) for n in names)
+
+    enc, dec = squared(("s1", "s2", "s3", "s4")), squared(("d1", "d2", "d3"))
+    cfg = dataclasses.replace(base, name="tiny-mpii", input_size=(128, 128), num_keypoints=16, dataset="mpii",
+                              encoder=enc, decoder=dec)
+    tensors = init_weights(cfg, seed=2)
+    model = from_tensors(tensors, cfg, dtype="float64")
+    twin = WGNetTwin(cfg).eval().double()
+    twin.load_numpy(tensors)
+    x = np.random.default_rng(1).standard_normal((2, 3, 128, 128))
+    with torch.inference_mode():
+        want = twin(torch.from_numpy(x)).numpy()
+    got = np.asarray(model(x))
+    assert got.shape == want.shape == (2, 16, 32, 32)
+    # float64 through ~60 layers in two summation orders: ~1e-15 relative; 1e-9 as in test_parity
+    assert np.abs(got - want).max() <= 1e-9 * np.abs(want).max()
