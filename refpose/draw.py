@@ -14,7 +14,6 @@ import numpy as np
 from .keypoints import COCO, Keypoints, for_joints
 from .topdown import crop_person
 
-SKELETON = COCO.skeleton
 LEFT, RIGHT, CENTRE = (0, 255, 0), (255, 128, 0), (51, 153, 255)   # RGB
 BOX_COLOUR = (255, 255, 255)
 
