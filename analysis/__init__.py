@@ -2,10 +2,11 @@
 
     python -m analysis.flops --alpha 4 --C 32          # Eq. (1), Eq. (2), counted terms, Table 1
     python -m analysis.flops --model wgnet             # the whole network, beside Tables 2 and 4
+    python -m analysis.flops --paper                   # every checkable number of the paper, with verdicts
 
 Three parts kept apart (STYLE.md): `formulas` (pure functions of shapes), `counted`
 (what the real layers report to `refpose.count_ops()` while they run), `paper` (what
-the paper prints, as data). The two report builders below put them side by side;
+the paper prints, as data, and the verdicts on it). The report builders below put them side by side;
 `analysis.flops` only parses arguments and prints. One FLOP is one multiply-accumulate.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .formulas import Cost
 
 FLOP_NOTE = "1 FLOP = 1 multiply-accumulate, as in the paper"
 
-__all__ = ["FLOP_NOTE", "attention_report", "network_report", "counted", "formulas", "paper", "Cost"]
+__all__ = ["FLOP_NOTE", "attention_report", "network_report", "paper_report", "count_sizes", "counted", "formulas", "paper", "Cost"]
 
 
 def check_request(alphas, C: int, h: int, w: int, patch: tuple[int, int]) -> None:
@@ -129,3 +130,28 @@ def network_report(config, input_size: tuple[int, int] | None = None) -> dict:
                   "gflops_diff": None if paper_gflops is None else summary["macs"] / 1e9 - paper_gflops},
         "claims": paper.network_claims(summary["params"], summary["macs"]) if cfg.name == "wgnet" else [],
     }
+
+
+def count_sizes(params_of=("wgnet", "wgnet-a", "wgnet-b", "wgnet-c", paper.MPII_CONFIG),
+                macs_of=("wgnet",)) -> dict:
+    """Trainable parameters (from the built models) and MACs (counted by one forward) of named configs.
+
+    A name that is not a known config is left out (the checks that need it say so).
+    """
+    from refpose.config import CONFIGS
+    from refpose.weights import build
+
+    params = {name: build(name, impl="reference").num_params for name in params_of if name in CONFIGS}
+    macs = {name: counted.count_network(name)["macs"] for name in macs_of if name in CONFIGS}
+    return {"params": params, "macs": macs}
+
+
+def paper_report(counts: dict | None = None) -> dict:
+    """Every checkable number of the paper with a verdict: section 3.2 (Table 1 and its prose)
+    and everything else (`paper.paper_checks`), with a count of the verdicts."""
+    counts = count_sizes() if counts is None else counts
+    checks = paper.table1_checks() + paper.paper_checks(counts)
+    summary = {"agrees": sum(c["agrees"] is True for c in checks),
+               "disagrees": sum(c["agrees"] is False for c in checks),
+               "cannot_be_checked": sum(c["agrees"] is None for c in checks)}
+    return {"note": FLOP_NOTE, "counts": counts, "checks": checks, "summary": summary}

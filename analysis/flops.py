@@ -12,7 +12,7 @@ from refpose.cli import Parser
 from refpose.config import CONFIGS
 from refpose.errors import ConfigError, RefposeError
 
-from . import FLOP_NOTE, attention_report, network_report
+from . import FLOP_NOTE, attention_report, network_report, paper_report
 from . import formulas as F
 from . import paper
 
@@ -22,7 +22,8 @@ PROG = "python -m analysis.flops"
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description="Eq. (1), Eq. (2) and Table 1 of the paper (section 3.2), each "
                "number derived from its formula and counted from refpose's real attention layers; "
-               "or, with --model, a whole network beside Tables 2 and 4. " + FLOP_NOTE + ".")
+               "or, with --model, a whole network beside Tables 2 and 4; or, with --paper, every checkable "
+               "number of the paper with its source and a verdict. " + FLOP_NOTE + ".")
     p.add_argument("--alpha", type=int, nargs="+", default=[4], metavar="A",
                    help="one or several alphas: window 4A x 3A (default 4)")
     p.add_argument("--C", type=int, default=32, help="channels C (default 32, as in the paper's 74%% claim)")
@@ -31,6 +32,9 @@ def build_parser() -> Parser:
     p.add_argument("--patch", default="4x3", metavar="PHxPW", help="patch of global attention (default 4x3)")
     p.add_argument("--impl", choices=("reference", "fast"), default="reference",
                    help="refpose op implementation that runs while counting (default reference)")
+    p.add_argument("--paper", action="store_true", help="every checkable number of the paper (abstract, "
+                   "sections 3.2-5, Tables 1-4, the peers of Tables 2 and 3 against their own publications), "
+                   "each with its source, our figure and a verdict")
     p.add_argument("--model", metavar="NAME", help=f"whole-network report for a named config: {', '.join(CONFIGS)}")
     p.add_argument("--input", metavar="HxW", help="with --model: input size (default the config's, 256x192)")
     p.add_argument("--plot", metavar="FILE.png", help="draw Flop_WNet_attn, its halves and Eq. (1) against alpha "
@@ -213,9 +217,39 @@ def print_network(r: dict) -> None:
     print_claims(r["claims"], "Prose claims about Table 2 (section 4.2)")
 
 
+def print_paper(r: dict) -> None:
+    from tabulate import tabulate
+
+    print(f"Every checkable number of the paper: what it says, what we compute or what the cited source "
+          f"says, and a verdict. {FLOP_NOTE}.\n")
+    rows = [[c["where"], c["claim"], c["ours"], _verdict(c["agrees"]) if c["agrees"] is not None
+             else "cannot be checked", c["why"]] for c in r["checks"]]
+    print(tabulate(rows, headers=["where", "the paper says", "we compute / the source says", "verdict", "why"],
+                   maxcolwidths=[22, 34, 34, None, 44], disable_numparse=True))
+    print("\nSources:")
+    for source in dict.fromkeys(c["source"] for c in r["checks"] if c["source"] not in ("-", "")):
+        print(f"  - {source}")
+    s = r["summary"]
+    print(f"\n{len(r['checks'])} checks: {s['agrees']} agree, {s['disagrees']} disagree, "
+          f"{s['cannot_be_checked']} cannot be checked.")
+    print("Disagreements:")
+    for c in r["checks"]:
+        if c["agrees"] is False:
+            print(f"  - {c['where']}: paper {c['paper'] or c['claim']}; {c['ours']}" + (f" ({c['why']})" if c["why"] else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.paper:
+            if args.model or args.plot or args.input:
+                raise ConfigError("--paper checks the whole paper; it does not combine with --model, --input or --plot")
+            report = paper_report()
+            if args.json:
+                print(json.dumps(report, indent=2))
+            else:
+                print_paper(report)
+            return 0
         if args.model:
             if args.plot:
                 raise ConfigError("--plot draws Table 1; it does not combine with --model")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .ops.geometry import clamp_window, tiling_problem
+from .keypoints import DATASETS, Keypoints
 
 STAGES = ("s1", "s2", "s3", "s4", "d1", "d2", "d3")
 TAPS = ("stem",) + STAGES + ("head",)        # the named outputs of a forward pass, in order
@@ -45,6 +46,7 @@ class WGNetConfig:
     encoder: tuple[StageConfig, ...]     # s1..s4
     decoder: tuple[StageConfig, ...]     # d1..d3
     num_keypoints: int = 17
+    dataset: str = "coco"                # keypoint conventions (refpose.keypoints.DATASETS)
     head_dim: int = 32
     ir_expand: int = 6                   # encoder stage's leading inverted residual
     ffn_expand: int = 2                  # the inverted residual FFN inside WNet
@@ -59,6 +61,11 @@ class WGNetConfig:
         object.__setattr__(self, "stem", tuple(self.stem))
         object.__setattr__(self, "stages", {s.name: s for s in self.encoder + self.decoder})
         validate(self)
+
+    @property
+    def keypoints(self) -> Keypoints:
+        """The keypoint conventions (names, flip pairs, skeleton) the head's outputs follow."""
+        return DATASETS[self.dataset]
 
     # --- geometry -------------------------------------------------------------------
     def map_size(self, stage: str, input_size: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -134,10 +141,10 @@ MAX_PARAMS = 200_000_000               # 35x wgnet; 800 MB of float32 weights
 MAX_INPUT_PIXELS = 512 * 384
 CONFIG_FIELDS = {"name": "name", "input_size": "pair", "stem": "pair", "encoder": "stages", "decoder": "stages",
                  "num_keypoints": "count", "head_dim": "count", "ir_expand": "count", "ffn_expand": "count",
-                 "se_reduction": "count", "stem_kernel": "odd"}
+                 "se_reduction": "count", "stem_kernel": "odd", "dataset": "name"}
 STAGE_FIELDS = {"name": "name", "channels": "count", "depth": "depth", "window_attn": "flag",
                 "global_attn": "flag", "window": "pair", "patch": "pair", "stride": "count"}
-OPTIONAL = {"num_keypoints", "head_dim", "ir_expand", "ffn_expand", "se_reduction", "stem_kernel",
+OPTIONAL = {"num_keypoints", "dataset", "head_dim", "ir_expand", "ffn_expand", "se_reduction", "stem_kernel",
             "window_attn", "global_attn", "window", "patch", "stride"}
 
 
@@ -220,6 +227,11 @@ def validate(cfg: WGNetConfig, input_size: tuple[int, int] | None = None) -> Non
     names = tuple(s.name for s in cfg.encoder + cfg.decoder)
     if names != STAGES:
         raise ConfigError(f"config {cfg.name!r}: stages must be {', '.join(STAGES)}, got {', '.join(names)}")
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"config {cfg.name!r}: unknown dataset {cfg.dataset!r}; known: {', '.join(DATASETS)}")
+    if cfg.num_keypoints != DATASETS[cfg.dataset].num_joints:
+        raise ConfigError(f"config {cfg.name!r}: {cfg.num_keypoints} keypoints, but {cfg.dataset} has "
+                          f"{DATASETS[cfg.dataset].num_joints}")
     if len(cfg.stem) != 2 or min(cfg.stem) <= 0:
         raise ConfigError(f"config {cfg.name!r}: stem needs two positive widths, got {cfg.stem}")
     for s in cfg.encoder[1:]:
@@ -250,23 +262,41 @@ def validate(cfg: WGNetConfig, input_size: tuple[int, int] | None = None) -> Non
 
 
 # --- the named configurations (DESIGN section 1) -----------------------------------------
-def _wgnet(name: str, window_attn: bool, global_attn: bool) -> WGNetConfig:
-    def st(stage, C, n, window, stride=2, glob=global_attn):
-        return StageConfig(stage, C, n, window_attn, glob, window, (4, 3), stride)
+# Per dataset: input, keypoints, and the window (h, w) of every stage with its map at that input.
+# MPII's square 256x256 input gives square maps (64x64 ... 8x8); its windows keep the COCO
+# layout's proportions (a quarter of the map's side at 64, 8 pixels at 32 and 16, the whole
+# 8x8 map at s4) and its patches are 4x4, the square counterpart of COCO's 4x3 (a 4x3 patch
+# cannot tile a square window of even side 8 or 16 in width). Attention is defined as for COCO.
+GEOMETRY = {
+    "coco": dict(input_size=(256, 192), num_keypoints=17, patch=(4, 3), windows=dict(
+        s1=(16, 12), s2=(8, 6), s3=(8, 6), s4=(8, 6), d1=(8, 6), d2=(8, 6), d3=(16, 12))),
+        #  64x48     32x24      16x12      8x6        16x12      32x24      64x48
+    "mpii": dict(input_size=(256, 256), num_keypoints=16, patch=(4, 4), windows=dict(
+        s1=(16, 16), s2=(8, 8), s3=(8, 8), s4=(8, 8), d1=(8, 8), d2=(8, 8), d3=(16, 16))),
+        #  64x64     32x32      16x16      8x8        16x16      32x32      64x64
+}
+
+
+def _wgnet(name: str, window_attn: bool, global_attn: bool, dataset: str = "coco") -> WGNetConfig:
+    g = GEOMETRY[dataset]
+
+    def st(stage, C, n, stride=2, glob=global_attn):
+        return StageConfig(stage, C, n, window_attn, glob, g["windows"][stage], g["patch"], stride)
 
     return WGNetConfig(
-        name=name, input_size=(256, 192), stem=(16, 32),
+        name=name, input_size=g["input_size"], stem=(16, 32),
         encoder=(
-            st("s1", 96, 2, (16, 12), stride=1),   # 64x48
-            st("s2", 160, 2, (8, 6)),              # 32x24
-            st("s3", 192, 2, (8, 6)),              # 16x12
-            st("s4", 256, 3, (8, 6), glob=False),  # 8x6: the window is the whole map
+            st("s1", 96, 2, stride=1),
+            st("s2", 160, 2),
+            st("s3", 192, 2),
+            st("s4", 256, 3, glob=False),   # the window is the whole map
         ),
         decoder=(
-            st("d1", 192, 1, (8, 6)),              # 16x12
-            st("d2", 160, 1, (8, 6)),              # 32x24
-            st("d3", 96, 1, (16, 12)),             # 64x48
+            st("d1", 192, 1),
+            st("d2", 160, 1),
+            st("d3", 96, 1),
         ),
+        num_keypoints=g["num_keypoints"], dataset=dataset,
     )
 
 
@@ -295,6 +325,10 @@ CONFIGS = {
     "wgnet-a": lambda: _wgnet("wgnet-a", True, False),
     "wgnet-b": lambda: _wgnet("wgnet-b", False, True),
     "wgnet-c": lambda: _wgnet("wgnet-c", False, False),
+    "wgnet-mpii": lambda: _wgnet("wgnet-mpii", True, True, "mpii"),
+    "wgnet-mpii-a": lambda: _wgnet("wgnet-mpii-a", True, False, "mpii"),
+    "wgnet-mpii-b": lambda: _wgnet("wgnet-mpii-b", False, True, "mpii"),
+    "wgnet-mpii-c": lambda: _wgnet("wgnet-mpii-c", False, False, "mpii"),
     "tiny": _tiny,
 }
 

@@ -1,29 +1,30 @@
-"""Pictures of the results: the COCO skeleton drawn on the image, and a montage of heatmaps.
+"""Pictures of the results: the skeleton drawn on the image, and a montage of heatmaps.
 
 Images are RGB uint8 (H, W, 3) in and out; `encode_png` turns one into PNG bytes.
-The skeleton is the 19 links of the COCO person category (`skeleton` in the COCO
-keypoint annotations, 1-based there, 0-based here); colours follow MMPose's COCO palette:
-green for the left side, orange for the right, blue for the centre.
+The skeleton is the dataset's (refpose.keypoints, chosen by the number of joints): for COCO
+the 19 links of the person category (`skeleton` in the COCO keypoint annotations, 1-based
+there, 0-based here); colours follow MMPose's COCO palette: green for the left side, orange
+for the right, blue for the centre.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from .keypoints import COCO
+from .keypoints import COCO, Keypoints, for_joints
 from .topdown import crop_person
 
 LEFT, RIGHT, CENTRE = (0, 255, 0), (255, 128, 0), (51, 153, 255)   # RGB
 BOX_COLOUR = (255, 255, 255)
 
 
-def _side(k: int):
-    name = COCO.names[k]
+def _side(k: int, keypoints: Keypoints = COCO):
+    name = keypoints.names[k]
     return LEFT if name.startswith("left") else RIGHT if name.startswith("right") else CENTRE
 
 
-def _link_colour(a: int, b: int):
-    sa, sb = _side(a), _side(b)
+def _link_colour(a: int, b: int, keypoints: Keypoints = COCO):
+    sa, sb = _side(a, keypoints), _side(b, keypoints)
     return sa if sa == sb else CENTRE
 
 
@@ -38,16 +39,17 @@ def draw_poses(image: np.ndarray, poses: list[dict], kpt_thr: float = 0.3, boxes
     thick = max(1, round(max(H, W) / 300))
     radius = max(2, round(max(H, W) / 200))
     for p in poses:
-        kpts = np.asarray(p["keypoints"], dtype=np.float64)         # (17, 3)
+        kpts = np.asarray(p["keypoints"], dtype=np.float64)         # (K, 3)
+        kp = for_joints(len(kpts))
         if boxes:
             x, y, w, h = p["bbox"]
             cv2.rectangle(out, _pt(x, y), _pt(x + w, y + h), BOX_COLOUR, max(1, thick // 2), cv2.LINE_AA)
         shown = kpts[:, 2] >= kpt_thr
-        for a, b in COCO.skeleton:
+        for a, b in kp.skeleton:
             if shown[a] and shown[b]:
-                cv2.line(out, _pt(*kpts[a, :2]), _pt(*kpts[b, :2]), _link_colour(a, b), thick, cv2.LINE_AA)
+                cv2.line(out, _pt(*kpts[a, :2]), _pt(*kpts[b, :2]), _link_colour(a, b, kp), thick, cv2.LINE_AA)
         for k in np.flatnonzero(shown):
-            cv2.circle(out, _pt(*kpts[k, :2]), radius, _side(k), -1, cv2.LINE_AA)
+            cv2.circle(out, _pt(*kpts[k, :2]), radius, _side(k, kp), -1, cv2.LINE_AA)
             cv2.circle(out, _pt(*kpts[k, :2]), radius, (0, 0, 0), 1, cv2.LINE_AA)
     return out
 
@@ -57,7 +59,7 @@ def _pt(x: float, y: float) -> tuple[int, int]:
 
 
 def heatmap_montage(image: np.ndarray, pose: dict, input_size: tuple[int, int], columns: int = 6) -> np.ndarray:
-    """The crop the network saw, then its 17 heatmaps over the crop, in a grid with joint names.
+    """The crop the network saw, then its K heatmaps over the crop, in a grid with joint names.
 
     `pose` comes from `estimate(..., return_heatmaps=True)` (it needs `heatmaps`, `center`,
     `scale`). Each heatmap is shown from 0 to its own maximum (negative values as 0), so that
@@ -65,7 +67,8 @@ def heatmap_montage(image: np.ndarray, pose: dict, input_size: tuple[int, int], 
     """
     in_h, in_w = input_size
     crop = crop_person(image, pose["center"], pose["scale"], input_size)   # (in_h, in_w, 3)
-    heatmaps = np.asarray(pose["heatmaps"], dtype=np.float64)             # (17, h, w)
+    heatmaps = np.asarray(pose["heatmaps"], dtype=np.float64)             # (K, h, w)
+    names = for_joints(len(heatmaps)).names
     scores = np.asarray(pose["keypoints"])[:, 2]
     title_h = 16
     tiles = [_titled(crop, "input", title_h)]
@@ -75,7 +78,7 @@ def heatmap_montage(image: np.ndarray, pose: dict, input_size: tuple[int, int], 
         big = cv2.resize(norm, (in_w, in_h), interpolation=cv2.INTER_LINEAR)
         colour = cv2.cvtColor(cv2.applyColorMap((big * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
         tile = (0.5 * crop + 0.5 * colour).astype(np.uint8)
-        tiles.append(_titled(tile, f"{COCO.names[k]} {scores[k]:.2f}", title_h))
+        tiles.append(_titled(tile, f"{names[k]} {scores[k]:.2f}", title_h))
     rows = -(-len(tiles) // columns)
     blank = np.zeros_like(tiles[0])
     tiles += [blank] * (rows * columns - len(tiles))

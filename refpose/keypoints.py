@@ -54,4 +54,28 @@ COCO = Keypoints(
                                     1.07, 1.07, .87, .87, .89, .89)),
 )
 
-DATASETS = {COCO.name: COCO}
+# MPII Human Pose (Andriluka et al., CVPR 2014), 16 joints in the order of the benchmark's
+# annotations and of MMPose `TopDownMpiiDataset` / HRNet `lib/dataset/mpii.py` (0 = right ankle
+# ... 15 = left wrist); flip pairs as there. The skeleton follows MMPose's `mpii.py` dataset
+# info: legs to the pelvis, pelvis - thorax - upper neck - head top, arms to the thorax.
+# MPII is scored with PCKh (refpose.pckh), so there are no OKS sigmas.
+MPII = Keypoints(
+    name="mpii",
+    names=("right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
+           "pelvis", "thorax", "upper_neck", "head_top",
+           "right_wrist", "right_elbow", "right_shoulder", "left_shoulder", "left_elbow", "left_wrist"),
+    flip_pairs=((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13)),
+    skeleton=((0, 1), (1, 2), (2, 6), (6, 3), (3, 4), (4, 5), (6, 7), (7, 8), (8, 9),
+              (10, 11), (11, 12), (12, 7), (7, 13), (13, 14), (14, 15)),
+)
+
+DATASETS = {COCO.name: COCO, MPII.name: MPII}
+
+
+def for_joints(num_joints: int) -> Keypoints:
+    """The dataset whose persons have `num_joints` joints (each dataset's count is its own)."""
+    for kp in DATASETS.values():
+        if kp.num_joints == num_joints:
+            return kp
+    raise ValueError(f"no keypoint conventions for {num_joints} joints; known: "
+                     + ", ".join(f"{k.name} ({k.num_joints})" for k in DATASETS.values()))

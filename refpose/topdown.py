@@ -229,6 +229,9 @@ def predict_heatmaps(model, x: np.ndarray, flip: bool = False, flip_index=COCO.f
     """Heatmaps (N, K, h, w) of inputs (N, 3, H, W), in batches; with `flip`, averaged with
     the flipped-back heatmaps of the mirrored inputs (the flip test)."""
     dtype = getattr(model, "dtype", np.float32)
+    # the joints' flip pairs follow the model's dataset (COCO for a model that names none)
+    keypoints = getattr(getattr(model, "config", None), "keypoints", None)
+    flip_index = FLIP_INDEX if keypoints is None else keypoints.flip_index
     out = []
     for i in range(0, len(x), MAX_BATCH):
         xb = np.ascontiguousarray(x[i:i + MAX_BATCH], dtype=dtype)

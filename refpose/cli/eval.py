@@ -1,4 +1,5 @@
-"""`refpose eval`: COCO keypoint AP/AR of a results file, or of a run over the annotated images.
+"""`refpose eval`: COCO keypoint AP/AR (or, with --metric pckh, MPII PCKh) of a results file,
+or of a run over the annotated images.
 
 Exit status: 0; 2 for bad input (one line on stderr). A run with images missing or
 unreadable prints the figures of the images that were there, one line per missing image
@@ -16,18 +17,29 @@ NOTE = ("COCO keypoint AP/AR from pycocotools' COCOeval (standard COCO OKS sigma
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "eval", help="COCO keypoint AP/AR (pycocotools) of a results file or of a run over images",
+        "eval", help="COCO keypoint AP/AR (pycocotools), or MPII PCKh, of a results file or of a run over images",
         description=NOTE + ". Either score a results file (--results), or run the model over the "
         "annotated images (--images) on ground-truth person boxes or detections (--boxes), with "
         "flip test, rescoring and OKS-NMS as MMPose does, write the results and score them. "
-        "A run can be interrupted and resumed by running the same command again.")
-    p.add_argument("--ann", required=True, metavar="GT.json", help="COCO person-keypoints annotations")
+        "A run can be interrupted and resumed by running the same command again. With --metric pckh: "
+        "MPII PCKh (the paper's Table 3) of a predictions file or of a run over mpii_val.json's persons, "
+        "against the official .mat (--gt).")
+    p.add_argument("--metric", choices=("coco", "pckh"), default="coco",
+                   help="coco: keypoint AP/AR (default); pckh: MPII PCKh@0.5 per joint group, Mean and "
+                   "Mean@0.1 in percent, as the MPII benchmark and MMPose compute them (needs --gt and scipy)")
+    p.add_argument("--ann", required=True, metavar="GT.json", help="COCO person-keypoints annotations; with "
+                   "--metric pckh, MMPose's mpii_val.json (one entry per person: image, center, scale, ...)")
+    p.add_argument("--gt", metavar="GT.mat", help="with --metric pckh: the official MPII validation .mat "
+                   "(mpii_gt_val.mat: dataset_joints, jnt_missing, pos_gt_src, headboxes_src)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--results", metavar="RES.json", help="COCO keypoint results to score "
-                     "(records keyed by image_id, or by file_name as `refpose infer` writes them)")
+                     "(records keyed by image_id, or by file_name as `refpose infer` writes them); with "
+                     "--metric pckh, one record per entry of --ann, in its order, each with keypoints = "
+                     "16 x [x, y, score] in 0-based image pixels")
     src.add_argument("--images", metavar="DIR", help="run the model over the annotated images in DIR")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object with the keys AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl")
+                   help="print one JSON object with the keys AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl "
+                   "(with --metric pckh: Head, Shoulder, Elbow, Wrist, Hip, Knee, Ankle, Mean, Mean@0.1)")
     run = p.add_argument_group("with --images")
     run.add_argument("--boxes", metavar="DETS.json",
                      help="COCO person detection results (default: the ground-truth person boxes)")
@@ -45,10 +57,44 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run_eval, parser=p)
 
 
+def run_pckh(args) -> int:
+    """--metric pckh: score a predictions file, or run the model over the entries and score."""
+    from .. import pckh
+
+    if args.gt is None:
+        args.parser.error("--metric pckh needs --gt GT.mat (the official MPII validation ground truth)")
+    not_here = [f"--{k.replace('_', '-')}" for k in ("boxes", "limit", "workers", "restart")
+                if getattr(args, k) is not None and getattr(args, k) is not False]
+    if not_here:
+        args.parser.error(f"{', '.join(not_here)} do not go with --metric pckh")
+    if args.results:
+        used = [f"--{k.replace('_', '-')}" for k in ("weights", "config", "results_out") if getattr(args, k)]
+        used += ["--no-flip"] if not args.flip else []
+        if used:
+            args.parser.error(f"{', '.join(used)} only go with --images (a run), not with --results")
+        stats = pckh.score_results(args.ann, args.gt, args.results)
+        title = f"{args.results} against {args.gt}"
+    else:
+        out = args.results_out or "pred_mpii.json"
+        stats = pckh.evaluate_images(args.ann, args.gt, args.images, results_out=out, weights=args.weights,
+                                     config=args.config, flip=args.flip)
+        title = f"wrote {out}; flip test {'on' if args.flip else 'off'}"
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        print(f"{title}. MPII PCKh@0.5 (%), Mean over 14 joints weighted by visible counts:")
+        print(pckh.format_pckh(stats))
+    return 0
+
+
 def run_eval(args) -> int:
     from ..evaluate import PROGRESS_SUFFIX, ModelSpec, RunOptions, evaluate_images
     from ..scoring import format_stats, score_results
 
+    if args.metric == "pckh":
+        return run_pckh(args)
+    if args.gt is not None:
+        args.parser.error("--gt goes with --metric pckh")
     if args.results:
         used = [f"--{k.replace('_', '-')}" for k in ("boxes", "weights", "config", "results_out", "limit",
                                                      "workers", "restart")
