@@ -31,8 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .detections import is_number
 from .errors import DataError, RefposeError
 from .keypoints import MPII
+from .scoring import read_json
 
 SC_BIAS = 0.6                                     # head size = 0.6 x head-box diagonal
 THRESHOLD = 0.5                                   # PCKh@0.5
@@ -166,20 +168,11 @@ def format_pckh(stats: dict) -> str:
 
 
 # --- the files around the metric ----------------------------------------------------------
-def _read_json(path: str, what: str):
-    from .evaluate import read_json
-    return read_json(path, what)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def load_annotations(path: "str | os.PathLike") -> list[dict]:
     """MMPose's `mpii_val.json`: a list with one entry per person (`image`, `center`, `scale`;
     `joints` and `joints_vis` are not needed to score). Checked entry by entry."""
     path = str(path)
-    ann = _read_json(path, "MPII annotations")
+    ann = read_json(path, "MPII annotations")
     if not isinstance(ann, list):
         raise DataError(f"{path}: expected a JSON list of MPII person entries (image, center, scale), "
                         f"got a JSON {type(ann).__name__}")
@@ -190,9 +183,9 @@ def load_annotations(path: "str | os.PathLike") -> list[dict]:
         if not isinstance(a.get("image"), str):
             raise DataError(f"{where}: needs an 'image' file name")
         c, s = a.get("center"), a.get("scale")
-        if not (isinstance(c, list) and len(c) == 2 and all(_is_number(v) for v in c)):
+        if not (isinstance(c, list) and len(c) == 2 and all(is_number(v) for v in c)):
             raise DataError(f"{where}: center must be two numbers x, y, got {c!r}")
-        if not (_is_number(s) and s > 0):
+        if not (is_number(s) and s > 0):
             raise DataError(f"{where}: scale must be a positive number, got {s!r}")
     return ann
 
@@ -204,7 +197,7 @@ def load_predictions(path_or_records, num_joints: int = 16) -> np.ndarray:
         source, recs = "predictions", path_or_records
     else:
         source = str(path_or_records)
-        recs = _read_json(source, "predictions")
+        recs = read_json(source, "predictions")
     if not isinstance(recs, list):
         raise DataError(f"{source}: expected a JSON list with one record per annotation entry, "
                         f"got a JSON {type(recs).__name__}")
@@ -212,7 +205,7 @@ def load_predictions(path_or_records, num_joints: int = 16) -> np.ndarray:
     for i, r in enumerate(recs):
         k = r.get("keypoints") if isinstance(r, dict) else None
         flat = [v for row in k for v in (row if isinstance(row, list) else [row])] if isinstance(k, list) else None
-        if flat is None or len(flat) != 3 * num_joints or not all(_is_number(v) for v in flat):
+        if flat is None or len(flat) != 3 * num_joints or not all(is_number(v) for v in flat):
             raise DataError(f"{source}: record {i}: keypoints must be {num_joints} x [x, y, score] finite numbers")
         out[i] = np.asarray(flat, dtype=np.float64).reshape(num_joints, 3)[:, :2]
     return out

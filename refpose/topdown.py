@@ -225,13 +225,11 @@ def flip_back(heatmaps: np.ndarray, flip_index=COCO.flip_index, shift: bool = Tr
     return out
 
 
-def predict_heatmaps(model, x: np.ndarray, flip: bool = False, flip_index=COCO.flip_index) -> np.ndarray:
+def predict_heatmaps(model, x: np.ndarray, flip: bool = False) -> np.ndarray:
     """Heatmaps (N, K, h, w) of inputs (N, 3, H, W), in batches; with `flip`, averaged with
     the flipped-back heatmaps of the mirrored inputs (the flip test)."""
     dtype = getattr(model, "dtype", np.float32)
-    # the joints' flip pairs follow the model's dataset (COCO for a model that names none)
-    keypoints = getattr(getattr(model, "config", None), "keypoints", None)
-    flip_index = FLIP_INDEX if keypoints is None else keypoints.flip_index
+    flip_index = keypoints_of(model).flip_index
     out = []
     for i in range(0, len(x), MAX_BATCH):
         xb = np.ascontiguousarray(x[i:i + MAX_BATCH], dtype=dtype)
@@ -242,6 +240,12 @@ def predict_heatmaps(model, x: np.ndarray, flip: bool = False, flip_index=COCO.f
         else:
             out.append(np.asarray(model(xb), dtype=np.float64))
     return np.concatenate(out)
+
+
+def keypoints_of(model) -> Keypoints:
+    """The keypoint conventions of a model's outputs: its config's dataset (COCO for a model,
+    such as a bare callable, that names none)."""
+    return getattr(getattr(model, "config", None), "keypoints", COCO)
 
 
 def instance_score(keypoint_scores: np.ndarray, box_score: float = 1.0, thr: float = KPT_SCORE_THR) -> float:
@@ -261,7 +265,6 @@ class PoseOptions:
     dark: bool = False                   # DARK sub-pixel decoding instead of the quarter-pixel shift
     oks_nms: float | None = None         # OKS-NMS threshold per image (MMPose: 0.9); None keeps every pose
     heatmaps: bool = False               # keep each person's heatmaps (17, h, w) in its pose
-    keypoints: Keypoints = COCO          # the dataset's conventions: flip pairs, sigmas, category
 
 
 @dataclass(frozen=True)
@@ -377,8 +380,8 @@ def predict_images(items, model, options: PoseOptions = PoseOptions()) -> list[t
     out = []
     for (_, _, _, image_id, file_name), poses in zip(items, _run(model, persons, options)):
         if options.oks_nms is not None:
-            poses = suppress(poses, options.oks_nms, options.keypoints.oks_sigmas)
-        out.append((poses, to_coco_records(poses, image_id, file_name, options.keypoints.person_category)))
+            poses = suppress(poses, options.oks_nms, keypoints_of(model).oks_sigmas)
+        out.append((poses, to_coco_records(poses, image_id, file_name, keypoints_of(model).person_category)))
     return out
 
 
@@ -388,7 +391,7 @@ def _run(model, persons: list[Persons], options: PoseOptions) -> list[list[dict]
     if not sum(counts):
         return [[] for _ in persons]
     x = normalize(np.concatenate([p.crops for p in persons]))                         # (sum K, 3, in_h, in_w)
-    heatmaps = predict_heatmaps(model, x, options.flip, options.keypoints.flip_index)  # (sum K, 17, h, w)
+    heatmaps = predict_heatmaps(model, x, options.flip)                              # (sum K, K', h, w)
     parts = np.split(heatmaps, np.cumsum(counts)[:-1])
     return [poses_from_heatmaps(p, hm, options.dark, options.heatmaps) for p, hm in zip(persons, parts)]
 
