@@ -17,9 +17,10 @@ from pathlib import Path
 from ..config import CONFIGS
 from ..errors import BoxError, RefposeError
 from ..fileio import write_files
+from ..video import is_video
 
 PROGRESS_MIN = 4          # a progress bar from this many images on (and only on a terminal)
-OUTPUT_SUFFIXES = (".pose.png", ".heatmaps.png")   # our own outputs, skipped when scanning a directory
+OUTPUT_SUFFIXES = (".pose.png", ".heatmaps.png", ".pose.mp4")   # our own outputs, skipped when scanning a directory
 
 
 def add_parser(sub) -> None:
@@ -30,7 +31,7 @@ def add_parser(sub) -> None:
         "<name>.pose.png in --out. Boxes come from --bbox, from a COCO detection-results file, or default "
         "to the whole image.")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR",
-                   help="image files (JPEG, PNG, BMP, WebP, TIFF, ...) or directories of them")
+                   help="image files (JPEG, PNG, BMP, WebP, TIFF, ...), videos (see below) or directories of them")
     p.add_argument("--weights", metavar="FILE", help="weights file (default: weights/<config>.safetensors "
                    "if present, else seeded untrained weights)")
     p.add_argument("--config", metavar="NAME", help=f"config: {', '.join(CONFIGS)} (default: the weights "
@@ -49,7 +50,55 @@ def add_parser(sub) -> None:
                    help="hide joints with score below T in the drawing (default 0.3)")
     p.add_argument("--heatmaps", action="store_true",
                    help="also save <name>.person<i>.heatmaps.png: the crop and its 17 heatmaps")
+    add_detector_and_video_options(p)
     p.set_defaults(run=run)
+
+
+def add_detector_and_video_options(p) -> None:
+    """--detector (person boxes from an ONNX detector) and the options of video inputs."""
+    from ..detect import YOLOX_NMS_IOU, default_runtime
+    from ..smooth import BETA, MIN_CUTOFF
+    from ..video import FOURCC, VIDEO_SUFFIXES
+
+    runtime = ("ONNX Runtime (installed)" if default_runtime() == "onnxruntime"
+               else "OpenCV cv2.dnn (ONNX Runtime, the 'onnx' extra, is not installed)")
+    g = p.add_argument_group(
+        "person detector and videos",
+        f"A video ({' '.join(VIDEO_SUFFIXES)}) gives <name>.pose.mp4 (same size, frame rate and frame count, "
+        f"skeletons drawn, codec {FOURCC}) and <name>.pose.jsonl (one line per frame: frame, time in seconds, "
+        "records). Its boxes come from --detector, --bbox, or the whole frame.")
+    g.add_argument("--detector", metavar="MODEL.onnx",
+                   help="person boxes from an ONNX detector: a YOLOX export (raw grid output, NMS at IoU "
+                   f"{YOLOX_NMS_IOU}) or an MMDeploy end2end export (dets, labels); class 0, score >= --box-thr. "
+                   f"Runs on {runtime}")
+    g.add_argument("--every", type=_positive_int, default=1, metavar="N",
+                   help="video: estimate on every Nth frame; the others are copied and get an empty record line "
+                   "(default 1)")
+    g.add_argument("--start", type=_seconds, default=0.0, metavar="SEC", help="video: begin at this time (default 0)")
+    g.add_argument("--end", type=_seconds, metavar="SEC", help="video: stop before this time (default: the end)")
+    g.add_argument("--smooth", action="store_true",
+                   help="video: One-Euro filter on each tracked person's keypoints (tracks by box IoU; MMPose's "
+                   f"parameters min_cutoff {MIN_CUTOFF}, beta {BETA}, time in frames)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
+def _seconds(text: str) -> float:
+    try:
+        t = float(text)
+    except ValueError:
+        t = -1.0
+    if not (t >= 0 and t != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a time in seconds >= 0, got {text!r}")
+    return t
 
 
 def parse_bbox(text: str) -> list[float]:
@@ -68,9 +117,16 @@ def run(args) -> int:
 
     from ..topdown import default_model, load_detections
 
-    if args.bbox and args.boxes:
-        raise BoxError("give person boxes with --bbox or with --boxes, not both")
+    given = [name for name, v in (("--bbox", args.bbox), ("--boxes", args.boxes), ("--detector", args.detector)) if v]
+    if len(given) > 1:
+        raise BoxError(f"give person boxes with {given[0]} or with {given[1]}, not both")
+    if args.end is not None and args.end <= args.start:
+        raise RefposeError(f"--end ({args.end:g} s) must come after --start ({args.start:g} s)")
     detections = load_detections(args.boxes, args.box_thr) if args.boxes else None
+    detector = None
+    if args.detector:
+        from ..detect import PersonDetector
+        detector = PersonDetector(args.detector, args.box_thr)
     model = default_model(args.weights, args.config)
     out_dir = Path(args.out)
     try:
@@ -92,7 +148,11 @@ def run(args) -> int:
                     raise RefposeError(f"{path}: given more than once (its outputs are written already)")
                 raise RefposeError(f"{path}: its outputs {name}.pose.* would overwrite those of {taken[name]}")
             taken[name] = path
-            records, n = infer_one(path, model, out_dir, args, detections)
+            if is_video(path):
+                infer_video(path, model, out_dir, args, detector)
+                done += 1
+                continue
+            records, n = infer_one(path, model, out_dir, args, detections, detector)
         except (RefposeError, OSError) as e:
             failed.append(str(e))
             tqdm.write(f"refpose infer: error: {_one_line(e, path)}", file=sys.stderr)
@@ -116,10 +176,24 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-def infer_one(path: str, model, out_dir: Path, args, detections) -> tuple[list[dict], int]:
+def infer_video(path: str, model, out_dir: Path, args, detector) -> None:
+    """Run one video (refpose.video.run_video) and say what was written."""
+    from ..video import run_video
+
+    if args.boxes:
+        raise RefposeError(f"{path}: --boxes matches images by name; give a video's boxes with --detector or --bbox")
+    s = run_video(path, model, out_dir, boxes=args.bbox, detector=detector, every=args.every, start=args.start,
+                  end=args.end, smooth=args.smooth, flip=args.flip, dark=args.dark, kpt_thr=args.kpt_thr)
+    if not args.json:
+        print(f"{path}: {s['frames']} frames, {s['processed']} estimated, {s['persons']} poses -> "
+              f"{', '.join(s['outputs'])}", flush=True)
+
+
+def infer_one(path: str, model, out_dir: Path, args, detections, detector=None) -> tuple[list[dict], int]:
     """Run one image and write its outputs; returns its records and the number of persons."""
     import numpy as np
 
+    from ..detect import add_box_scores
     from ..draw import draw_poses, encode_png, heatmap_montage
     from ..imageio import read_image
     from ..topdown import estimate, to_coco_records
@@ -139,11 +213,15 @@ def infer_one(path: str, model, out_dir: Path, args, detections) -> tuple[list[d
             if key != file_name:
                 image_id = key
     try:
+        if detector is not None:
+            boxes, scores = detector(image)
         poses = estimate(image, model, boxes, box_scores=scores, flip=args.flip, dark=args.dark,
                          return_heatmaps=args.heatmaps)
     except RefposeError as e:
         raise type(e)(f"{path}: {e}") from None
     records = to_coco_records(poses, image_id=image_id, file_name=None if image_id is not None else file_name)
+    if detector is not None:
+        add_box_scores(records, scores)
     files = {out_dir / f"{stem}.pose.json": (json.dumps(records, indent=1) + "\n").encode(),
              out_dir / f"{stem}.pose.png": encode_png(draw_poses(image, poses, args.kpt_thr))}
     if args.heatmaps:
@@ -157,12 +235,13 @@ def infer_one(path: str, model, out_dir: Path, args, detections) -> tuple[list[d
 def collect_images(paths: list[str]) -> tuple[list[str], list[str]]:
     """Image paths to run (a directory gives its image files, sorted) and problems found on the way."""
     from ..imageio import IMAGE_SUFFIXES
+    from ..video import VIDEO_SUFFIXES
 
     jobs, problems = [], []
     for p in paths:
         if os.path.isdir(p):
             found = sorted(str(f) for f in Path(p).iterdir()
-                           if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
                            and not f.name.endswith(OUTPUT_SUFFIXES))
             if not found:
                 problems.append(f"{p}: no image files in this directory")
