@@ -14,10 +14,12 @@ Two kinds of export are recognised from the model's outputs, the ones people dow
 - **MMDeploy end2end exports** of MMDetection models (deploy configs `detection_onnxruntime_*`):
   outputs `dets` (1, N, 5) as x1, y1, x2, y2, score in input pixels and `labels` (1, N), NMS
   already in the graph (MMDeploy's `post_processing`: IoU 0.5, score >= 0.05, at most 100).
-  Input: letterboxed as above (MMDetection `Resize(keep_ratio=True)` + `Pad(pad_val=114)`),
-  BGR, normalised with RTMDet's `data_preprocessor` statistics, mean (103.53, 116.28, 123.675)
-  and std (57.375, 57.12, 58.395) in B, G, R order: the preprocessing of the RTMDet person
-  detectors that MMPose's RTMPose project ships for MMDeploy.
+  Input: letterboxed as above (MMDetection `Resize(keep_ratio=True)` + `Pad`), then normalised
+  as the export's own deploy pipeline says: MMDeploy writes it as `pipeline.json` beside
+  `end2end.onnx` (its SDK files), and its `Normalize` (mean, std, to_rgb) and `Pad` value are
+  used when that file is there; no `Normalize` there means raw 0..255 (MMDetection's YOLOX).
+  Without the file: BGR with RTMDet's `data_preprocessor` statistics, mean (103.53, 116.28,
+  123.675) and std (57.375, 57.12, 58.395) in B, G, R order, pad 114.
 
 Class 0 is the person in both (the COCO order, and the only class of person-only models).
 The network size is read from the ONNX file's input shape; a dynamic one is taken as 640x640.
@@ -137,6 +139,47 @@ def onnx_signature(data: bytes) -> tuple[list[tuple[str, tuple]], list[tuple[str
 
 # --- the two export formats -----------------------------------------------------------------------
 @dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the network input after the letterbox: (x - mean) / std, channel order."""
+    mean: tuple[float, float, float] | None = None      # None: raw 0..255
+    std: tuple[float, float, float] | None = None
+    rgb: bool = False                                    # False: BGR, the order OpenCV decodes in
+    pad_value: float = PAD_VALUE
+
+
+YOLOX_PREPROCESSING = Preprocessing()
+RTMDET_PREPROCESSING = Preprocessing(RTMDET_MEAN, RTMDET_STD)
+
+
+def mmdeploy_preprocessing(model_path: str) -> Preprocessing:
+    """The preprocessing of an MMDeploy export: from `pipeline.json` beside the model when present
+    (its `Normalize` and `Pad` transforms), else RTMDet's."""
+    import json
+
+    pipeline = os.path.join(os.path.dirname(os.path.abspath(model_path)), "pipeline.json")
+    if not os.path.isfile(pipeline):
+        return RTMDET_PREPROCESSING
+    try:
+        with open(pipeline, encoding="utf-8") as f:
+            tasks = json.load(f)["pipeline"]["tasks"]
+        transforms = [t for task in tasks for t in task.get("transforms", [])]
+        normalize = next((t for t in transforms if t.get("type") == "Normalize"), None)
+        pad = next((t for t in transforms if t.get("type") == "Pad" and "pad_val" in t), None)
+        pad_value = PAD_VALUE
+        if pad is not None:
+            v = pad["pad_val"]
+            v = v.get("img", PAD_VALUE) if isinstance(v, dict) else v
+            pad_value = float(v[0] if isinstance(v, (list, tuple)) else v)
+        if normalize is None:
+            return Preprocessing(pad_value=pad_value)
+        return Preprocessing(tuple(float(m) for m in normalize["mean"]), tuple(float(s) for s in normalize["std"]),
+                             bool(normalize.get("to_rgb", False)), pad_value)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise DetectorError(f"{pipeline}: not an MMDeploy pipeline this reader understands ({type(e).__name__}: "
+                            f"{e})") from None
+
+
+@dataclass(frozen=True)
 class ExportFormat:
     """What a detector file is: its kind, input name and size (H, W), and output names in the order used."""
     kind: str                       # "yolox" or "mmdeploy"
@@ -176,7 +219,7 @@ def recognise(inputs, outputs, name: str = "detector") -> ExportFormat:
 
 
 # --- preprocessing and decoding (pure functions of arrays) -------------------------------------------
-def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:
+def letterbox(image: np.ndarray, size: tuple[int, int], pad_value: float = PAD_VALUE) -> tuple[np.ndarray, float]:
     """Scale `image` (h, w, 3) by r = min(H/h, W/w) into the top-left of an (H, W, 3) grey canvas.
 
     YOLOX `preproc`: the scaled size is truncated, int(h r) x int(w r). Returns canvas and r;
@@ -186,7 +229,7 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, flo
     h, w = image.shape[:2]
     r = min(H / h, W / w)
     nh, nw = max(1, int(h * r)), max(1, int(w * r))
-    canvas = np.full((H, W, 3), PAD_VALUE, dtype=np.uint8)
+    canvas = np.full((H, W, 3), pad_value, dtype=np.uint8)
     canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
     return canvas, r
 
@@ -285,6 +328,7 @@ class PersonDetector:
         except (ValueError, IndexError):
             raise DetectorError(f"{self.path}: not an ONNX model (cannot parse its graph)") from None
         self.format = recognise(inputs, outputs, self.path)
+        self.preprocessing = (mmdeploy_preprocessing(self.path) if self.kind == "mmdeploy" else YOLOX_PREPROCESSING)
         try:
             self._run = (_OrtRunner if self.runtime == "onnxruntime" else _CvRunner)(self.path, self.format)
         except Exception as e:                          # each runtime has its own exception types
@@ -301,10 +345,12 @@ class PersonDetector:
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """RGB uint8 (h, w, 3) -> network input (1, 3, H, W) float32 and the letterbox ratio."""
-        canvas, ratio = letterbox(np.ascontiguousarray(image[..., ::-1]), self.input_size)   # BGR (H, W, 3)
+        p = self.preprocessing
+        canvas, ratio = letterbox(image if p.rgb else np.ascontiguousarray(image[..., ::-1]), self.input_size,
+                                  p.pad_value)                                  # (H, W, 3)
         x = canvas.astype(np.float32)
-        if self.kind == "mmdeploy":
-            x = (x - np.float32(RTMDET_MEAN)) / np.float32(RTMDET_STD)
+        if p.mean is not None:
+            x = (x - np.float32(p.mean)) / np.float32(p.std)
         return np.ascontiguousarray(x.transpose(2, 0, 1)[None]), ratio   # (1, 3, H, W)
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -187,3 +187,30 @@ def test_letterbox_and_normalisation(graphs):
     expected = [(30 - RTMDET_MEAN[0]) / RTMDET_STD[0], (20 - RTMDET_MEAN[1]) / RTMDET_STD[1],
                 (10 - RTMDET_MEAN[2]) / RTMDET_STD[2]]
     np.testing.assert_allclose(x[0, :, 0, 0], expected, rtol=1e-6)
+
+
+def test_mmdeploy_pipeline_json_gives_the_preprocessing(graphs, tmp_path):
+    """MMDeploy's SDK files put the deploy pipeline beside end2end.onnx; its Normalize and Pad are used."""
+    import json
+    import shutil
+
+    rgb = np.zeros((IMAGE_H, IMAGE_W, 3), np.uint8)
+    rgb[:] = (10, 20, 30)
+
+    def preprocess_with(transforms):
+        d = tmp_path / str(len(list(tmp_path.iterdir())))
+        d.mkdir()
+        shutil.copy(graphs["mmdeploy"], d / "end2end.onnx")
+        (d / "pipeline.json").write_text(json.dumps({"pipeline": {"tasks": [
+            {"type": "Task", "module": "Transform", "transforms": [{"type": "LoadImageFromFile"}, *transforms]},
+            {"type": "Task", "module": "Net"}]}}))
+        return PersonDetector(d / "end2end.onnx").preprocess(rgb)[0]
+
+    x = preprocess_with([{"type": "Resize", "keep_ratio": True}, {"type": "Pad", "pad_val": {"img": [0, 0, 0]}},
+                         {"type": "Normalize", "mean": [1, 2, 3], "std": [2, 2, 2], "to_rgb": True}])
+    np.testing.assert_allclose(x[0, :, 0, 0], [(10 - 1) / 2, (20 - 2) / 2, (30 - 3) / 2])    # RGB order
+    np.testing.assert_allclose(x[0, :, 63, 0], [(0 - 1) / 2, (0 - 2) / 2, (0 - 3) / 2])      # pad 0
+    x = preprocess_with([{"type": "Pad", "pad_val": {"img": [114, 114, 114]}}])             # no Normalize: raw BGR
+    np.testing.assert_array_equal(x[0, :, 0, 0], [30, 20, 10])
+    with pytest.raises(DetectorError, match="pipeline.json"):
+        preprocess_with([{"type": "Normalize", "mean": "oops"}])
