@@ -281,6 +281,8 @@ class _OrtRunner:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3                  # no warnings on stderr for every model
+        # idle threads sleep between frames instead of spinning: the pose model runs in between
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.fmt = fmt
 
