@@ -4,7 +4,8 @@ For `clip.mp4` (any file OpenCV's video reader opens) `run_video` writes, in the
 
 - `clip.pose.mp4`: every frame of the range, with skeletons drawn on the processed ones; the
   same width, height and frame rate as the input (codec MPEG-4 Part 2, fourcc `mp4v`, which
-  every OpenCV build with FFmpeg can write);
+  every OpenCV build with FFmpeg can write). OpenCV's FFmpeg writer takes even widths and heights
+  only, so an odd size loses its last column or row (`size_written` in the summary says so);
 - `clip.pose.jsonl`: one line per frame of the range, `{"frame": i, "time": i / fps,
   "records": [...]}` with i the frame's index in the input and the records those of
   `refpose infer` (COCO keypoint results, `image_id` = i) plus `box_score` and, when smoothing,
@@ -150,7 +151,9 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
                     if not ok or bgr is None:
                         break
                     if writer is None:
-                        writer = _open_writer(tmp_video, outputs[0], fourcc, info.fps, bgr.shape[1], bgr.shape[0])
+                        size = (bgr.shape[1], bgr.shape[0])                  # (W, H) of the frames
+                        even = (bgr.shape[0] & ~1, bgr.shape[1] & ~1)       # (H, W) that the writer keeps
+                        writer = _open_writer(tmp_video, outputs[0], fourcc, info.fps, even[1], even[0])
                     records = []
                     if (index - first) % every == 0:
                         rgb = np.ascontiguousarray(bgr[..., ::-1])
@@ -166,7 +169,7 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
                         bgr = np.ascontiguousarray(draw_poses(rgb, poses, kpt_thr)[..., ::-1])
                         processed += 1
                         persons += len(poses)
-                    writer.write(bgr)
+                    writer.write(np.ascontiguousarray(bgr[:even[0], :even[1]]))
                     lines.write(json.dumps({"frame": index, "time": round(index / info.fps, 6),
                                             "records": records}) + "\n")
                     written += 1
@@ -188,7 +191,8 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
             writer.release()
         cap.release()
     return {"frames": written, "processed": processed, "persons": persons, "fps": info.fps,
-            "size": (info.width, info.height), "outputs": [str(p) for p in outputs]}
+            "size": size, "size_written": (even[1], even[0]),
+            "outputs": [str(p) for p in outputs]}
 
 
 def _open_writer(tmp: Path, final: Path, fourcc: str, fps: float, width: int, height: int) -> cv2.VideoWriter:

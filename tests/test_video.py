@@ -213,3 +213,18 @@ def test_cli_bad_video_and_options(tmp_path, capfd, tiny_weights):
 
 def test_video_error_is_a_refpose_error():
     assert issubclass(VideoError, RefposeError)
+
+
+def test_odd_size_loses_one_column_and_row(tmp_path, model):
+    # OpenCV's own MJPEG writer keeps odd sizes; its FFmpeg writer (used for the output) does not
+    path = tmp_path / "odd.avi"
+    writer = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), FPS, (65, 49))
+    for _ in range(3):
+        writer.write(np.full((49, 65, 3), 100, np.uint8))
+    writer.release()
+    summary = run_video(path, model, tmp_path / "out", progress=False)
+    assert summary["size"] == (65, 49) and summary["size_written"] == (64, 48)
+    frames, _ = read_video(tmp_path / "out" / "odd.pose.mp4")
+    assert len(frames) == 3 and frames[0].shape == (48, 64, 3)
+    (r,) = read_lines(tmp_path / "out" / "odd.pose.jsonl")[0]["records"]
+    assert r["bbox"] == [0, 0, 65, 49]                          # records stay in the input's pixels

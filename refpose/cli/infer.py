@@ -184,6 +184,9 @@ def infer_video(path: str, model, out_dir: Path, args, detector) -> None:
         raise RefposeError(f"{path}: --boxes matches images by name; give a video's boxes with --detector or --bbox")
     s = run_video(path, model, out_dir, boxes=args.bbox, detector=detector, every=args.every, start=args.start,
                   end=args.end, smooth=args.smooth, flip=args.flip, dark=args.dark, kpt_thr=args.kpt_thr)
+    if s["size_written"] != s["size"]:
+        _err("refpose infer: note: {}: OpenCV writes even sizes only: {}x{} -> {}x{} in {}".format(
+            path, *s["size"], *s["size_written"], s["outputs"][0]))
     if not args.json:
         print(f"{path}: {s['frames']} frames, {s['processed']} estimated, {s['persons']} poses -> "
               f"{', '.join(s['outputs'])}", flush=True)
