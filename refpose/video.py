@@ -118,10 +118,8 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
     """
     from tqdm import tqdm
 
-    from .detect import add_box_scores
     from .draw import draw_poses
     from .smooth import PoseSmoother
-    from .topdown import estimate, to_coco_records
 
     path = os.fspath(path)
     if int(every) < 1:
@@ -157,15 +155,8 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
                     records = []
                     if (index - first) % every == 0:
                         rgb = np.ascontiguousarray(bgr[..., ::-1])
-                        frame_boxes, scores = detector(rgb) if detector is not None else (boxes, None)
-                        poses = estimate(rgb, model, frame_boxes, box_scores=scores, flip=flip, dark=dark)
-                        if smoother is not None:
-                            poses = smoother(poses, index)
-                        records = add_box_scores(to_coco_records(poses, image_id=index),
-                                                 scores if scores is not None else np.ones(len(poses)))
-                        for r, p in zip(records, poses):
-                            if "track_id" in p:
-                                r["track_id"] = int(p["track_id"])
+                        poses, records = frame_poses(rgb, index, model, boxes=boxes, detector=detector,
+                                                     smoother=smoother, flip=flip, dark=dark)
                         bgr = np.ascontiguousarray(draw_poses(rgb, poses, kpt_thr)[..., ::-1])
                         processed += 1
                         persons += len(poses)
@@ -193,6 +184,25 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
     return {"frames": written, "processed": processed, "persons": persons, "fps": info.fps,
             "size": size, "size_written": (even[1], even[0]),
             "outputs": [str(p) for p in outputs]}
+
+
+def frame_poses(rgb: np.ndarray, index: int, model, *, boxes=None, detector=None, smoother=None,
+                flip: bool = False, dark: bool = False) -> tuple[list[dict], list[dict]]:
+    """Poses of one frame (see `refpose.topdown.estimate`) and their COCO records (`image_id` = the
+    frame index, with `box_score` and, when a smoother tracks them, `track_id`)."""
+    from .detect import add_box_scores
+    from .topdown import estimate, to_coco_records
+
+    frame_boxes, scores = detector(rgb) if detector is not None else (boxes, None)
+    poses = estimate(rgb, model, frame_boxes, box_scores=scores, flip=flip, dark=dark)
+    if smoother is not None:
+        poses = smoother(poses, index)
+    records = add_box_scores(to_coco_records(poses, image_id=index),
+                             scores if scores is not None else np.ones(len(poses)))
+    for r, p in zip(records, poses):
+        if "track_id" in p:
+            r["track_id"] = int(p["track_id"])
+    return poses, records
 
 
 def _open_writer(tmp: Path, final: Path, fourcc: str, fps: float, width: int, height: int) -> cv2.VideoWriter:
