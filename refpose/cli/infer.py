@@ -18,6 +18,7 @@ from ..config import CONFIGS
 from ..errors import BoxError, RefposeError
 from ..fileio import write_files
 from ..video import is_video
+from .infer_video import add_video_options, infer_video, load_detector
 
 PROGRESS_MIN = 4          # a progress bar from this many images on (and only on a terminal)
 OUTPUT_SUFFIXES = (".pose.png", ".heatmaps.png", ".pose.mp4")   # our own outputs, skipped when scanning a directory
@@ -50,55 +51,8 @@ def add_parser(sub) -> None:
                    help="hide joints with score below T in the drawing (default 0.3)")
     p.add_argument("--heatmaps", action="store_true",
                    help="also save <name>.person<i>.heatmaps.png: the crop and its 17 heatmaps")
-    add_detector_and_video_options(p)
+    add_video_options(p)
     p.set_defaults(run=run)
-
-
-def add_detector_and_video_options(p) -> None:
-    """--detector (person boxes from an ONNX detector) and the options of video inputs."""
-    from ..detect import YOLOX_NMS_IOU, default_runtime
-    from ..smooth import BETA, MIN_CUTOFF
-    from ..video import FOURCC, VIDEO_SUFFIXES
-
-    runtime = ("ONNX Runtime (installed)" if default_runtime() == "onnxruntime"
-               else "OpenCV cv2.dnn (ONNX Runtime, the 'onnx' extra, is not installed)")
-    g = p.add_argument_group(
-        "person detector and videos",
-        f"A video ({' '.join(VIDEO_SUFFIXES)}) gives <name>.pose.mp4 (same size, frame rate and frame count, "
-        f"skeletons drawn, codec {FOURCC}) and <name>.pose.jsonl (one line per frame: frame, time in seconds, "
-        "records). Its boxes come from --detector, --bbox, or the whole frame. --json lists the records of images only.")
-    g.add_argument("--detector", metavar="MODEL.onnx",
-                   help="person boxes from an ONNX detector: a YOLOX export (raw grid output, NMS at IoU "
-                   f"{YOLOX_NMS_IOU}) or an MMDeploy end2end export (dets, labels); class 0, score >= --box-thr. "
-                   f"Runs on {runtime}")
-    g.add_argument("--every", type=_positive_int, default=1, metavar="N",
-                   help="video: estimate on every Nth frame; the others are copied and get an empty record line "
-                   "(default 1)")
-    g.add_argument("--start", type=_seconds, default=0.0, metavar="SEC", help="video: begin at this time (default 0)")
-    g.add_argument("--end", type=_seconds, metavar="SEC", help="video: stop before this time (default: the end)")
-    g.add_argument("--smooth", action="store_true",
-                   help="video: One-Euro filter on each tracked person's keypoints (tracks by box IoU; MMPose's "
-                   f"parameters min_cutoff {MIN_CUTOFF}, beta {BETA}, time in frames)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return n
-
-
-def _seconds(text: str) -> float:
-    try:
-        t = float(text)
-    except ValueError:
-        t = -1.0
-    if not (t >= 0 and t != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a time in seconds >= 0, got {text!r}")
-    return t
 
 
 def parse_bbox(text: str) -> list[float]:
@@ -117,16 +71,10 @@ def run(args) -> int:
 
     from ..topdown import default_model, load_detections
 
-    given = [name for name, v in (("--bbox", args.bbox), ("--boxes", args.boxes), ("--detector", args.detector)) if v]
-    if len(given) > 1:
-        raise BoxError(f"give person boxes with {given[0]} or with {given[1]}, not both")
-    if args.end is not None and args.end <= args.start:
-        raise RefposeError(f"--end ({args.end:g} s) must come after --start ({args.start:g} s)")
+    if args.bbox and args.boxes:
+        raise BoxError("give person boxes with --bbox or with --boxes, not both")
+    detector = load_detector(args.detector, args.box_thr, args.bbox, args.boxes, args.start, args.end)
     detections = load_detections(args.boxes, args.box_thr) if args.boxes else None
-    detector = None
-    if args.detector:
-        from ..detect import PersonDetector
-        detector = PersonDetector(args.detector, args.box_thr)
     model = default_model(args.weights, args.config)
     out_dir = Path(args.out)
     try:
@@ -174,22 +122,6 @@ def run(args) -> int:
         _err(f"refpose infer: warning: untrained weights ({source}): the keypoints are not meaningful "
              "until trained weights are given with --weights")
     return 1 if failed else 0
-
-
-def infer_video(path: str, model, out_dir: Path, args, detector) -> None:
-    """Run one video (refpose.video.run_video) and say what was written."""
-    from ..video import run_video
-
-    if args.boxes:
-        raise RefposeError(f"{path}: --boxes matches images by name; give a video's boxes with --detector or --bbox")
-    s = run_video(path, model, out_dir, boxes=args.bbox, detector=detector, every=args.every, start=args.start,
-                  end=args.end, smooth=args.smooth, flip=args.flip, dark=args.dark, kpt_thr=args.kpt_thr)
-    if s["size_written"] != s["size"]:
-        _err("refpose infer: note: {}: OpenCV writes even sizes only: {}x{} -> {}x{} in {}".format(
-            path, *s["size"], *s["size_written"], s["outputs"][0]))
-    if not args.json:
-        print(f"{path}: {s['frames']} frames, {s['processed']} estimated, {s['persons']} poses -> "
-              f"{', '.join(s['outputs'])}", flush=True)
 
 
 def infer_one(path: str, model, out_dir: Path, args, detections, detector=None) -> tuple[list[dict], int]:
