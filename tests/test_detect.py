@@ -214,3 +214,30 @@ def test_mmdeploy_pipeline_json_gives_the_preprocessing(graphs, tmp_path):
     np.testing.assert_array_equal(x[0, :, 0, 0], [30, 20, 10])
     with pytest.raises(DetectorError, match="pipeline.json"):
         preprocess_with([{"type": "Normalize", "mean": "oops"}])
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_yolox_nano_shaped_network_on_both_runtimes(tmp_path):
+    """A real convolutional graph of YOLOX-nano's shape (random weights, two persons planted in its
+    objectness; analysis/video_speed.py) exported as YOLOX does: both runtimes find the two persons,
+    at the same places. Tolerance 0.05 px: float32 convolutions summed in different orders by two
+    runtimes differ by ~1e-5 relative, and box sizes pass through exp()."""
+    pytest.importorskip("torch", reason="the network is exported from PyTorch")
+    if not HAVE_ORT:
+        pytest.skip("onnxruntime not installed")
+    from analysis.video_speed import export_detector
+
+    path = export_detector(tmp_path / "nano.onnx")
+    frame = np.random.default_rng(0).integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    ort_boxes, ort_scores = PersonDetector(path, runtime="onnxruntime")(frame)
+    cv_boxes, cv_scores = make(path, "opencv")(frame)
+    assert len(ort_boxes) == 2                                    # the two planted cells, nothing else
+    np.testing.assert_allclose(ort_scores, 1.0, atol=1e-6)        # sigmoid(30) * sigmoid(30 + x)
+    np.testing.assert_allclose(cv_boxes, ort_boxes, atol=0.05)
+    np.testing.assert_allclose(cv_scores, ort_scores, atol=1e-6)
+    # planted at stride-32 cells (row 6, columns 4 and 8): centres within a few cells of (c + 0.5) * 32 / r
+    r = min(416 / 360, 416 / 640)
+    centres = ort_boxes[:, :2] + ort_boxes[:, 2:] / 2
+    assert np.all(np.abs(centres[:, 1] - 6.5 * 32 / r) < 3 * 32 / r)
+    assert sorted(np.round((centres[:, 0] * r / 32 - 0.5) / 4)) == [1, 2]    # columns near 4 and 8
