@@ -175,7 +175,8 @@ def main(argv=None) -> None:
                 s = run_video(clip, model, d / "out", detector=det, progress=False)
                 dt = time.perf_counter() - t
                 print(f"{name:6s} {'with' if det else 'no':>4s} detector: {s['frames']} frames of "
-                      f"{CLIP_SIZE[0]}x{CLIP_SIZE[1]}, {s['persons']} poses, {dt:.1f} s, {s['frames'] / dt:.1f} frames/s")
+                      f"{CLIP_SIZE[0]}x{CLIP_SIZE[1]}, {s['persons']} poses, {dt:.1f} s, "
+                      f"{s['frames'] / dt:.1f} frames/s")
 
 
 if __name__ == "__main__":

@@ -167,7 +167,8 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
                     index += 1
                     bar.update(1)
             if writer is None:
-                where = "" if not (start or end) else f" between {start:g} s and {end if end is not None else 'the end'}"
+                until = "the end" if end is None else f"{end:g} s"
+                where = f" between {start:g} s and {until}" if (start or end) else ""
                 raise VideoError(f"{path}: no frames to read{where}")
             writer.release()
             writer = None

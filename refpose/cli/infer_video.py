@@ -24,7 +24,8 @@ def add_video_options(p) -> None:
         "person detector and videos",
         f"A video ({' '.join(VIDEO_SUFFIXES)}) gives <name>.pose.mp4 (same size, frame rate and frame count, "
         f"skeletons drawn, codec {FOURCC}) and <name>.pose.jsonl (one line per frame: frame, time in seconds, "
-        "records). Its boxes come from --detector, --bbox, or the whole frame. --json lists the records of images only.")
+        "records). Its boxes come from --detector, --bbox, or the whole frame. --json lists the records of "
+        "images only.")
     g.add_argument("--detector", metavar="MODEL.onnx",
                    help="person boxes from an ONNX detector: a YOLOX export (raw grid output, NMS at IoU "
                    f"{YOLOX_NMS_IOU}) or an MMDeploy end2end export (dets, labels); class 0, score >= --box-thr. "
