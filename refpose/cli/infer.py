@@ -17,9 +17,11 @@ from pathlib import Path
 from ..config import CONFIGS
 from ..errors import BoxError, RefposeError
 from ..fileio import write_files
+from ..video import is_video
+from .infer_video import add_video_options, infer_video, load_detector
 
 PROGRESS_MIN = 4          # a progress bar from this many images on (and only on a terminal)
-OUTPUT_SUFFIXES = (".pose.png", ".heatmaps.png")   # our own outputs, skipped when scanning a directory
+OUTPUT_SUFFIXES = (".pose.png", ".heatmaps.png", ".pose.mp4")   # our own outputs, skipped when scanning a directory
 
 
 def add_parser(sub) -> None:
@@ -30,7 +32,7 @@ def add_parser(sub) -> None:
         "<name>.pose.png in --out. Boxes come from --bbox, from a COCO detection-results file, or default "
         "to the whole image.")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR",
-                   help="image files (JPEG, PNG, BMP, WebP, TIFF, ...) or directories of them")
+                   help="image files (JPEG, PNG, BMP, WebP, TIFF, ...), videos (see below) or directories of them")
     p.add_argument("--weights", metavar="FILE", help="weights file (default: weights/<config>.safetensors "
                    "if present, else seeded untrained weights)")
     p.add_argument("--config", metavar="NAME", help=f"config: {', '.join(CONFIGS)} (default: the weights "
@@ -49,6 +51,7 @@ def add_parser(sub) -> None:
                    help="hide joints with score below T in the drawing (default 0.3)")
     p.add_argument("--heatmaps", action="store_true",
                    help="also save <name>.person<i>.heatmaps.png: the crop and its 17 heatmaps")
+    add_video_options(p)
     p.set_defaults(run=run)
 
 
@@ -71,6 +74,7 @@ def run(args) -> int:
 
     if args.bbox and args.boxes:
         raise BoxError("give person boxes with --bbox or with --boxes, not both")
+    detector = load_detector(args.detector, args.box_thr, args.bbox, args.boxes, args.start, args.end)
     detections = load_detections(args.boxes, args.box_thr) if args.boxes else None
     no_box = f"no person box with score >= {args.box_thr} in {args.boxes}"
     options = PoseOptions(flip=args.flip, dark=args.dark, heatmaps=args.heatmaps)
@@ -91,8 +95,12 @@ def run(args) -> int:
         name = Path(path).stem
         try:
             _claim(taken, name, path)
+            if is_video(path):
+                infer_video(path, model, out_dir, args, detector)
+                done += 1
+                continue
             records, n = infer_one(path, model, out_dir, options, args.kpt_thr, boxes_for_image(
-                os.path.basename(path), args.bbox, detections))
+                os.path.basename(path), args.bbox, detections), detector)
             if detections is not None and n == 0:
                 _err(f"refpose infer: note: {path}: {no_box}")
         except (RefposeError, OSError) as e:
@@ -127,9 +135,12 @@ def _claim(taken: dict, name: str, path: str) -> None:
     taken[name] = path
 
 
-def infer_one(path: str, model, out_dir: Path, options, kpt_thr: float, boxes: tuple) -> tuple[list[dict], int]:
+def infer_one(path: str, model, out_dir: Path, options, kpt_thr: float, boxes: tuple,
+              detector=None) -> tuple[list[dict], int]:
     """Run one image through `refpose.topdown.predict` and write its outputs; returns its
-    records and the number of persons. `boxes` is `refpose.detections.boxes_for_image`'s."""
+    records and the number of persons. `boxes` is `refpose.detections.boxes_for_image`'s;
+    a `detector` (refpose.detect.PersonDetector) replaces its boxes with the persons it finds."""
+    from ..detect import add_box_scores
     from ..draw import draw_poses, encode_png, heatmap_montage
     from ..imageio import read_image
     from ..topdown import predict
@@ -138,10 +149,14 @@ def infer_one(path: str, model, out_dir: Path, options, kpt_thr: float, boxes: t
     file_name, stem = os.path.basename(path), Path(path).stem
     person_boxes, scores, image_id = boxes
     try:
+        if detector is not None:
+            person_boxes, scores = detector(image)
         poses, records = predict(image, model, person_boxes, scores, options, image_id=image_id,
                                  file_name=None if image_id is not None else file_name)
     except RefposeError as e:
         raise type(e)(f"{path}: {e}") from None
+    if detector is not None:
+        add_box_scores(records, scores)
     files = {out_dir / f"{stem}.pose.json": (json.dumps(records, indent=1) + "\n").encode(),
              out_dir / f"{stem}.pose.png": encode_png(draw_poses(image, poses, kpt_thr))}
     if options.heatmaps:
@@ -155,12 +170,13 @@ def infer_one(path: str, model, out_dir: Path, options, kpt_thr: float, boxes: t
 def collect_images(paths: list[str]) -> tuple[list[str], list[str]]:
     """Image paths to run (a directory gives its image files, sorted) and problems found on the way."""
     from ..imageio import IMAGE_SUFFIXES
+    from ..video import VIDEO_SUFFIXES
 
     jobs, problems = [], []
     for p in paths:
         if os.path.isdir(p):
             found = sorted(str(f) for f in Path(p).iterdir()
-                           if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
                            and not f.name.endswith(OUTPUT_SUFFIXES))
             if not found:
                 problems.append(f"{p}: no image files in this directory")
