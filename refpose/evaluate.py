@@ -13,6 +13,7 @@ import json
 import math
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -314,14 +315,17 @@ def run_with_progress(todo: list[ImageJob], done: dict, progress_path: str, spec
     """Run the jobs, appending each finished image to the progress file and to `done`;
     returns (path, problem) of the images that could not be read."""
     paths, missing = {job.image_id: job.path for job in todo}, []
+    persons, start = 0, time.perf_counter()
     with open(progress_path, "a", encoding="utf-8") as log:
         for image_id, records, problem in run_jobs(todo, spec, options.flip, options.workers):
             if problem is None:
                 done[image_id] = records
                 log.write(json.dumps({"image_id": image_id, "records": records}) + "\n")
                 log.flush()
+                persons += len(records)
             else:
                 missing.append((paths[image_id], problem))
+            bar.set_postfix_str(f"{persons / (time.perf_counter() - start):.1f} persons/s", refresh=False)
             bar.update()
     return missing
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import get_config
-from .errors import BoxError, DataError, InputShapeError
+from .errors import BoxError, DataError, InputShapeError, RefposeError
 from .keypoints import COCO, Keypoints
 from .nms import OKS_NMS_THR, oks_nms
 
@@ -372,13 +372,29 @@ def predict(image: np.ndarray, model, boxes=None, box_scores=None, options: Pose
     return predict_images([(image, boxes, box_scores, image_id, file_name)], model, options)[0]
 
 
-def predict_images(items, model, options: PoseOptions = PoseOptions()) -> list[tuple[list[dict], list[dict]]]:
+def predict_images(items, model, options: PoseOptions = PoseOptions(), *,
+                   keep_going: bool = False) -> list:
     """`predict` over several images at once: `items` are (image, boxes, box_scores, image_id,
-    file_name); the crops of all of them go through the network together."""
+    file_name); the crops of all of them go through the network together (in batches of
+    MAX_BATCH crops), one (poses, records) per item. With `keep_going`, an image whose input is
+    refused (a bad box) gives its RefposeError in place of its result and the others go on."""
     items = list(items)
-    persons = [crop_persons(image, boxes, scores, model.config.input_size) for image, boxes, scores, _, _ in items]
+    persons = []
+    for image, boxes, scores, _, _ in items:
+        try:
+            persons.append(crop_persons(image, boxes, scores, model.config.input_size))
+        except RefposeError as e:
+            if not keep_going:
+                raise
+            persons.append(e)
+    ok = [p for p in persons if isinstance(p, Persons)]
+    poses_of = iter(_run(model, ok, options))
     out = []
-    for (_, _, _, image_id, file_name), poses in zip(items, _run(model, persons, options)):
+    for (_, _, _, image_id, file_name), p in zip(items, persons):
+        if not isinstance(p, Persons):
+            out.append(p)
+            continue
+        poses = next(poses_of)
         if options.oks_nms is not None:
             poses = suppress(poses, options.oks_nms, keypoints_of(model).oks_sigmas)
         out.append((poses, to_coco_records(poses, image_id, file_name, keypoints_of(model).person_category)))

@@ -115,6 +115,20 @@ def test_batch_with_a_bad_image_goes_on(photos, tmp_path, capfd, tiny_weights):
                                        "a.pose.json", "a.pose.png"]
 
 
+def test_a_refused_box_fails_its_image_only(photos, tmp_path, capfd, tiny_weights):
+    # the images' crops share forward passes; a box outside a.png (90 px wide) but inside
+    # 000000000785.jpg (150 px wide) fails a.png alone
+    out = tmp_path / "out"
+    code, stdout, stderr = run([photos / "a.png", photos / "000000000785.jpg", "--bbox", "100,5,20,20",
+                                "--weights", tiny_weights, "--out", out], capfd)
+    assert code == 1
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and f"{photos / 'a.png'}: box" in lines[0] and "outside" in lines[0]
+    assert sorted(os.listdir(out)) == ["000000000785.pose.json", "000000000785.pose.png"]
+    records = json.loads((out / "000000000785.pose.json").read_text())
+    assert [(r["image_id"], r["bbox"]) for r in records] == [(785, [100, 5, 20, 20])]
+
+
 def _bad_weights(tmp_path):
     p = tmp_path / "bad.safetensors"
     p.write_bytes(b"\x00" * 100)

@@ -382,6 +382,17 @@ def test_predict_images_batches_images_as_predicting_each(tiny_model64):
             np.testing.assert_allclose(a["keypoints"], b["keypoints"], rtol=0, atol=1e-9)
 
 
+def test_predict_images_keep_going_returns_the_error_of_a_refused_image(tiny_model64):
+    rng = np.random.default_rng(8)
+    good = (rng.integers(0, 256, (60, 50, 3), dtype=np.uint8), None, None, 1, None)
+    bad = (rng.integers(0, 256, (60, 50, 3), dtype=np.uint8), [[100, 100, 10, 10]], None, 2, None)  # outside
+    with pytest.raises(BoxError):
+        predict_images([good, bad], tiny_model64)
+    first, second = predict_images([good, bad], tiny_model64, keep_going=True)
+    assert isinstance(second, BoxError) and "outside" in str(second)
+    assert first[1] == predict(good[0], tiny_model64, image_id=1)[1]
+
+
 # --- records ---------------------------------------------------------------------------------
 def test_to_coco_records():
     kp = np.arange(51, dtype=np.float64).reshape(17, 3)

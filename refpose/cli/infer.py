@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from ..config import CONFIGS
@@ -21,6 +22,7 @@ from ..video import is_video
 from .infer_video import add_video_options, infer_video, load_detector
 
 PROGRESS_MIN = 4          # a progress bar from this many images on (and only on a terminal)
+IMAGES_PER_FORWARD = 8    # images read at a time, whose person crops share forward passes
 OUTPUT_SUFFIXES = (".pose.png", ".heatmaps.png", ".pose.mp4")   # our own outputs, skipped when scanning a directory
 
 
@@ -88,30 +90,44 @@ def run(args) -> int:
     jobs, failed = collect_images(args.images)
     for message in failed:
         _err(f"refpose infer: error: {message}")
-    done, records_all = 0, []
+    done, persons, records_all = 0, 0, []
     taken: dict[str, str] = {}               # output name -> the input that claimed it
-    bar = tqdm(jobs, unit="image", file=sys.stderr, disable=True if len(jobs) < PROGRESS_MIN else None)
-    for path in bar:
-        name = Path(path).stem
-        try:
-            _claim(taken, name, path)
-            if is_video(path):
+    bar = tqdm(total=len(jobs), unit="image", file=sys.stderr, disable=True if len(jobs) < PROGRESS_MIN else None)
+    start = time.perf_counter()
+    for chunk in (jobs[i:i + IMAGES_PER_FORWARD] for i in range(0, len(jobs), IMAGES_PER_FORWARD)):
+        videos = [p for p in chunk if is_video(p)]
+        images = [p for p in chunk if not is_video(p)]
+        for path in videos:
+            bar.update()
+            try:
+                _claim(taken, Path(path).stem, path)
                 infer_video(path, model, out_dir, args, detector)
-                done += 1
+            except (RefposeError, OSError) as e:
+                failed.append(str(e))
+                tqdm.write(f"refpose infer: error: {_one_line(e, path)}", file=sys.stderr)
                 continue
-            records, n = infer_one(path, model, out_dir, options, args.kpt_thr, boxes_for_image(
-                os.path.basename(path), args.bbox, detections), detector)
-            if detections is not None and n == 0:
-                _err(f"refpose infer: note: {path}: {no_box}")
-        except (RefposeError, OSError) as e:
-            failed.append(str(e))
-            tqdm.write(f"refpose infer: error: {_one_line(e, path)}", file=sys.stderr)
-            continue
-        done += 1
-        records_all += records
-        if not args.json:
-            tqdm.write(f"{path}: {n} person{'s' if n != 1 else ''} -> "
-                       f"{out_dir / (name + '.pose.json')}, {out_dir / (name + '.pose.png')}", file=sys.stdout)
+            done += 1
+        for path, result in run_images(images, model, options, taken, lambda name: boxes_for_image(
+                name, args.bbox, detections), detector):
+            bar.update()
+            try:
+                if isinstance(result, Exception):
+                    raise result
+                poses, records, image = result
+                if detections is not None and not poses:
+                    _err(f"refpose infer: note: {path}: {no_box}")
+                write_outputs(path, image, poses, records, out_dir, args.kpt_thr, model.config.input_size)
+            except (RefposeError, OSError) as e:
+                failed.append(str(e))
+                tqdm.write(f"refpose infer: error: {_one_line(e, path)}", file=sys.stderr)
+                continue
+            done, persons, records_all = done + 1, persons + len(poses), records_all + records
+            bar.set_postfix_str(f"{persons / (time.perf_counter() - start):.1f} persons/s", refresh=False)
+            if not args.json:
+                name = Path(path).stem
+                tqdm.write(f"{path}: {len(poses)} person{'s' if len(poses) != 1 else ''} -> "
+                           f"{out_dir / (name + '.pose.json')}, {out_dir / (name + '.pose.png')}", file=sys.stdout)
+    bar.close()
     if args.json:
         try:
             print(json.dumps(records_all), flush=True)
@@ -135,36 +151,50 @@ def _claim(taken: dict, name: str, path: str) -> None:
     taken[name] = path
 
 
-def infer_one(path: str, model, out_dir: Path, options, kpt_thr: float, boxes: tuple,
-              detector=None) -> tuple[list[dict], int]:
-    """Run one image through `refpose.topdown.predict` and write its outputs; returns its
-    records and the number of persons. `boxes` is `refpose.detections.boxes_for_image`'s;
-    a `detector` (refpose.detect.PersonDetector) replaces its boxes with the persons it finds."""
+def run_images(paths: list[str], model, options, taken: dict, boxes_of, detector=None) -> list:
+    """Read the images and run their persons through the network together
+    (`refpose.topdown.predict_images`); per path, (poses, records, image) or the error.
+    A `detector` (refpose.detect.PersonDetector) gives each image's boxes instead of `boxes_of`,
+    and its records carry the detector's `box_score`."""
     from ..detect import add_box_scores
-    from ..draw import draw_poses, encode_png, heatmap_montage
     from ..imageio import read_image
-    from ..topdown import predict
+    from ..topdown import predict_images
 
-    image = read_image(path)
-    file_name, stem = os.path.basename(path), Path(path).stem
-    person_boxes, scores, image_id = boxes
-    try:
+    results, items, where = {}, [], []
+    for path in paths:
+        try:
+            _claim(taken, Path(path).stem, path)
+            image = read_image(path)
+            boxes, scores, image_id = boxes_of(os.path.basename(path))
+            if detector is not None:
+                boxes, scores = detector(image)
+        except RefposeError as e:
+            results[path] = e
+            continue
+        items.append((image, boxes, scores, image_id, None if image_id is not None else os.path.basename(path)))
+        where.append(path)
+    for path, item, out in zip(where, items, predict_images(items, model, options, keep_going=True)):
+        if isinstance(out, RefposeError):
+            results[path] = type(out)(f"{path}: {out}")
+            continue
         if detector is not None:
-            person_boxes, scores = detector(image)
-        poses, records = predict(image, model, person_boxes, scores, options, image_id=image_id,
-                                 file_name=None if image_id is not None else file_name)
-    except RefposeError as e:
-        raise type(e)(f"{path}: {e}") from None
-    if detector is not None:
-        add_box_scores(records, scores)
+            add_box_scores(out[1], item[2])
+        results[path] = (*out, item[0])
+    return [(path, results[path]) for path in paths]
+
+
+def write_outputs(path: str, image, poses: list, records: list, out_dir: Path, kpt_thr: float,
+                  input_size: tuple[int, int]) -> None:
+    """`<name>.pose.json`, `<name>.pose.png` and, for poses with heatmaps, the heatmap montages."""
+    from ..draw import draw_poses, encode_png, heatmap_montage
+
+    stem = Path(path).stem
     files = {out_dir / f"{stem}.pose.json": (json.dumps(records, indent=1) + "\n").encode(),
              out_dir / f"{stem}.pose.png": encode_png(draw_poses(image, poses, kpt_thr))}
-    if options.heatmaps:
-        for i, pose in enumerate(poses):
-            files[out_dir / f"{stem}.person{i}.heatmaps.png"] = encode_png(
-                heatmap_montage(image, pose, model.config.input_size))
+    for i, pose in enumerate(poses):
+        if "heatmaps" in pose:
+            files[out_dir / f"{stem}.person{i}.heatmaps.png"] = encode_png(heatmap_montage(image, pose, input_size))
     write_files(files)
-    return records, len(poses)
 
 
 def collect_images(paths: list[str]) -> tuple[list[str], list[str]]:
