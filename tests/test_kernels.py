@@ -174,6 +174,7 @@ GROUPINGS = [
     (1, 8, 6, 1, 8, "global", (4, 3), (4, 3)),       # patch == window: one group, the whole map
     (1, 8, 6, 3, 2, "global", (4, 3), (1, 1)),       # 1x1 patches (MaxViT grid): 12 groups of 4
     (1, 8, 6, 2, 4, "global", (8, 6), (4, 3)),       # a single window: groups are its patches
+    (2, 8, 6, 3, 5, "window", (4, 3), (4, 3)),       # odd head size: the kernel's 4-channel steps leave 1
 ]
 
 
@@ -221,21 +222,26 @@ def test_attention_with_huge_scores_is_one_hot_and_finite(dtype):
     np.testing.assert_allclose(out.reshape(T, d), v, rtol=TOL[dtype], atol=TOL[dtype])
 
 
+@njit
+def _softmax_columns(sT, total):
+    kernels._softmax_columns(sT, total)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_kernel_subtracts_the_row_maximum(dtype):
-    # exp(scale (s - max)) and its sum, from float64 np.exp; rows shifted by +-1e4 give the same
-    # (the shifts and differences are exact in both dtypes)
-    rows = np.array([[0.0, -1.0, -2.0, -50.0], [1e4, 1e4 - 1, 1e4 - 2, 1e4 - 50],
+def test_softmax_subtracts_the_column_maximum(dtype):
+    # The attention kernel keeps its scores key-major: column i holds query i's scores.
+    # exp(s - max) and its sum, from float64 np.exp; columns shifted by +-1e4 give the same
+    # (the shifts and differences are exact in both dtypes); the maximum may sit in any row.
+    cols = np.array([[0.0, -1.0, -2.0, -50.0], [1e4, 1e4 - 1, 1e4 - 2, 1e4 - 50],
                      [-1e4, -1e4 - 1, -1e4 - 2, -1e4 - 50], [-50.0, -2.0, 0.0, -1.0]])
-    for scale in (1.0, 0.5):
-        s = rows.astype(dtype)
-        total = np.empty(4, dtype)
-        kernels._softmax_rows(s, dtype(scale), total)
-        e = np.exp(scale * np.array([0.0, -1.0, -2.0, -50.0]))
-        for r in range(3):
-            np.testing.assert_allclose(s[r], e, rtol=4 * np.finfo(dtype).eps, atol=0)
-            np.testing.assert_allclose(total[r], e.sum(), rtol=4 * np.finfo(dtype).eps)
-        np.testing.assert_allclose(s[3], e[[3, 2, 0, 1]], rtol=4 * np.finfo(dtype).eps, atol=0)
+    s = np.ascontiguousarray(cols.T.astype(dtype))
+    total = np.empty(4, dtype)
+    _softmax_columns(s, total)
+    e = np.exp(np.array([0.0, -1.0, -2.0, -50.0]))
+    for i in range(3):
+        np.testing.assert_allclose(s[:, i], e, rtol=4 * np.finfo(dtype).eps, atol=0)
+        np.testing.assert_allclose(total[i], e.sum(), rtol=4 * np.finfo(dtype).eps)
+    np.testing.assert_allclose(s[:, 3], e[[3, 2, 0, 1]], rtol=4 * np.finfo(dtype).eps, atol=0)
 
 
 @njit
@@ -266,16 +272,14 @@ def test_every_output_element_is_written_by_the_kernels():
     rng = np.random.default_rng(9)
     N, H, W, heads, d = 2, 8, 6, 2, 4
     x = uniform(rng, (N * H * W, 3 * heads * d))
+    qkv = x.reshape(N, H, W, 3 * heads * d)
     for kind, patch in [("window", (4, 3)), ("global", (2, 3)), ("global", (1, 1))]:
         pix = fast.token_pixels(N, H, W, kind, (4, 3), patch)
-        G, T = pix.shape
-        rows = np.full((G * T, 3 * heads * d), np.nan)
-        kernels._gather_rows(x, pix, rows)
-        np.testing.assert_array_equal(rows, x[pix.ravel()])           # token order, by the index
         out = np.full((N * H * W, heads * d), np.nan)
-        v = np.ascontiguousarray(rows[:, 2 * heads * d:])
-        kernels._scatter_rows(v, np.full((G, heads, T), 2.0), pix, out)
-        np.testing.assert_array_equal(out, x[:, 2 * heads * d:] / 2)   # scatter(gather(v)) / total = v / 2
+        kernels._grouped_attention(x, pix, heads, out)
+        assert not np.isnan(out).any()
+        want = ref.grouped_attention(qkv, heads, kind, (4, 3), patch).reshape(N * H * W, heads * d)
+        np.testing.assert_allclose(out, want, rtol=TOL[np.float64], atol=TOL[np.float64])
     x = uniform(rng, (2, 7, 5, 3))
     for k, s in [(3, 1), (5, 2)]:
         y = np.full((2, (7 - 1) // s + 1, (5 - 1) // s + 1, 3), np.nan)

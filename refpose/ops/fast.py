@@ -1,9 +1,8 @@
 """Fast path: the reference ops with the same names and signatures, on BLAS and Numba kernels.
 
-Matmul-shaped work (1x1 convs, linear layers, the transposed conv, Q K^T and P V) goes to
-BLAS through NumPy on NHWC maps viewed as (pixels, channels); the rest is a Numba kernel
-from `refpose.ops.kernels` (depthwise conv, LayerNorm, the gather/softmax/scatter of
-attention, bias + ReLU6 epilogues). The conv ops take an extra `relu6` that fuses the
+Matmul-shaped work (1x1 convs, linear layers, the transposed conv) goes to BLAS through
+NumPy on NHWC maps viewed as (pixels, channels); the rest is a Numba kernel from
+`refpose.ops.kernels` (depthwise conv, LayerNorm, attention whole, bias + ReLU6 epilogues). The conv ops take an extra `relu6` that fuses the
 activation into the kernel (`Ops` passes it on this path only). Everything runs in the
 dtype of the inputs, float32 or float64 (DESIGN section 4: one forward, two dtypes).
 Threads: BLAS's own, and Numba's (`numba.set_num_threads`) for the kernels.
@@ -19,7 +18,6 @@ from . import geometry, kernels, reference
 from .reference import squeeze_excite  # noqa: F401  (not hot: a mean and two tiny matmuls)
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-SCORES_BYTES = 1 << 20     # attention scores handled per chunk: small enough to stay in L2
 PLANAR_BELOW = 8           # depthwise convs with fewer channels run on planar maps
 
 
@@ -163,34 +161,14 @@ def grouped_attention(qkv: np.ndarray, heads: int, kind: str,
                       window: tuple[int, int], patch: tuple[int, int]) -> np.ndarray:
     """Multi-head attention inside the groups of `kind`; qkv (N, H, W, 3C) -> (N, H, W, C).
 
-    A kernel moves the qkv rows into token order; BLAS reads each head's q, k, v from them in
-    place (strided views) and does Q K^T and P V a chunk of groups at a time, with the softmax
-    in place on the chunk's scores in between, so the scores stay in cache; a kernel moves the
-    result rows back to their pixels, dividing by the softmax totals on the way.
+    One Numba kernel (`kernels._grouped_attention`) does each (group, head) whole: gather,
+    scores, softmax, weighted values and the write to the pixels, with the T x T scores in
+    cache; the token order comes from `token_pixels`.
     """
     N, H, W, C3 = qkv.shape
     C = C3 // 3
-    d = C // heads
     dtype = _dtype(qkv)
-    pix = token_pixels(N, H, W, kind, window, patch)
-    G, T = pix.shape
-    rows = np.empty((G * T, C3), dtype)
-    kernels._gather_rows(_c(qkv, dtype).reshape(N * H * W, C3), pix, rows)
-    t = rows.reshape(G, T, 3, heads, d)
-    q = t[:, :, 0].transpose(0, 2, 1, 3)                       # (G, heads, T, d), views
-    kT = t[:, :, 1].transpose(0, 2, 3, 1)                      # (G, heads, d, T)
-    v = t[:, :, 2].transpose(0, 2, 1, 3)                       # (G, heads, T, d)
-    o = np.empty((G, T, heads, d), dtype)                      # token rows, heads concatenated
-    o_heads = o.transpose(0, 2, 1, 3)                          # (G, heads, T, d), a view
-    total = np.empty((G, heads, T), dtype)
-    chunk = max(1, SCORES_BYTES // (heads * T * T * dtype.itemsize))
-    scores = np.empty((min(chunk, G), heads, T, T), dtype)
-    for g0 in range(0, G, chunk):
-        g1 = min(G, g0 + chunk)
-        s = scores[:g1 - g0]                                   # (groups, heads, T, T)
-        np.matmul(q[g0:g1], kT[g0:g1], out=s)
-        kernels._softmax_rows(s.reshape(-1, T), dtype.type(d ** -0.5), total[g0:g1].reshape(-1))
-        np.matmul(s, v[g0:g1], out=o_heads[g0:g1])             # not yet divided by the totals
+    pix = token_pixels(N, H, W, kind, window, patch)           # (G, T)
     out = np.empty((N * H * W, C), dtype)
-    kernels._scatter_rows(o.reshape(G * T, C), total, pix, out)
+    kernels._grouped_attention(_c(qkv, dtype).reshape(N * H * W, C3), pix, heads, out)
     return out.reshape(N, H, W, C)

@@ -292,75 +292,130 @@ def _conv_transpose_scatter(t, b, relu6, y):
 
 
 # --- grouped attention ---------------------------------------------------------------------
-# One attention = gather (this file) -> Q K^T (BLAS) -> softmax (this file) -> P V (BLAS)
-# -> scatter (this file). `pix[g, t]` is the flat pixel (n*H*W + h*W + w) of token t of group g,
-# from `geometry.partition`, so the kernels serve window and global grouping alike. Only whole
-# pixel rows are moved: BLAS reads each head's q, k, v in place, as strided views of the rows.
-@njit(parallel=True, **JIT)
-def _gather_rows(x, pix, out):
-    """x (P, K) pixel rows -> out (G*T, K) in token order: out[g*T + t] = x[pix[g, t]]."""
-    G, T = pix.shape
-    K = x.shape[1]
-    for gt in prange(G * T):
-        src, dst = x[pix[gt // T, gt % T]], out[gt]
-        for c in range(K):
-            dst[c] = src[c]
-
-
+# One kernel per attention: each prange iteration takes one (group, head), gathers its q, k, v
+# from the pixel rows, computes the scores, the softmax and the weighted values in private
+# buffers (a T x T block: 147 kB at T = 192 in float32, so it stays in L2), and writes its
+# d channels of its T pixels. No score tensor for the whole map, no BLAS call per group and
+# one parallel region per attention instead of one BLAS and Numba hand-over per chunk.
+# The blocks are kept transposed (key-major: sT[j, i] is key j against query i), so that every
+# innermost loop runs along the T queries: long, contiguous and free of reductions, which LLVM
+# vectorises without `reassoc` (sums stay in one fixed order, the same in every build).
+# `pix[g, t]` is the flat pixel (n*H*W + h*W + w) of token t of group g, from
+# `geometry.partition`, so the kernel serves window and global grouping alike.
 @njit(inline="always")
 def _larger(a, b):
     return a if a > b else b
 
 
 @njit(inline="always")
-def _row_max(row):
-    """max(row), in 8 independent lanes: a single running maximum is a chain of compare-selects
-    that LLVM does not vectorise without `nnan`, and it dominated the softmax."""
-    T = row.size
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]
-    j = 0
-    while j + 8 <= T:
-        m0, m1, m2, m3 = (_larger(row[j], m0), _larger(row[j + 1], m1),
-                          _larger(row[j + 2], m2), _larger(row[j + 3], m3))
-        m4, m5, m6, m7 = (_larger(row[j + 4], m4), _larger(row[j + 5], m5),
-                          _larger(row[j + 6], m6), _larger(row[j + 7], m7))
-        j += 8
-    while j < T:
-        m0 = _larger(row[j], m0)
-        j += 1
-    return _larger(_larger(_larger(m0, m1), _larger(m2, m3)), _larger(_larger(m4, m5), _larger(m6, m7)))
+def _gather_head(qkv, pix, c0, C, scale, qT, k, v):
+    """One head's q (transposed, scaled), k and v of the tokens `pix` (T,): qT (d, T), k, v (T, d)."""
+    d = k.shape[1]
+    for t in range(pix.size):
+        row = qkv[pix[t]]
+        for c in range(d):
+            qT[c, t] = row[c0 + c] * scale
+            k[t, c] = row[C + c0 + c]
+            v[t, c] = row[2 * C + c0 + c]
+
+
+@njit(inline="always")
+def _scores_t(k, qT, sT):
+    """sT (T, T) = k qT: sT[j, i] = sum_c k[j, c] qT[c, i], four channels per pass over a row."""
+    T, d = k.shape
+    for j in range(T):
+        sj = sT[j]
+        for i in range(T):
+            sj[i] = 0
+        c = 0
+        while c + 4 <= d:
+            k0, k1, k2, k3 = k[j, c], k[j, c + 1], k[j, c + 2], k[j, c + 3]
+            q0, q1, q2, q3 = qT[c], qT[c + 1], qT[c + 2], qT[c + 3]
+            for i in range(T):
+                sj[i] = sj[i] + k0 * q0[i] + k1 * q1[i] + k2 * q2[i] + k3 * q3[i]
+            c += 4
+        while c < d:
+            k0, q0 = k[j, c], qT[c]
+            for i in range(T):
+                sj[i] += k0 * q0[i]
+            c += 1
+
+
+@njit(inline="always")
+def _softmax_columns(sT, total):
+    """Unnormalised softmax of every column of sT (T keys, T queries), in place:
+    sT[:, i] <- exp(sT[:, i] - max_j sT[j, i]), total[i] <- the column's sum.
+
+    The column maximum is subtracted first, so exp never overflows: its argument is <= 0.
+    The division by the total is left to the output, where it touches d values, not T.
+    """
+    T = sT.shape[0]
+    top = total                          # holds the maxima until the sums replace them
+    for i in range(T):
+        top[i] = sT[0, i]
+    for j in range(1, T):
+        sj = sT[j]
+        for i in range(T):
+            top[i] = _larger(sj[i], top[i])
+    for j in range(T):
+        sj = sT[j]
+        for i in range(T):
+            sj[i] = _exp_nonpositive(sj[i] - top[i])
+    for i in range(T):                   # the sum in key order, separate from the maxima above
+        top[i] = 0
+    for j in range(T):
+        sj = sT[j]
+        for i in range(T):
+            total[i] += sj[i]
+
+
+@njit(inline="always")
+def _weighted_values_t(v, pT, oT):
+    """oT (d, T) = v^T pT: oT[c, i] = sum_j v[j, c] pT[j, i], four keys per pass over a row."""
+    T, d = v.shape
+    for c in range(d):
+        oc = oT[c]
+        for i in range(T):
+            oc[i] = 0
+        j = 0
+        while j + 4 <= T:
+            v0, v1, v2, v3 = v[j, c], v[j + 1, c], v[j + 2, c], v[j + 3, c]
+            p0, p1, p2, p3 = pT[j], pT[j + 1], pT[j + 2], pT[j + 3]
+            for i in range(T):
+                oc[i] = oc[i] + v0 * p0[i] + v1 * p1[i] + v2 * p2[i] + v3 * p3[i]
+            j += 4
+        while j < T:
+            v0, p0 = v[j, c], pT[j]
+            for i in range(T):
+                oc[i] += v0 * p0[i]
+            j += 1
 
 
 @njit(parallel=True, **JIT)
-def _softmax_rows(s, scale, total):
-    """Unnormalised softmax of scale * s, row by row, in place: s <- exp(scale (s - max)), total <- sum.
+def _grouped_attention(qkv, pix, heads, out):
+    """Multi-head attention in groups: qkv (P, 3C) pixel rows, pix (G, T) -> out (P, C).
 
-    The row maximum is subtracted first (scale > 0, so it is also the maximum of scale * s),
-    so exp never overflows: its argument is <= 0. The division by the total is left to
-    `_scatter_rows`, where it touches d values per head, not T.
+    For group g and head h (channels h*d .. h*d + d of q, k and v):
+    out[pix[g, i], h*d + c] = sum_j softmax_j(q_i . k_j / sqrt(d)) v[j, c] (Vaswani et al. 2017,
+    Eq. 1). Every pixel is one token of one group, so each output element is written by exactly
+    one iteration, the one of its (group, head).
     """
-    R, T = s.shape
-    for r in prange(R):
-        row = s[r]
-        m = _row_max(row)
-        for j in range(T):
-            row[j] = _exp_nonpositive((row[j] - m) * scale)
-        total[r] = _sum(row)
-
-
-@njit(parallel=True, **JIT)
-def _scatter_rows(o, total, pix, out):
-    """o (G*T, heads*d) token rows, total (G, heads, T) -> out (P, heads*d) at the tokens' pixels.
-
-    out[pix[g, t], h*d + c] = o[g*T + t, h*d + c] / total[g, h, t]; every pixel is one token of
-    one group, so each output row is written by exactly one iteration.
-    """
-    G, heads, T = total.shape
-    d = o.shape[1] // heads
-    for gt in prange(G * T):
-        g, t = gt // T, gt % T
-        src, dst = o[gt], out[pix[g, t]]
-        for h in range(heads):
-            inv = 1 / total[g, h, t]
-            for c in range(h * d, (h + 1) * d):
-                dst[c] = src[c] * inv
+    G, T = pix.shape
+    C = out.shape[1]
+    d = C // heads
+    dtype = qkv.dtype
+    scale = dtype.type(1 / math.sqrt(d))
+    for gh in prange(G * heads):
+        g, h = gh // heads, gh % heads
+        qT, oT = np.empty((d, T), dtype), np.empty((d, T), dtype)
+        k, v = np.empty((T, d), dtype), np.empty((T, d), dtype)
+        sT, total = np.empty((T, T), dtype), np.empty(T, dtype)
+        _gather_head(qkv, pix[g], h * d, C, scale, qT, k, v)
+        _scores_t(k, qT, sT)
+        _softmax_columns(sT, total)
+        _weighted_values_t(v, sT, oT)
+        for i in range(T):
+            dst = out[pix[g, i]]
+            inv = 1 / total[i]
+            for c in range(d):
+                dst[h * d + c] = oT[c, i] * inv
