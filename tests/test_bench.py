@@ -117,15 +117,17 @@ def test_missing_frameworks_are_skipped_with_a_note(monkeypatch):
     # an entry None in sys.modules makes `import torch` raise ImportError, as if not installed
     monkeypatch.setitem(__import__("sys").modules, "torch", None)
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
-    cands, notes = bench.optional_candidates({}, None, None, 1, ".", lambda s: None)
-    assert cands == []
-    assert len(notes) == 2
+    monkeypatch.setitem(__import__("sys").modules, "openvino", None)
+    cands, notes, onnx_path = bench.optional_candidates({}, None, None, 1, ".", lambda s: None)
+    assert cands == [] and onnx_path is None
+    assert len(notes) == 3
     assert "pytorch eager: skipped (torch is not installed" in notes[0]
     assert "onnxruntime: skipped (onnxruntime is not installed" in notes[1]
+    assert "openvino: skipped (openvino is not installed; pip install 'refpose[openvino]')" in notes[2]
 
 
 def test_cli_prints_json_and_notes_skipped_candidates(monkeypatch, capsys):
-    monkeypatch.setattr(bench, "optional_candidates", lambda *a: ([], ["onnxruntime: skipped (test)"]))
+    monkeypatch.setattr(bench, "optional_candidates", lambda *a: ([], ["onnxruntime: skipped (test)"], None))
     assert main(["bench", "--config", "tiny", "--threads", "1", "--runs", "2", "--json"]) == 0
     out, _ = capsys.readouterr()
     r = json.loads(out)
@@ -141,6 +143,9 @@ def test_frameworks_run_on_the_same_weights_and_agree():
     pytest.importorskip("onnx", reason="the ONNX export needs onnx")
     r = bench.run_bench("tiny", threads=1, runs=2)
     names = [c["name"] for c in r["candidates"]]
-    assert names == [bench.FAST, bench.NUMPY, bench.TORCH, bench.ORT]
+    want = [bench.FAST, bench.NUMPY, bench.TORCH, bench.ORT]
+    if bench._installed("openvino"):
+        want.append(bench.OPENVINO)
+    assert names == want
     for c in r["candidates"]:
         assert c["agrees"], (c["name"], c["max_rel_diff"])

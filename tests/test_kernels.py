@@ -86,7 +86,36 @@ def test_depthwise_relu6_clips_and_keeps_nan():
     np.testing.assert_array_equal(y.ravel(), [0, 0.5, 6, np.nan])   # as np.clip: NaN passes through
 
 
-# --- 1x1 convolution, linear, transposed convolution (BLAS + kernel epilogues) ----------------
+# --- 1x1 convolution, linear, transposed convolution (one matmul kernel, epilogue fused) ------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M", [1, 3, 4, 5, 9, 14])          # whole blocks of 4 rows, a short last block, only short
+@pytest.mark.parametrize("K", [1, 3, 4, 7, 13])             # whole steps of 4 channels, left-over channels, none
+@pytest.mark.parametrize("N", [1, 5, 17])
+def test_matmul_kernel_matches_reference_over_odd_sizes(M, K, N, dtype):
+    rng = np.random.default_rng(M * 100 + K * 10 + N)
+    x, w, b = uniform(rng, (M, K)), uniform(rng, (N, K)), 4 * uniform(rng, N)
+    want = ref.linear(x, w, b)
+    for relu6 in (False, True):
+        y = np.full((M, N), np.nan, dtype)                      # an element left unwritten stays NaN
+        kernels._matmul_bias_act(x.astype(dtype), np.ascontiguousarray(w.T, dtype), b.astype(dtype), relu6, y)
+        assert_close(y, np.clip(want, 0, 6) if relu6 else want, dtype)
+
+
+def test_matmul_kernel_impulse_picks_one_weight():
+    # x = e_k (a single 1 in row m) picks column k of W: y[m] = w[:, k] + b, every other row = b
+    M, K, N = 6, 7, 5
+    w = np.arange(N * K, dtype=np.float64).reshape(N, K) + 1
+    b = np.arange(N, dtype=np.float64) * 100
+    for m, k in [(0, 0), (3, 6), (5, 4)]:
+        x = np.zeros((M, K))
+        x[m, k] = 1
+        y = np.empty((M, N))
+        kernels._matmul_bias_act(x, np.ascontiguousarray(w.T), b, False, y)
+        want = np.tile(b, (M, 1))
+        want[m] += w[:, k]
+        np.testing.assert_array_equal(y, want)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("N, H, W", [(2, 5, 7), (1, 1, 1), (3, 4, 3)])

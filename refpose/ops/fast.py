@@ -1,11 +1,12 @@
 """Fast path: the reference ops with the same names and signatures, on BLAS and Numba kernels.
 
-Matmul-shaped work (1x1 convs, linear layers, the transposed conv) goes to BLAS through
-NumPy on NHWC maps viewed as (pixels, channels); the rest is a Numba kernel from
-`refpose.ops.kernels` (depthwise conv, LayerNorm, attention whole, bias + ReLU6 epilogues). The conv ops take an extra `relu6` that fuses the
+Everything hot is a Numba kernel from `refpose.ops.kernels` on NHWC maps viewed as (pixels,
+channels): the matmul of 1x1 convs, linear layers and the transposed conv (bias and ReLU6
+fused), the depthwise conv, LayerNorm and attention whole. No BLAS call, so no second thread
+pool takes turns with Numba's inside a forward. The conv ops take an extra `relu6` that fuses the
 activation into the kernel (`Ops` passes it on this path only). Everything runs in the
 dtype of the inputs, float32 or float64 (DESIGN section 4: one forward, two dtypes).
-Threads: BLAS's own, and Numba's (`numba.set_num_threads`) for the kernels.
+Threads: Numba's (`numba.set_num_threads`).
 """
 from __future__ import annotations
 
@@ -57,17 +58,19 @@ def _out_size(n: int, k: int, stride: int) -> int:
     return (n + 2 * (k // 2) - k) // stride + 1
 
 
-def _epilogue(y: np.ndarray, b, relu6: bool) -> np.ndarray:
-    """y (M, C) + b, then ReLU6 if asked, in place and in one pass."""
-    if b is not None or relu6:
-        kernels._bias_act(y, _bias(b, y.shape[1], y.dtype), relu6)
+def _matmul(x: np.ndarray, w: np.ndarray, b, relu6: bool) -> np.ndarray:
+    """x (M, K) @ w (N, K)^T + b, then ReLU6 if asked: one kernel, bias and clip fused."""
+    dtype = x.dtype
+    y = np.empty((x.shape[0], w.shape[0]), dtype)
+    kernels._matmul_bias_act(x, _c(w.T, dtype), _bias(b, w.shape[0], dtype), relu6, y)
     return y
 
 
 @_kernel_threads
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1,
            relu6: bool = False) -> np.ndarray:
-    """Dense conv; a 1x1 conv is one matmul over the pixels: (NHW, Cin) @ (Cin, Cout)."""
+    """Dense conv; a 1x1 conv is one matmul over the pixels: (NHW, Cin) @ (Cin, Cout), bias and
+    ReLU6 fused."""
     N, H, W, Cin = x.shape
     Cout, _, kh, kw = w.shape
     if (kh, kw) != (1, 1):   # WGNet has no dense k x k conv; keep the reference's generality
@@ -77,9 +80,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1,
     if stride != 1:
         x = x[:, ::stride, ::stride]                           # (N, Ho, Wo, Cin)
     _, Ho, Wo, _ = x.shape
-    x = _c(x, dtype).reshape(N * Ho * Wo, Cin)
-    y = x @ _c(w, dtype).reshape(Cout, Cin).T                   # (NHW, Cout)
-    return _epilogue(y, b, relu6).reshape(N, Ho, Wo, Cout)
+    y = _matmul(_c(x, dtype).reshape(N * Ho * Wo, Cin), w.reshape(Cout, Cin), b, relu6)   # (NHW, Cout)
+    return y.reshape(N, Ho, Wo, Cout)
 
 
 @_kernel_threads
@@ -108,13 +110,14 @@ def depthwise_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
 @_kernel_threads
 def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 2,
                      relu6: bool = False) -> np.ndarray:
-    """Transposed conv with kernel == stride: one matmul for every tap, then a scatter."""
+    """Transposed conv with kernel == stride: one matmul for every tap, then a scatter that adds
+    the bias (and clips)."""
     N, H, W, Cin = x.shape
     _, Cout, kh, kw = w.shape
     if (kh, kw) != (stride, stride):
         raise ValueError(f"conv_transpose2d supports kernel == stride only, got kernel {kh}x{kw}, stride {stride}")
     dtype = _dtype(x, w)
-    t = _c(x, dtype).reshape(N * H * W, Cin) @ _c(w, dtype).reshape(Cin, Cout * kh * kw)
+    t = _matmul(_c(x, dtype).reshape(N * H * W, Cin), w.reshape(Cin, Cout * kh * kw).T, None, False)
     t = t.reshape(N, H, W, Cout, kh, kw)                       # taps of each input pixel
     y = np.empty((N, H * kh, W * kw, Cout), dtype)
     kernels._conv_transpose_scatter(t, _bias(b, Cout, dtype), relu6, y)
@@ -123,11 +126,11 @@ def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
 
 @_kernel_threads
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """y = x W^T + b over the last axis: a BLAS matmul and a bias epilogue."""
+    """y = x W^T + b over the last axis: one matmul kernel with the bias fused."""
     dtype = _dtype(x, w)
     out, cin = w.shape
-    y = _c(x, dtype).reshape(-1, cin) @ _c(w, dtype).T            # (tokens, out)
-    return _epilogue(y, b, False).reshape(*x.shape[:-1], out)
+    y = _matmul(_c(x, dtype).reshape(-1, cin), w, b, False)     # (tokens, out)
+    return y.reshape(*x.shape[:-1], out)
 
 
 @_kernel_threads
