@@ -351,37 +351,39 @@ def _larger(a, b):
 
 
 @njit(inline="always")
-def _gather_head(qkv, pix, c0, C, scale, qT, k, v):
-    """One head's q (transposed, scaled), k and v of the tokens `pix` (T,): qT (d, T), k, v (T, d)."""
+def _gather_head(qkv, pix, c0, C, scale, qT, k, vT):
+    """One head's q (scaled) and v transposed, and k, for the tokens `pix` (T,): qT, vT (d, T), k (T, d)."""
     d = k.shape[1]
     for t in range(pix.size):
         row = qkv[pix[t]]
         for c in range(d):
             qT[c, t] = row[c0 + c] * scale
             k[t, c] = row[C + c0 + c]
-            v[t, c] = row[2 * C + c0 + c]
+            vT[c, t] = row[2 * C + c0 + c]
 
 
 @njit(inline="always")
-def _scores_t(k, qT, sT):
-    """sT (T, T) = k qT: sT[j, i] = sum_c k[j, c] qT[c, i], four channels per pass over a row."""
-    T, d = k.shape
-    for j in range(T):
-        sj = sT[j]
-        for i in range(T):
-            sj[i] = 0
-        c = 0
-        while c + 4 <= d:
-            k0, k1, k2, k3 = k[j, c], k[j, c + 1], k[j, c + 2], k[j, c + 3]
-            q0, q1, q2, q3 = qT[c], qT[c + 1], qT[c + 2], qT[c + 3]
-            for i in range(T):
-                sj[i] = sj[i] + k0 * q0[i] + k1 * q1[i] + k2 * q2[i] + k3 * q3[i]
-            c += 4
-        while c < d:
-            k0, q0 = k[j, c], qT[c]
-            for i in range(T):
-                sj[i] += k0 * q0[i]
-            c += 1
+def _matmul_rows(a, b, out):
+    """out (R, N) = a (R, K) b (K, N): out[r, n] = sum_k a[r, k] b[k, n] in k order, four k per
+    pass over each output row (each row of b loaded once per pass)."""
+    R, K = a.shape
+    N = b.shape[1]
+    for r in range(R):
+        o = out[r]
+        for n in range(N):
+            o[n] = 0
+        k = 0
+        while k + 4 <= K:
+            a0, a1, a2, a3 = a[r, k], a[r, k + 1], a[r, k + 2], a[r, k + 3]
+            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
+            for n in range(N):
+                o[n] = o[n] + a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n]
+            k += 4
+        while k < K:
+            a0, b0 = a[r, k], b[k]
+            for n in range(N):
+                o[n] += a0 * b0[n]
+            k += 1
 
 
 @njit(inline="always")
@@ -393,45 +395,22 @@ def _softmax_columns(sT, total):
     The division by the total is left to the output, where it touches d values, not T.
     """
     T = sT.shape[0]
-    top = total                          # holds the maxima until the sums replace them
-    for i in range(T):
-        top[i] = sT[0, i]
+    for i in range(T):                   # `total` holds the column maxima first
+        total[i] = sT[0, i]
     for j in range(1, T):
         sj = sT[j]
         for i in range(T):
-            top[i] = _larger(sj[i], top[i])
+            total[i] = _larger(sj[i], total[i])
     for j in range(T):
         sj = sT[j]
         for i in range(T):
-            sj[i] = _exp_nonpositive(sj[i] - top[i])
-    for i in range(T):                   # the sum in key order, separate from the maxima above
-        top[i] = 0
+            sj[i] = _exp_nonpositive(sj[i] - total[i])
+    for i in range(T):                   # then the sums, in key order
+        total[i] = 0
     for j in range(T):
         sj = sT[j]
         for i in range(T):
             total[i] += sj[i]
-
-
-@njit(inline="always")
-def _weighted_values_t(v, pT, oT):
-    """oT (d, T) = v^T pT: oT[c, i] = sum_j v[j, c] pT[j, i], four keys per pass over a row."""
-    T, d = v.shape
-    for c in range(d):
-        oc = oT[c]
-        for i in range(T):
-            oc[i] = 0
-        j = 0
-        while j + 4 <= T:
-            v0, v1, v2, v3 = v[j, c], v[j + 1, c], v[j + 2, c], v[j + 3, c]
-            p0, p1, p2, p3 = pT[j], pT[j + 1], pT[j + 2], pT[j + 3]
-            for i in range(T):
-                oc[i] = oc[i] + v0 * p0[i] + v1 * p1[i] + v2 * p2[i] + v3 * p3[i]
-            j += 4
-        while j < T:
-            v0, p0 = v[j, c], pT[j]
-            for i in range(T):
-                oc[i] += v0 * p0[i]
-            j += 1
 
 
 @njit(parallel=True, **JIT)
@@ -450,13 +429,12 @@ def _grouped_attention(qkv, pix, heads, out):
     scale = dtype.type(1 / math.sqrt(d))
     for gh in prange(G * heads):
         g, h = gh // heads, gh % heads
-        qT, oT = np.empty((d, T), dtype), np.empty((d, T), dtype)
-        k, v = np.empty((T, d), dtype), np.empty((T, d), dtype)
-        sT, total = np.empty((T, T), dtype), np.empty(T, dtype)
-        _gather_head(qkv, pix[g], h * d, C, scale, qT, k, v)
-        _scores_t(k, qT, sT)
+        qT, vT, oT = np.empty((d, T), dtype), np.empty((d, T), dtype), np.empty((d, T), dtype)
+        k, sT, total = np.empty((T, d), dtype), np.empty((T, T), dtype), np.empty(T, dtype)
+        _gather_head(qkv, pix[g], h * d, C, scale, qT, k, vT)
+        _matmul_rows(k, qT, sT)              # sT[j, i] = k_j . q_i / sqrt(d)
         _softmax_columns(sT, total)
-        _weighted_values_t(v, sT, oT)
+        _matmul_rows(vT, sT, oT)             # oT[c, i] = sum_j v[j, c] p[j, i], not yet divided
         for i in range(T):
             dst = out[pix[g, i]]
             inv = 1 / total[i]
