@@ -149,3 +149,32 @@ def test_frameworks_run_on_the_same_weights_and_agree():
     assert names == want
     for c in r["candidates"]:
         assert c["agrees"], (c["name"], c["max_rel_diff"])
+
+
+def test_run_bench_measures_peak_memory_per_candidate(tiny_result):
+    # each candidate ran in a child process of its own; the peak includes the interpreter,
+    # NumPy and the weights (tens of MB at least), and the forwards' share is part of it
+    for c in tiny_result["candidates"]:
+        assert c["peak_rss_mb"] > 20, c
+        assert 0 <= c["forward_rss_mb"] <= c["peak_rss_mb"], c
+    assert "peak RSS" in bench.format_result(tiny_result)
+
+
+def test_profile_splits_the_fast_path_by_op_kind_and_stage():
+    from refpose.model import TAPS
+    r = bench.run_profile("tiny", threads=1, runs=2)
+    fast = r["fast"]
+    kinds = {row["name"] for row in fast["by_op"]}
+    assert {"grouped_attention", "linear", "conv", "depthwise_conv", "layer_norm", "other"} <= kinds
+    assert {row["name"] for row in fast["by_stage"]} == set(TAPS) | {"other"}
+    for table in (fast["by_op"], fast["by_stage"]):
+        # "other" is the total minus the timed parts, so the shares add up to one
+        assert sum(row["share"] for row in table) == pytest.approx(1)
+        assert sum(row["ms"] for row in table) == pytest.approx(fast["total_ms"])
+    by_name = {row["name"]: row for row in fast["by_op"]}
+    assert by_name["grouped_attention"]["calls"] == 13          # tiny: 7 stages, 6 of them with both attentions
+    text = bench.format_profile(r)
+    assert "op kind" in text and "stage" in text
+    if r["ort"] is not None:
+        assert any(row["name"] == "MatMul" for row in r["ort"]["by_op"])
+        assert "op type" in text
