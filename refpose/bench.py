@@ -4,14 +4,16 @@ Candidates, on the same seeded weights and the same input, in one process:
 - `refpose numpy`: the NumPy reference path (`impl="reference"`), float32;
 - `refpose fast`: the fast path (BLAS + Numba kernels), float32;
 - `pytorch eager`: the PyTorch twin (`refpose.twin`) under `torch.inference_mode()`, if torch is installed;
-- `onnxruntime`: the twin exported to ONNX (`refpose.onnx_export`), if onnxruntime is installed.
+- `onnxruntime`: the twin exported to ONNX (`refpose.onnx_export`), if onnxruntime is installed;
+- `openvino`: the same ONNX file on OpenVINO's CPU plugin (latency hint, one stream, f32, no
+  thread pinning), if openvino is installed.
 
 Fair timing:
 - every library runs `threads` threads (Numba, the BLAS under NumPy via threadpoolctl, torch
   intra-op, ORT intra-op) and its inter-op pool one;
 - pools that keep spinning after a call steal cores from whatever runs next: ORT's spinning is
   switched off in the session options and OpenMP's by OMP_WAIT_POLICY=PASSIVE (read when the
-  runtime loads, see `quiet_spinning`); OpenBLAS, loaded with NumPy before any of this, spins
+  runtime loads, see `quiet_spinning`); OpenVINO's threads are not pinned to cores; OpenBLAS, loaded with NumPy before any of this, spins
   ~0.1 s after a call, so every timed call waits until the process is idle (`wait_until_idle`);
 - candidates alternate inside each round and the order rotates from round to round, so drift
   in the machine's load hits all alike; warm-up runs are not timed; medians over the rounds;
@@ -19,6 +21,15 @@ Fair timing:
   every round; the BLAS library in use is reported (threadpoolctl);
 - `aa=True` times the fast path against a second copy of itself: the ratio must read 1.00 +- 0.05.
 Outputs are checked against the float64 NumPy reference (bound: 1e-4 x max |ref|).
+
+Memory: the peak resident set (VmHWM in /proc/<pid>/status) of a child process that builds one
+candidate and runs two forwards, and how much of it the forwards added to the resident set
+the built candidate had (`peak_rss`); one child per candidate, so no candidate's memory (or
+allocator cache) is counted against another.
+
+`run_profile` (`refpose bench --profile`) times the fast path per op kind and per stage (by
+wrapping the model's op set and stages, so nothing is timed when it is not asked for) and
+sums ONNX Runtime's own per-node profile by op type.
 """
 from __future__ import annotations
 
@@ -42,6 +53,7 @@ FAST_COPY = "refpose fast (copy)"
 NUMPY = "refpose numpy"
 TORCH = "pytorch eager"
 ORT = "onnxruntime"
+OPENVINO = "openvino"
 SGEMM = "sgemm"
 SGEMM_N = 512              # a square float32 matmul big enough to run BLAS near its peak
 AGREE = 1e-4               # max |out - ref| <= AGREE * max |ref| (issue 4)
@@ -168,57 +180,171 @@ def torch_candidate(tensors, cfg, x: np.ndarray, threads: int) -> Candidate:
     return Candidate(TORCH, forward, setup)
 
 
-def ort_candidate(tensors, cfg, x: np.ndarray, threads: int, workdir: str) -> Candidate:
-    import onnxruntime as ort
+def _installed(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
+
+def export_twin(tensors, cfg, workdir: str) -> str:
+    """The twin exported to ONNX once, for every runtime that reads it; returns the path."""
     from .onnx_export import export_onnx
 
-    def make():
-        path = os.path.join(workdir, f"{cfg.name}.onnx")
-        export_onnx(tensors, cfg, path, opset=17)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    path = os.path.join(workdir, f"{cfg.name}.onnx")
+    export_onnx(tensors, cfg, path, opset=17)
+    return path
 
-    session, setup = _timed(make)
+
+def ort_session(path: str, threads: int, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session with `threads` intra-op threads, one inter-op, spinning off."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def ort_candidate(path: str, x: np.ndarray, threads: int) -> Candidate:
+    session, setup = _timed(lambda: ort_session(path, threads))
     name = session.get_inputs()[0].name
     return Candidate(ORT, lambda: session.run(None, {name: x})[0], setup)
 
 
-def optional_candidates(tensors, cfg, x, threads, workdir, progress) -> tuple[list[Candidate], list[str]]:
-    """PyTorch eager and ONNX Runtime where installed; a note for each one skipped."""
+def openvino_candidate(path: str, x: np.ndarray, threads: int) -> Candidate:
+    """OpenVINO's CPU plugin on the ONNX file: latency hint, one stream, `threads` threads,
+    f32 inference, no pinning of threads to cores (pinned threads would fight the other
+    candidates' threads for the same cores)."""
+    import openvino as ov
+
+    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": threads,
+              "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False, "ENABLE_HYPER_THREADING": False}
+
+    def make():
+        return ov.Core().compile_model(path, "CPU", config).create_infer_request()
+
+    request, setup = _timed(make)
+
+    def forward():
+        request.infer({0: x})
+        return request.get_output_tensor(0).data.copy()
+    return Candidate(OPENVINO, forward, setup)
+
+
+def optional_candidates(tensors, cfg, x, threads, workdir, progress) -> tuple[list[Candidate], list[str], str | None]:
+    """PyTorch eager, ONNX Runtime and OpenVINO where installed; a note for each one skipped,
+    and the path of the ONNX export (None if nothing needed it or it failed)."""
     cands, skipped = [], []
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if not _installed("torch"):
         skipped.append(f"{TORCH}: skipped (torch is not installed; pip install 'refpose[torch]')")
     else:
         progress(f"building {TORCH}")
         cands.append(torch_candidate(tensors, cfg, x, threads))
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        skipped.append(f"{ORT}: skipped (onnxruntime is not installed; pip install 'refpose[onnx]')")
-    else:
-        progress(f"exporting the twin for {ORT}")
+    runtimes = [(ORT, "onnxruntime", "onnx", ort_candidate), (OPENVINO, "openvino", "openvino", openvino_candidate)]
+    wanted = []
+    for name, module, extra, make in runtimes:
+        if not _installed(module):
+            skipped.append(f"{name}: skipped ({module} is not installed; pip install 'refpose[{extra}]')")
+        else:
+            wanted.append((name, make))
+    path = None
+    if wanted:
+        progress("exporting the twin to ONNX")
         try:
-            cands.append(ort_candidate(tensors, cfg, x, threads, workdir))
+            path = export_twin(tensors, cfg, workdir)
         except ImportError as e:
-            skipped.append(f"{ORT}: skipped (exporting the twin needs {e.name}; pip install 'refpose[onnx]')")
+            skipped += [f"{name}: skipped (exporting the twin needs {e.name}; pip install 'refpose[onnx]')"
+                        for name, _ in wanted]
+            wanted = []
         except RefposeError as e:
-            skipped.append(f"{ORT}: skipped ({e})")
-    return cands, skipped
+            skipped += [f"{name}: skipped ({e})" for name, _ in wanted]
+            wanted = []
+    for name, make in wanted:
+        progress(f"building {name}")
+        cands.append(make(path, x, threads))
+    return cands, skipped, path
 
 
 def sgemm_candidate(n: int = SGEMM_N, seed: int = 0) -> Candidate:
     rng = np.random.default_rng(seed)
     a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
     return Candidate(SGEMM, lambda: a @ b)
+
+
+# --- memory --------------------------------------------------------------------------------------
+MEMORY_PROBE = """
+import json, sys
+from refpose.bench import candidate_peak_rss
+print(json.dumps(candidate_peak_rss(*json.loads(sys.argv[1]))))
+"""
+
+
+def _status_kb(field: str) -> int:
+    """A field of /proc/self/status in kB (VmRSS: resident now, VmHWM: the peak so far)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def bench_input(cfg, batch: int, seed: int) -> np.ndarray:
+    H, W = cfg.input_size
+    return np.random.default_rng(seed + 1).standard_normal((batch, 3, H, W)).astype(np.float32)
+
+
+def candidate_peak_rss(name: str, config: str, batch: int, threads: int, seed: int,
+                       onnx_path: str | None) -> dict:
+    """Run in a child process: build candidate `name`, run two forwards; the peak resident set
+    of the process (MB) and how much the forwards added to what the built candidate held."""
+    from .weights import init_weights
+
+    cfg = get_config(config)
+    tensors = init_weights(cfg, seed)
+    x = bench_input(cfg, batch, seed)
+    with fixed_threads(threads):
+        if name in (FAST, NUMPY):
+            c = refpose_candidate(name, tensors, cfg, x, "fast" if name == FAST else "reference")
+        elif name == TORCH:
+            c = torch_candidate(tensors, cfg, x, threads)
+        elif name == ORT:
+            c = ort_candidate(onnx_path, x, threads)
+        else:
+            c = openvino_candidate(onnx_path, x, threads)
+        built = _status_kb("VmRSS")
+        c.forward()
+        c.forward()
+        peak = _status_kb("VmHWM")
+    return {"peak_rss_mb": peak / 1024, "forward_rss_mb": (peak - built) / 1024}
+
+
+def measure_memory(names, config: str, batch: int, threads: int, seed: int, onnx_path: str | None,
+                   progress: Callable[[str], None] = lambda s: None) -> tuple[dict, list[str]]:
+    """`candidate_peak_rss` of each candidate, each in a child process of its own."""
+    import json
+    import subprocess
+
+    found, notes = {}, []
+    for name in names:
+        progress(f"peak memory of {name}")
+        args = json.dumps([name, config, batch, threads, seed, onnx_path])
+        r = subprocess.run([sys.executable, "-c", MEMORY_PROBE, args], capture_output=True, text=True,
+                           env=dict(os.environ))
+        try:
+            found[name] = json.loads(r.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            err = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            notes.append(f"peak memory of {name} not measured: {err}")
+    return found, notes
 
 
 # --- timing --------------------------------------------------------------------------------------
@@ -290,12 +416,13 @@ def rel_diff(out: np.ndarray, ref: np.ndarray) -> float:
 
 
 def run_bench(config="wgnet", batch: int = 1, threads: int = 2, runs: int = 20, aa: bool = False,
-              seed: int = 0, warmup: int = 2, optional: bool = True,
+              seed: int = 0, warmup: int = 2, optional: bool = True, memory: bool = True,
               progress: Callable[[str], None] = lambda s: None) -> dict:
     """Time the candidates in one run; returns a JSON-ready dict (see `format_result`).
 
-    `optional=False` leaves out PyTorch and ONNX Runtime; `aa=True` times the fast path against
-    a copy of itself (and the yardstick) only.
+    `optional=False` leaves out PyTorch, ONNX Runtime and OpenVINO; `aa=True` times the fast path
+    against a copy of itself (and the yardstick) only; `memory` measures each candidate's peak
+    RSS in a child process after the timing.
     """
     check_args(batch, threads, runs)
     cfg = get_config(config)
@@ -304,10 +431,10 @@ def run_bench(config="wgnet", batch: int = 1, threads: int = 2, runs: int = 20, 
 
     from .weights import from_tensors, init_weights
 
-    H, W = cfg.input_size
     tensors = init_weights(cfg, seed)
-    x = np.random.default_rng(seed + 1).standard_normal((batch, 3, H, W)).astype(np.float32)
+    x = bench_input(cfg, batch, seed)
     skipped: list[str] = []
+    onnx_path = None
     with fixed_threads(threads), tempfile.TemporaryDirectory(prefix="refpose-bench-") as workdir:
         progress(f"building {FAST}")
         fast = refpose_candidate(FAST, tensors, cfg, x, "fast")
@@ -320,7 +447,7 @@ def run_bench(config="wgnet", batch: int = 1, threads: int = 2, runs: int = 20, 
         else:
             cands = [fast, refpose_candidate(NUMPY, tensors, cfg, x, "reference")]
             if optional:
-                extra, skipped = optional_candidates(tensors, cfg, x, threads, workdir, progress)
+                extra, skipped, onnx_path = optional_candidates(tensors, cfg, x, threads, workdir, progress)
                 cands += extra
         for c in cands[1:]:
             _, c.first_s = _timed(c.forward)
@@ -336,8 +463,15 @@ def run_bench(config="wgnet", batch: int = 1, threads: int = 2, runs: int = 20, 
         diffs = {c.name: rel_diff(c.forward(), ref) for c in cands}
         blas = blas_info()
         layer = numba.threading_layer()
-    return _result(cfg, x.shape, threads, runs, warmup, aa, cands, sgemm, counter.macs, diffs, cache, blas,
-                   layer, notes, skipped)
+        rss = {}
+        if memory and not aa:
+            rss, more = measure_memory([c.name for c in cands], cfg.name, batch, threads, seed, onnx_path, progress)
+            notes += more
+    result = _result(cfg, x.shape, threads, runs, warmup, aa, cands, sgemm, counter.macs, diffs, cache, blas,
+                     layer, notes, skipped)
+    for row in result["candidates"]:
+        row.update(rss.get(row["name"], {"peak_rss_mb": None, "forward_rss_mb": None}))
+    return result
 
 
 def _result(cfg, shape, threads, runs, warmup, aa, cands, sgemm, macs, diffs, cache, blas, layer, notes,
@@ -378,14 +512,18 @@ def format_result(r: dict) -> str:
     N, _, H, W = r["input"]
     lines = [f"refpose bench: config {r['config']}, input {N}x3x{H}x{W}, {r['threads']} thread(s), "
              f"{r['runs']} rounds (candidates alternate, order rotated each round)"]
+    def mb(v):
+        return "-" if v is None else f"{v:.0f}"
+
     rows = [[c["name"], f"{c['median_ms']:.1f}", f"{c['min_ms']:.1f}", f"{c['ratio']:.2f}",
              f"{c['gmacs_per_s']:.1f}", f"{100 * c['of_sgemm']:.0f} %",
+             mb(c.get("peak_rss_mb")), mb(c.get("forward_rss_mb")),
              f"{c['max_rel_diff']:.1e}" + ("" if c["agrees"] else "  DISAGREES")] for c in r["candidates"]]
     lines.append(tabulate(rows, headers=["candidate", "median ms", "min ms", "x fast", "GMAC/s", "of sgemm",
-                                         "max |diff| / max |ref|"],
-                          colalign=("left",) + ("right",) * 6, disable_numparse=True))
+                                         "peak RSS MB", "fwd +MB", "max |diff| / max |ref|"],
+                          colalign=("left",) + ("right",) * 8, disable_numparse=True))
     by_name = {c["name"]: c["median_ms"] for c in r["candidates"]}
-    vs = [f"{a} / {b} = {by_name[a] / by_name[b]:.2f}" for a in (FAST, NUMPY) for b in (TORCH, ORT)
+    vs = [f"{a} / {b} = {by_name[a] / by_name[b]:.2f}" for a in (FAST, NUMPY) for b in (TORCH, ORT, OPENVINO)
           if a in by_name and b in by_name]
     if vs:
         lines.append("median latency ratios: " + ", ".join(vs))
@@ -402,11 +540,153 @@ def format_result(r: dict) -> str:
                  f"{cache['hits']} cache hits, {cache['misses']} misses)")
     lines.append(f"timing: {r['warmup']} untimed warm-up runs each; every timed call starts with the process idle "
                  f"(spinning pools waited out); OMP_WAIT_POLICY={r['env']['OMP_WAIT_POLICY']}; "
-                 "ONNX Runtime spinning off")
+                 "ONNX Runtime spinning off; OpenVINO threads not pinned")
+    if any(c.get("peak_rss_mb") is not None for c in r["candidates"]):
+        lines.append("peak RSS: VmHWM of a child process that built only that candidate and ran two forwards; "
+                     "fwd +MB: what the forwards added to the built candidate's resident set")
     lines.append(f"MACs per forward {r['macs']:,} (counted; 1 FLOP = 1 MAC as in the paper); max |diff| is against "
                  f"the float64 NumPy reference, bound {r['agree_bound']:g}")
     if r["aa"]:
         verdict = "fair" if r["aa_fair"] else "NOT within"
         lines.append(f"A/A: {FAST_COPY} / {FAST} = {r['aa_ratio']:.3f} ({verdict} 1.00 +- {AA_BAND:.2f})")
     lines += [f"note: {n}" for n in r["skipped"] + r["notes"]]
+    return "\n".join(lines)
+
+
+# --- profile -------------------------------------------------------------------------------------
+def _tally(fn, sums: dict, calls: dict, key: str):
+    """`fn` with its wall time added to sums[key] on every call."""
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            sums[key] += time.perf_counter() - t
+            calls[key] += 1
+    return timed
+
+
+def profile_fast(model, x: np.ndarray, runs: int, warmup: int = 2) -> dict:
+    """Wall time of the fast path per op kind (the methods of the model's `Ops`) and per stage
+    (stem, s1..s4, d1..d3, head), summed over `runs` forwards; ms per forward.
+
+    The timers wrap this model instance's op set and stages, so an unprofiled model carries no
+    cost. Op time includes the op's dispatch (shape checks, allocation of its output);
+    "other" is what runs between the ops or the stages (input and output transposes).
+    """
+    from collections import defaultdict
+
+    from .model import TAPS
+    from .ops import Ops
+
+    op_s, op_n, stage_s, stage_n = (defaultdict(float), defaultdict(int), defaultdict(float), defaultdict(int))
+    for name in (n for n in vars(Ops) if not n.startswith("_") and callable(getattr(model.ops, n))):
+        setattr(model.ops, name, _tally(getattr(model.ops, name), op_s, op_n, name))
+    for stage in TAPS:
+        layer = getattr(model, stage)
+        layer.forward = _tally(layer.forward, stage_s, stage_n, stage)
+    for _ in range(warmup):
+        model(x)
+    for d in (op_s, op_n, stage_s, stage_n):
+        d.clear()
+    total = 0.0
+    for _ in range(runs):
+        wait_until_idle()
+        t = time.perf_counter()
+        model(x)
+        total += time.perf_counter() - t
+
+    def table(sums, calls):
+        rows = [{"name": k, "ms": 1e3 * v / runs, "calls": calls[k] // runs, "share": v / total}
+                for k, v in sorted(sums.items(), key=lambda kv: -kv[1])]
+        rest = total - sum(sums.values())
+        return rows + [{"name": "other", "ms": 1e3 * rest / runs, "calls": 0, "share": rest / total}]
+    return {"total_ms": 1e3 * total / runs, "by_op": table(op_s, op_n), "by_stage": table(stage_s, stage_n)}
+
+
+def profile_ort(path: str, x: np.ndarray, threads: int, runs: int, warmup: int, workdir: str) -> dict:
+    """ONNX Runtime's own profile of `runs` forwards (after `warmup`), node kernel times summed
+    by op type; ms per forward."""
+    import json
+    from collections import defaultdict
+
+    session = ort_session(path, threads, profile_prefix=os.path.join(workdir, "ort-profile"))
+    name = session.get_inputs()[0].name
+    for _ in range(warmup):
+        session.run(None, {name: x})
+    t0 = None
+    for _ in range(runs):
+        wait_until_idle()
+        if t0 is None:
+            t0 = time.perf_counter()
+        session.run(None, {name: x})
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    model_runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    start = model_runs[warmup] if len(model_runs) > warmup else 0      # skip the warm-up runs' nodes
+    sums, calls = defaultdict(float), defaultdict(int)
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= start:
+            op = e.get("args", {}).get("op_name", "?")
+            sums[op] += e["dur"] / 1e3
+            calls[op] += 1
+    run_ms = [e["dur"] / 1e3 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    total = float(np.sum(run_ms[warmup:])) / runs if len(run_ms) > warmup else sum(sums.values()) / runs
+    rows = [{"name": k, "ms": v / runs, "calls": calls[k] // runs, "share": v / runs / total}
+            for k, v in sorted(sums.items(), key=lambda kv: -kv[1])]
+    rest = total - sum(r["ms"] for r in rows)
+    return {"total_ms": total, "by_op": rows + [{"name": "other", "ms": rest, "calls": 0, "share": rest / total}]}
+
+
+def run_profile(config="wgnet", batch: int = 1, threads: int = 2, runs: int = 20, seed: int = 0,
+                warmup: int = 2, progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Where the time goes: the fast path per op kind and per stage and, if installed, ONNX
+    Runtime's per-node profile by op type, on the bench's weights and input."""
+    check_args(batch, threads, runs)
+    cfg = get_config(config)
+    notes = quiet_spinning()
+    from .weights import from_tensors, init_weights
+
+    tensors = init_weights(cfg, seed)
+    x = bench_input(cfg, batch, seed)
+    with fixed_threads(threads), tempfile.TemporaryDirectory(prefix="refpose-profile-") as workdir:
+        progress(f"profiling {FAST}")
+        fast = profile_fast(from_tensors(tensors, cfg, "float32", "fast"), x, runs, warmup)
+        ort = None
+        if not _installed("onnxruntime"):
+            notes.append(f"{ORT}: not profiled (onnxruntime is not installed; pip install 'refpose[onnx]')")
+        else:
+            progress(f"profiling {ORT}")
+            try:
+                ort = profile_ort(export_twin(tensors, cfg, workdir), x, threads, runs, warmup, workdir)
+            except ImportError as e:
+                notes.append(f"{ORT}: not profiled (exporting the twin needs {e.name}; pip install 'refpose[onnx]')")
+            except RefposeError as e:
+                notes.append(f"{ORT}: not profiled ({e})")
+    return {"config": cfg.name, "input": list(x.shape), "threads": threads, "runs": runs, "fast": fast, "ort": ort,
+            "blas": blas_info(), "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OMP_WAIT_POLICY")},
+            "notes": notes}
+
+
+def format_profile(r: dict) -> str:
+    """The tables `refpose bench --profile` prints."""
+    from tabulate import tabulate
+
+    N, _, H, W = r["input"]
+
+    def table(rows, what):
+        return tabulate([[x["name"], f"{x['ms']:.1f}", f"{100 * x['share']:.0f} %", x["calls"] or ""] for x in rows],
+                        headers=[what, "ms / forward", "share", "calls"], colalign=("left", "right", "right", "right"),
+                        disable_numparse=True)
+    fast = r["fast"]
+    lines = [f"refpose bench --profile: config {r['config']}, input {N}x3x{H}x{W}, {r['threads']} thread(s), "
+             f"{r['runs']} forwards after warm-up; wall time, ms per forward",
+             f"{FAST}: {fast['total_ms']:.1f} ms per forward (mean)", table(fast["by_op"], "op kind"), "",
+             table(fast["by_stage"], "stage")]
+    if r["ort"]:
+        lines += ["", f"{ORT} (its own profiler, node kernel time by op type): {r['ort']['total_ms']:.1f} ms per "
+                  "forward (mean of its model_run events)", table(r["ort"]["by_op"], "op type")]
+    blas = "; ".join(f"{b['internal_api']} {b['version']} ({b['architecture']})" for b in r["blas"]) or "unknown"
+    lines.append(f"BLAS: {blas}; OPENBLAS_CORETYPE={r['env']['OPENBLAS_CORETYPE']}")
+    lines += [f"note: {n}" for n in r["notes"]]
     return "\n".join(lines)

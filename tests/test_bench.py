@@ -117,15 +117,17 @@ def test_missing_frameworks_are_skipped_with_a_note(monkeypatch):
     # an entry None in sys.modules makes `import torch` raise ImportError, as if not installed
     monkeypatch.setitem(__import__("sys").modules, "torch", None)
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
-    cands, notes = bench.optional_candidates({}, None, None, 1, ".", lambda s: None)
-    assert cands == []
-    assert len(notes) == 2
+    monkeypatch.setitem(__import__("sys").modules, "openvino", None)
+    cands, notes, onnx_path = bench.optional_candidates({}, None, None, 1, ".", lambda s: None)
+    assert cands == [] and onnx_path is None
+    assert len(notes) == 3
     assert "pytorch eager: skipped (torch is not installed" in notes[0]
     assert "onnxruntime: skipped (onnxruntime is not installed" in notes[1]
+    assert "openvino: skipped (openvino is not installed; pip install 'refpose[openvino]')" in notes[2]
 
 
 def test_cli_prints_json_and_notes_skipped_candidates(monkeypatch, capsys):
-    monkeypatch.setattr(bench, "optional_candidates", lambda *a: ([], ["onnxruntime: skipped (test)"]))
+    monkeypatch.setattr(bench, "optional_candidates", lambda *a: ([], ["onnxruntime: skipped (test)"], None))
     assert main(["bench", "--config", "tiny", "--threads", "1", "--runs", "2", "--json"]) == 0
     out, _ = capsys.readouterr()
     r = json.loads(out)
@@ -141,6 +143,38 @@ def test_frameworks_run_on_the_same_weights_and_agree():
     pytest.importorskip("onnx", reason="the ONNX export needs onnx")
     r = bench.run_bench("tiny", threads=1, runs=2)
     names = [c["name"] for c in r["candidates"]]
-    assert names == [bench.FAST, bench.NUMPY, bench.TORCH, bench.ORT]
+    want = [bench.FAST, bench.NUMPY, bench.TORCH, bench.ORT]
+    if bench._installed("openvino"):
+        want.append(bench.OPENVINO)
+    assert names == want
     for c in r["candidates"]:
         assert c["agrees"], (c["name"], c["max_rel_diff"])
+
+
+def test_run_bench_measures_peak_memory_per_candidate(tiny_result):
+    # each candidate ran in a child process of its own; the peak includes the interpreter,
+    # NumPy and the weights (tens of MB at least), and the forwards' share is part of it
+    for c in tiny_result["candidates"]:
+        assert c["peak_rss_mb"] > 20, c
+        assert 0 <= c["forward_rss_mb"] <= c["peak_rss_mb"], c
+    assert "peak RSS" in bench.format_result(tiny_result)
+
+
+def test_profile_splits_the_fast_path_by_op_kind_and_stage():
+    from refpose.model import TAPS
+    r = bench.run_profile("tiny", threads=1, runs=2)
+    fast = r["fast"]
+    kinds = {row["name"] for row in fast["by_op"]}
+    assert {"grouped_attention", "linear", "conv", "depthwise_conv", "layer_norm", "other"} <= kinds
+    assert {row["name"] for row in fast["by_stage"]} == set(TAPS) | {"other"}
+    for table in (fast["by_op"], fast["by_stage"]):
+        # "other" is the total minus the timed parts, so the shares add up to one
+        assert sum(row["share"] for row in table) == pytest.approx(1)
+        assert sum(row["ms"] for row in table) == pytest.approx(fast["total_ms"])
+    by_name = {row["name"]: row for row in fast["by_op"]}
+    assert by_name["grouped_attention"]["calls"] == 13          # tiny: 7 stages, 6 of them with both attentions
+    text = bench.format_profile(r)
+    assert "op kind" in text and "stage" in text
+    if r["ort"] is not None:
+        assert any(row["name"] == "MatMul" for row in r["ort"]["by_op"])
+        assert "op type" in text

@@ -87,7 +87,36 @@ def test_depthwise_relu6_clips_and_keeps_nan():
     np.testing.assert_array_equal(y.ravel(), [0, 0.5, 6, np.nan])   # as np.clip: NaN passes through
 
 
-# --- 1x1 convolution, linear, transposed convolution (BLAS + kernel epilogues) ----------------
+# --- 1x1 convolution, linear, transposed convolution (one matmul kernel, epilogue fused) ------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M", [1, 3, 4, 5, 9, 14])          # whole blocks of 4 rows, a short last block, only short
+@pytest.mark.parametrize("K", [1, 3, 4, 7, 13])             # whole steps of 4 channels, left-over channels, none
+@pytest.mark.parametrize("N", [1, 5, 17])
+def test_matmul_kernel_matches_reference_over_odd_sizes(M, K, N, dtype):
+    rng = np.random.default_rng(M * 100 + K * 10 + N)
+    x, w, b = uniform(rng, (M, K)), uniform(rng, (N, K)), 4 * uniform(rng, N)
+    want = ref.linear(x, w, b)
+    for relu6 in (False, True):
+        y = np.full((M, N), np.nan, dtype)                      # an element left unwritten stays NaN
+        kernels._matmul_bias_act(x.astype(dtype), np.ascontiguousarray(w.T, dtype), b.astype(dtype), relu6, y)
+        assert_close(y, np.clip(want, 0, 6) if relu6 else want, dtype)
+
+
+def test_matmul_kernel_impulse_picks_one_weight():
+    # x = e_k (a single 1 in row m) picks column k of W: y[m] = w[:, k] + b, every other row = b
+    M, K, N = 6, 7, 5
+    w = np.arange(N * K, dtype=np.float64).reshape(N, K) + 1
+    b = np.arange(N, dtype=np.float64) * 100
+    for m, k in [(0, 0), (3, 6), (5, 4)]:
+        x = np.zeros((M, K))
+        x[m, k] = 1
+        y = np.empty((M, N))
+        kernels._matmul_bias_act(x, np.ascontiguousarray(w.T), b, False, y)
+        want = np.tile(b, (M, 1))
+        want[m] += w[:, k]
+        np.testing.assert_array_equal(y, want)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("N, H, W", [(2, 5, 7), (1, 1, 1), (3, 4, 3)])
@@ -175,6 +204,7 @@ GROUPINGS = [
     (1, 8, 6, 1, 8, "global", (4, 3), (4, 3)),       # patch == window: one group, the whole map
     (1, 8, 6, 3, 2, "global", (4, 3), (1, 1)),       # 1x1 patches (MaxViT grid): 12 groups of 4
     (1, 8, 6, 2, 4, "global", (8, 6), (4, 3)),       # a single window: groups are its patches
+    (2, 8, 6, 3, 5, "window", (4, 3), (4, 3)),       # odd head size: the kernel's 4-channel steps leave 1
 ]
 
 
@@ -222,21 +252,26 @@ def test_attention_with_huge_scores_is_one_hot_and_finite(dtype):
     np.testing.assert_allclose(out.reshape(T, d), v, rtol=TOL[dtype], atol=TOL[dtype])
 
 
+@njit
+def _softmax_columns(sT, total):
+    kernels._softmax_columns(sT, total)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_kernel_subtracts_the_row_maximum(dtype):
-    # exp(scale (s - max)) and its sum, from float64 np.exp; rows shifted by +-1e4 give the same
-    # (the shifts and differences are exact in both dtypes)
-    rows = np.array([[0.0, -1.0, -2.0, -50.0], [1e4, 1e4 - 1, 1e4 - 2, 1e4 - 50],
+def test_softmax_subtracts_the_column_maximum(dtype):
+    # The attention kernel keeps its scores key-major: column i holds query i's scores.
+    # exp(s - max) and its sum, from float64 np.exp; columns shifted by +-1e4 give the same
+    # (the shifts and differences are exact in both dtypes); the maximum may sit in any row.
+    cols = np.array([[0.0, -1.0, -2.0, -50.0], [1e4, 1e4 - 1, 1e4 - 2, 1e4 - 50],
                      [-1e4, -1e4 - 1, -1e4 - 2, -1e4 - 50], [-50.0, -2.0, 0.0, -1.0]])
-    for scale in (1.0, 0.5):
-        s = rows.astype(dtype)
-        total = np.empty(4, dtype)
-        kernels._softmax_rows(s, dtype(scale), total)
-        e = np.exp(scale * np.array([0.0, -1.0, -2.0, -50.0]))
-        for r in range(3):
-            np.testing.assert_allclose(s[r], e, rtol=4 * np.finfo(dtype).eps, atol=0)
-            np.testing.assert_allclose(total[r], e.sum(), rtol=4 * np.finfo(dtype).eps)
-        np.testing.assert_allclose(s[3], e[[3, 2, 0, 1]], rtol=4 * np.finfo(dtype).eps, atol=0)
+    s = np.ascontiguousarray(cols.T.astype(dtype))
+    total = np.empty(4, dtype)
+    _softmax_columns(s, total)
+    e = np.exp(np.array([0.0, -1.0, -2.0, -50.0]))
+    for i in range(3):
+        np.testing.assert_allclose(s[:, i], e, rtol=4 * np.finfo(dtype).eps, atol=0)
+        np.testing.assert_allclose(total[i], e.sum(), rtol=4 * np.finfo(dtype).eps)
+    np.testing.assert_allclose(s[:, 3], e[[3, 2, 0, 1]], rtol=4 * np.finfo(dtype).eps, atol=0)
 
 
 @njit
@@ -267,16 +302,14 @@ def test_every_output_element_is_written_by_the_kernels():
     rng = np.random.default_rng(9)
     N, H, W, heads, d = 2, 8, 6, 2, 4
     x = uniform(rng, (N * H * W, 3 * heads * d))
+    qkv = x.reshape(N, H, W, 3 * heads * d)
     for kind, patch in [("window", (4, 3)), ("global", (2, 3)), ("global", (1, 1))]:
         pix = geometry.token_pixels(N, H, W, kind, (4, 3), patch)
-        G, T = pix.shape
-        rows = np.full((G * T, 3 * heads * d), np.nan)
-        kernels._gather_rows(x, pix, rows)
-        np.testing.assert_array_equal(rows, x[pix.ravel()])           # token order, by the index
         out = np.full((N * H * W, heads * d), np.nan)
-        v = np.ascontiguousarray(rows[:, 2 * heads * d:])
-        kernels._scatter_rows(v, np.full((G, heads, T), 2.0), pix, out)
-        np.testing.assert_array_equal(out, x[:, 2 * heads * d:] / 2)   # scatter(gather(v)) / total = v / 2
+        kernels._grouped_attention(x, pix, heads, out)
+        assert not np.isnan(out).any()
+        want = ref.grouped_attention(qkv, heads, kind, (4, 3), patch).reshape(N * H * W, heads * d)
+        np.testing.assert_allclose(out, want, rtol=TOL[np.float64], atol=TOL[np.float64])
     x = uniform(rng, (2, 7, 5, 3))
     for k, s in [(3, 1), (5, 2)]:
         y = np.full((2, (7 - 1) // s + 1, (5 - 1) // s + 1, 3), np.nan)

@@ -1,4 +1,4 @@
-"""`refpose bench`: latency of refpose's NumPy and fast paths, PyTorch eager and ONNX Runtime."""
+"""`refpose bench`: latency of refpose's NumPy and fast paths, PyTorch eager, ONNX Runtime, OpenVINO."""
 from __future__ import annotations
 
 import json
@@ -8,12 +8,13 @@ from ..config import CONFIGS
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="latency of the NumPy path, the fast path, PyTorch and ONNX Runtime",
+    p = sub.add_parser("bench", help="latency of the NumPy path, the fast path, PyTorch, ONNX Runtime and OpenVINO",
                        description="Time refpose's NumPy reference path and fast path and, where installed, "
-                       "PyTorch eager (the twin) and ONNX Runtime (the twin exported) on the same seeded "
-                       "weights and input, alternating the candidates inside each round and rotating their "
+                       "PyTorch eager (the twin), ONNX Runtime and OpenVINO (the twin exported to ONNX) on the "
+                       "same seeded weights and input, alternating the candidates inside each round and rotating their "
                        "order between rounds. Prints median and min latency, each candidate's ratio to the "
-                       "fast path, MACs per second and the machine's numpy sgemm throughput from the same run.")
+                       "fast path, MACs per second, the machine's numpy sgemm throughput from the same run and "
+                       "each candidate's peak memory. --profile shows where the fast path's time goes instead.")
     p.add_argument("--config", default="wgnet", help=f"a named config: {', '.join(CONFIGS)} (default wgnet)")
     p.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
     p.add_argument("--threads", type=int, default=2, help="threads for every library (default 2)")
@@ -21,22 +22,33 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input (default 0)")
     p.add_argument("--aa", action="store_true", help="A/A check: the fast path against a second copy of "
                    "itself; a fair harness reads 1.00 +- 0.05")
+    p.add_argument("--profile", action="store_true", help="instead of the latency table, show where the time "
+                   "goes: the fast path per op kind and per stage and ONNX Runtime's own per-node profile "
+                   "summed by op type (--runs forwards each)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS measurement (one child process "
+                   "per candidate, after the timing)")
     p.add_argument("--json", action="store_true", help="print the results as a JSON object")
     p.set_defaults(run=run_bench)
 
 
 def run_bench(args) -> int:
-    from ..bench import check_args, format_result, run_bench as bench
+    from ..bench import check_args, format_profile, format_result, run_bench as bench, run_profile
     from ..config import get_config
 
     check_args(args.batch, args.threads, args.runs)
     get_config(args.config)                  # an unknown config fails here, before anything is built
     progress = _progress_line() if sys.stderr.isatty() else _progress_plain()
     try:
-        result = bench(args.config, args.batch, args.threads, args.runs, aa=args.aa, seed=args.seed,
-                       progress=progress)
+        if args.profile:
+            result = run_profile(args.config, args.batch, args.threads, args.runs, seed=args.seed, progress=progress)
+        else:
+            result = bench(args.config, args.batch, args.threads, args.runs, aa=args.aa, seed=args.seed,
+                           memory=not args.no_memory, progress=progress)
     finally:
         progress.close()
+    if args.profile:
+        print(json.dumps(result, indent=2) if args.json else format_profile(result))
+        return 0
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     bad = [c["name"] for c in result["candidates"] if not c["agrees"]]
     if bad:

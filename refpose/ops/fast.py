@@ -1,12 +1,12 @@
 """Fast path: the reference ops with the same names and signatures, on BLAS and Numba kernels.
 
-Matmul-shaped work (1x1 convs, linear layers, the transposed conv, Q K^T and P V) goes to
-BLAS through NumPy on NHWC maps viewed as (pixels, channels); the rest is a Numba kernel
-from `refpose.ops.kernels` (depthwise conv, LayerNorm, the gather/softmax/scatter of
-attention, bias + ReLU6 epilogues). The conv ops take an extra `relu6` that fuses the
+Everything hot is a Numba kernel from `refpose.ops.kernels` on NHWC maps viewed as (pixels,
+channels): the matmul of 1x1 convs, linear layers and the transposed conv (bias and ReLU6
+fused), the depthwise conv, LayerNorm and attention whole. No BLAS call, so no second thread
+pool takes turns with Numba's inside a forward. The conv ops take an extra `relu6` that fuses the
 activation into the kernel (`Ops` passes it on this path only). Everything runs in the
 dtype of the inputs, float32 or float64 (DESIGN section 4: one forward, two dtypes).
-Threads: BLAS's own, and Numba's for the kernels, as `refpose.threads` decides once.
+Threads: Numba's, as `refpose.threads` decides once.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from . import geometry, kernels, reference
 from .reference import squeeze_excite  # noqa: F401  (not hot: a mean and two tiny matmuls)
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-SCORES_BYTES = 1 << 20     # attention scores handled per chunk: small enough to stay in L2
 PLANAR_BELOW = 8           # depthwise convs with fewer channels run on planar maps
 
 
@@ -35,16 +34,18 @@ def _bias(b, n: int, dtype: np.dtype) -> np.ndarray:
     return np.zeros(n, dtype) if b is None else _c(b, dtype)
 
 
-def _epilogue(y: np.ndarray, b, relu6: bool) -> np.ndarray:
-    """y (M, C) + b, then ReLU6 if asked, in place and in one pass."""
-    if b is not None or relu6:
-        kernels._bias_act(y, _bias(b, y.shape[1], y.dtype), relu6)
+def _matmul(x: np.ndarray, w: np.ndarray, b, relu6: bool) -> np.ndarray:
+    """x (M, K) @ w (N, K)^T + b, then ReLU6 if asked: one kernel, bias and clip fused."""
+    dtype = x.dtype
+    y = np.empty((x.shape[0], w.shape[0]), dtype)
+    kernels._matmul_bias_act(x, _c(w.T, dtype), _bias(b, w.shape[0], dtype), relu6, y)
     return y
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1,
            relu6: bool = False) -> np.ndarray:
-    """Dense conv; a 1x1 conv is one matmul over the pixels: (NHW, Cin) @ (Cin, Cout)."""
+    """Dense conv; a 1x1 conv is one matmul over the pixels: (NHW, Cin) @ (Cin, Cout), bias and
+    ReLU6 fused."""
     N, H, W, Cin = x.shape
     Cout, _, kh, kw = w.shape
     if (kh, kw) != (1, 1):   # WGNet has no dense k x k conv; keep the reference's generality
@@ -54,9 +55,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1,
     if stride != 1:
         x = x[:, ::stride, ::stride]                           # (N, Ho, Wo, Cin)
     _, Ho, Wo, _ = x.shape
-    x = _c(x, dtype).reshape(N * Ho * Wo, Cin)
-    y = x @ _c(w, dtype).reshape(Cout, Cin).T                   # (NHW, Cout)
-    return _epilogue(y, b, relu6).reshape(N, Ho, Wo, Cout)
+    y = _matmul(_c(x, dtype).reshape(N * Ho * Wo, Cin), w.reshape(Cout, Cin), b, relu6)   # (NHW, Cout)
+    return y.reshape(N, Ho, Wo, Cout)
 
 
 def depthwise_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1,
@@ -83,13 +83,14 @@ def depthwise_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
 
 def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 2,
                      relu6: bool = False) -> np.ndarray:
-    """Transposed conv with kernel == stride: one matmul for every tap, then a scatter."""
+    """Transposed conv with kernel == stride: one matmul for every tap, then a scatter that adds
+    the bias (and clips)."""
     N, H, W, Cin = x.shape
     _, Cout, kh, kw = w.shape
     if (kh, kw) != (stride, stride):
         raise ValueError(f"conv_transpose2d supports kernel == stride only, got kernel {kh}x{kw}, stride {stride}")
     dtype = _dtype(x, w)
-    t = _c(x, dtype).reshape(N * H * W, Cin) @ _c(w, dtype).reshape(Cin, Cout * kh * kw)
+    t = _matmul(_c(x, dtype).reshape(N * H * W, Cin), w.reshape(Cin, Cout * kh * kw).T, None, False)
     t = t.reshape(N, H, W, Cout, kh, kw)                       # taps of each input pixel
     y = np.empty((N, H * kh, W * kw, Cout), dtype)
     kernels._conv_transpose_scatter(t, _bias(b, Cout, dtype), relu6, y)
@@ -97,11 +98,11 @@ def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
 
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """y = x W^T + b over the last axis: a BLAS matmul and a bias epilogue."""
+    """y = x W^T + b over the last axis: one matmul kernel with the bias fused."""
     dtype = _dtype(x, w)
     out, cin = w.shape
-    y = _c(x, dtype).reshape(-1, cin) @ _c(w, dtype).T            # (tokens, out)
-    return _epilogue(y, b, False).reshape(*x.shape[:-1], out)
+    y = _matmul(_c(x, dtype).reshape(-1, cin), w, b, False)     # (tokens, out)
+    return y.reshape(*x.shape[:-1], out)
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
@@ -118,34 +119,14 @@ def grouped_attention(qkv: np.ndarray, heads: int, kind: str,
                       window: tuple[int, int], patch: tuple[int, int]) -> np.ndarray:
     """Multi-head attention inside the groups of `kind`; qkv (N, H, W, 3C) -> (N, H, W, C).
 
-    A kernel moves the qkv rows into token order; BLAS reads each head's q, k, v from them in
-    place (strided views) and does Q K^T and P V a chunk of groups at a time, with the softmax
-    in place on the chunk's scores in between, so the scores stay in cache; a kernel moves the
-    result rows back to their pixels, dividing by the softmax totals on the way.
+    One Numba kernel (`kernels._grouped_attention`) does each (group, head) whole: gather,
+    scores, softmax, weighted values and the write to the pixels, with the T x T scores in
+    cache; the token order comes from `token_pixels`.
     """
     N, H, W, C3 = qkv.shape
     C = C3 // 3
-    d = C // heads
     dtype = _dtype(qkv)
     pix = geometry.token_pixels(N, H, W, kind, window, patch)   # (G, T)
-    G, T = pix.shape
-    rows = np.empty((G * T, C3), dtype)
-    kernels._gather_rows(_c(qkv, dtype).reshape(N * H * W, C3), pix, rows)
-    t = rows.reshape(G, T, 3, heads, d)
-    q = t[:, :, 0].transpose(0, 2, 1, 3)                       # (G, heads, T, d), views
-    kT = t[:, :, 1].transpose(0, 2, 3, 1)                      # (G, heads, d, T)
-    v = t[:, :, 2].transpose(0, 2, 1, 3)                       # (G, heads, T, d)
-    o = np.empty((G, T, heads, d), dtype)                      # token rows, heads concatenated
-    o_heads = o.transpose(0, 2, 1, 3)                          # (G, heads, T, d), a view
-    total = np.empty((G, heads, T), dtype)
-    chunk = max(1, SCORES_BYTES // (heads * T * T * dtype.itemsize))
-    scores = np.empty((min(chunk, G), heads, T, T), dtype)
-    for g0 in range(0, G, chunk):
-        g1 = min(G, g0 + chunk)
-        s = scores[:g1 - g0]                                   # (groups, heads, T, T)
-        np.matmul(q[g0:g1], kT[g0:g1], out=s)
-        kernels._softmax_rows(s.reshape(-1, T), dtype.type(d ** -0.5), total[g0:g1].reshape(-1))
-        np.matmul(s, v[g0:g1], out=o_heads[g0:g1])             # not yet divided by the totals
     out = np.empty((N * H * W, C), dtype)
-    kernels._scatter_rows(o.reshape(G * T, C), total, pix, out)
+    kernels._grouped_attention(_c(qkv, dtype).reshape(N * H * W, C3), pix, heads, out)
     return out.reshape(N, H, W, C)

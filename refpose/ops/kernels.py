@@ -125,7 +125,7 @@ def _sum_sq_dev(row, mean):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
-# --- elementwise epilogues and norms -------------------------------------------------------
+# --- elementwise helpers and norms -------------------------------------------------------
 @njit(inline="always")
 def _clip(v, lo, hi):
     """min(max(v, lo), hi) as np.clip: comparisons are false for NaN, which passes through."""
@@ -136,19 +136,62 @@ def _clip(v, lo, hi):
     return v
 
 
+# --- matmul with its epilogue --------------------------------------------------------------
+# The 1x1 convs and linear layers: y = x W^T + b, then ReLU6 if asked, in one kernel. Parallel
+# over blocks of 4 rows (pixels) with Numba's pool, so no BLAS thread pool wakes up between two
+# Numba kernels (on a busy 2-core machine OpenBLAS's threads handing over to Numba's cost more
+# than the matmuls). Four rows times four input channels per pass over the output rows: each
+# weight row loaded is used 4 times, the innermost loop runs along the N output channels
+# (contiguous, vectorised, no reduction), and every y[m, n] sums its terms in one fixed order.
+@njit(inline="always")
+def _rows4_times(xb, wT, yb, k0):
+    """yb (4, N) += xb[:, k0:] wT[k0:] over the input channels in steps of 4; returns where it stopped."""
+    K = xb.shape[1]
+    N = wT.shape[1]
+    k = k0
+    while k + 4 <= K:
+        w0, w1, w2, w3 = wT[k], wT[k + 1], wT[k + 2], wT[k + 3]
+        a00, a01, a02, a03 = xb[0, k], xb[0, k + 1], xb[0, k + 2], xb[0, k + 3]
+        a10, a11, a12, a13 = xb[1, k], xb[1, k + 1], xb[1, k + 2], xb[1, k + 3]
+        a20, a21, a22, a23 = xb[2, k], xb[2, k + 1], xb[2, k + 2], xb[2, k + 3]
+        a30, a31, a32, a33 = xb[3, k], xb[3, k + 1], xb[3, k + 2], xb[3, k + 3]
+        for n in range(N):
+            u0, u1, u2, u3 = w0[n], w1[n], w2[n], w3[n]
+            yb[0, n] = yb[0, n] + a00 * u0 + a01 * u1 + a02 * u2 + a03 * u3
+            yb[1, n] = yb[1, n] + a10 * u0 + a11 * u1 + a12 * u2 + a13 * u3
+            yb[2, n] = yb[2, n] + a20 * u0 + a21 * u1 + a22 * u2 + a23 * u3
+            yb[3, n] = yb[3, n] + a30 * u0 + a31 * u1 + a32 * u2 + a33 * u3
+        k += 4
+    return k
+
+
 @njit(parallel=True, **JIT)
-def _bias_act(y, b, relu6):
-    """y (M, C) += b, then ReLU6 if `relu6`, in place: the epilogue of a BLAS matmul."""
-    M, C = y.shape
+def _matmul_bias_act(x, wT, b, relu6, y):
+    """y (M, N) = x (M, K) wT (K, N) + b (N,), then ReLU6 if `relu6`.
+
+    y[m, n] = b[n] + sum_k x[m, k] wT[k, n], summed in k order; one block of 4 rows per
+    iteration (the last block may be shorter), so each output row is written by one iteration.
+    """
+    M, K = x.shape
+    N = wT.shape[1]
     lo, hi = y.dtype.type(0), y.dtype.type(6)
-    for m in prange(M):
-        row = y[m]
-        if relu6:
-            for c in range(C):
-                row[c] = _clip(row[c] + b[c], lo, hi)
-        else:
-            for c in range(C):
-                row[c] += b[c]
+    for blk in prange((M + 3) // 4):
+        r0 = blk * 4
+        rows = min(4, M - r0)
+        xb, yb = x[r0:r0 + rows], y[r0:r0 + rows]
+        for r in range(rows):
+            for n in range(N):
+                yb[r, n] = b[n]
+        k0 = _rows4_times(xb, wT, yb, 0) if rows == 4 else 0
+        for r in range(rows):               # the channels left over, or the rows of a short block
+            yr = yb[r]
+            for k in range(k0, K):
+                a, w = xb[r, k], wT[k]
+                for n in range(N):
+                    yr[n] += a * w[n]
+            if relu6:
+                for n in range(N):
+                    yr[n] = _clip(yr[n], lo, hi)
 
 
 @njit(parallel=True, **JIT)
@@ -261,75 +304,108 @@ def _conv_transpose_scatter(t, b, relu6, y):
 
 
 # --- grouped attention ---------------------------------------------------------------------
-# One attention = gather (this file) -> Q K^T (BLAS) -> softmax (this file) -> P V (BLAS)
-# -> scatter (this file). `pix[g, t]` is the flat pixel (n*H*W + h*W + w) of token t of group g,
-# from `geometry.partition`, so the kernels serve window and global grouping alike. Only whole
-# pixel rows are moved: BLAS reads each head's q, k, v in place, as strided views of the rows.
-@njit(parallel=True, **JIT)
-def _gather_rows(x, pix, out):
-    """x (P, K) pixel rows -> out (G*T, K) in token order: out[g*T + t] = x[pix[g, t]]."""
-    G, T = pix.shape
-    K = x.shape[1]
-    for gt in prange(G * T):
-        src, dst = x[pix[gt // T, gt % T]], out[gt]
-        for c in range(K):
-            dst[c] = src[c]
-
-
+# One kernel per attention: each prange iteration takes one (group, head), gathers its q, k, v
+# from the pixel rows, computes the scores, the softmax and the weighted values in private
+# buffers (a T x T block: 147 kB at T = 192 in float32, so it stays in L2), and writes its
+# d channels of its T pixels. No score tensor for the whole map, no BLAS call per group and
+# one parallel region per attention instead of one BLAS and Numba hand-over per chunk.
+# The blocks are kept transposed (key-major: sT[j, i] is key j against query i), so that every
+# innermost loop runs along the T queries: long, contiguous and free of reductions, which LLVM
+# vectorises without `reassoc` (sums stay in one fixed order, the same in every build).
+# `pix[g, t]` is the flat pixel (n*H*W + h*W + w) of token t of group g, from
+# `geometry.partition`, so the kernel serves window and global grouping alike.
 @njit(inline="always")
 def _larger(a, b):
     return a if a > b else b
 
 
 @njit(inline="always")
-def _row_max(row):
-    """max(row), in 8 independent lanes: a single running maximum is a chain of compare-selects
-    that LLVM does not vectorise without `nnan`, and it dominated the softmax."""
-    T = row.size
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]
-    j = 0
-    while j + 8 <= T:
-        m0, m1, m2, m3 = (_larger(row[j], m0), _larger(row[j + 1], m1),
-                          _larger(row[j + 2], m2), _larger(row[j + 3], m3))
-        m4, m5, m6, m7 = (_larger(row[j + 4], m4), _larger(row[j + 5], m5),
-                          _larger(row[j + 6], m6), _larger(row[j + 7], m7))
-        j += 8
-    while j < T:
-        m0 = _larger(row[j], m0)
-        j += 1
-    return _larger(_larger(_larger(m0, m1), _larger(m2, m3)), _larger(_larger(m4, m5), _larger(m6, m7)))
+def _gather_head(qkv, pix, c0, C, scale, qT, k, vT):
+    """One head's q (scaled) and v transposed, and k, for the tokens `pix` (T,): qT, vT (d, T), k (T, d)."""
+    d = k.shape[1]
+    for t in range(pix.size):
+        row = qkv[pix[t]]
+        for c in range(d):
+            qT[c, t] = row[c0 + c] * scale
+            k[t, c] = row[C + c0 + c]
+            vT[c, t] = row[2 * C + c0 + c]
+
+
+@njit(inline="always")
+def _matmul_rows(a, b, out):
+    """out (R, N) = a (R, K) b (K, N): out[r, n] = sum_k a[r, k] b[k, n] in k order, four k per
+    pass over each output row (each row of b loaded once per pass)."""
+    R, K = a.shape
+    N = b.shape[1]
+    for r in range(R):
+        o = out[r]
+        for n in range(N):
+            o[n] = 0
+        k = 0
+        while k + 4 <= K:
+            a0, a1, a2, a3 = a[r, k], a[r, k + 1], a[r, k + 2], a[r, k + 3]
+            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
+            for n in range(N):
+                o[n] = o[n] + a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n]
+            k += 4
+        while k < K:
+            a0, b0 = a[r, k], b[k]
+            for n in range(N):
+                o[n] += a0 * b0[n]
+            k += 1
+
+
+@njit(inline="always")
+def _softmax_columns(sT, total):
+    """Unnormalised softmax of every column of sT (T keys, T queries), in place:
+    sT[:, i] <- exp(sT[:, i] - max_j sT[j, i]), total[i] <- the column's sum.
+
+    The column maximum is subtracted first, so exp never overflows: its argument is <= 0.
+    The division by the total is left to the output, where it touches d values, not T.
+    """
+    T = sT.shape[0]
+    for i in range(T):                   # `total` holds the column maxima first
+        total[i] = sT[0, i]
+    for j in range(1, T):
+        sj = sT[j]
+        for i in range(T):
+            total[i] = _larger(sj[i], total[i])
+    for j in range(T):
+        sj = sT[j]
+        for i in range(T):
+            sj[i] = _exp_nonpositive(sj[i] - total[i])
+    for i in range(T):                   # then the sums, in key order
+        total[i] = 0
+    for j in range(T):
+        sj = sT[j]
+        for i in range(T):
+            total[i] += sj[i]
 
 
 @njit(parallel=True, **JIT)
-def _softmax_rows(s, scale, total):
-    """Unnormalised softmax of scale * s, row by row, in place: s <- exp(scale (s - max)), total <- sum.
+def _grouped_attention(qkv, pix, heads, out):
+    """Multi-head attention in groups: qkv (P, 3C) pixel rows, pix (G, T) -> out (P, C).
 
-    The row maximum is subtracted first (scale > 0, so it is also the maximum of scale * s),
-    so exp never overflows: its argument is <= 0. The division by the total is left to
-    `_scatter_rows`, where it touches d values per head, not T.
+    For group g and head h (channels h*d .. h*d + d of q, k and v):
+    out[pix[g, i], h*d + c] = sum_j softmax_j(q_i . k_j / sqrt(d)) v[j, c] (Vaswani et al. 2017,
+    Eq. 1). Every pixel is one token of one group, so each output element is written by exactly
+    one iteration, the one of its (group, head).
     """
-    R, T = s.shape
-    for r in prange(R):
-        row = s[r]
-        m = _row_max(row)
-        for j in range(T):
-            row[j] = _exp_nonpositive((row[j] - m) * scale)
-        total[r] = _sum(row)
-
-
-@njit(parallel=True, **JIT)
-def _scatter_rows(o, total, pix, out):
-    """o (G*T, heads*d) token rows, total (G, heads, T) -> out (P, heads*d) at the tokens' pixels.
-
-    out[pix[g, t], h*d + c] = o[g*T + t, h*d + c] / total[g, h, t]; every pixel is one token of
-    one group, so each output row is written by exactly one iteration.
-    """
-    G, heads, T = total.shape
-    d = o.shape[1] // heads
-    for gt in prange(G * T):
-        g, t = gt // T, gt % T
-        src, dst = o[gt], out[pix[g, t]]
-        for h in range(heads):
-            inv = 1 / total[g, h, t]
-            for c in range(h * d, (h + 1) * d):
-                dst[c] = src[c] * inv
+    G, T = pix.shape
+    C = out.shape[1]
+    d = C // heads
+    dtype = qkv.dtype
+    scale = dtype.type(1 / math.sqrt(d))
+    for gh in prange(G * heads):
+        g, h = gh // heads, gh % heads
+        qT, vT, oT = np.empty((d, T), dtype), np.empty((d, T), dtype), np.empty((d, T), dtype)
+        k, sT, total = np.empty((T, d), dtype), np.empty((T, T), dtype), np.empty(T, dtype)
+        _gather_head(qkv, pix[g], h * d, C, scale, qT, k, vT)
+        _matmul_rows(k, qT, sT)              # sT[j, i] = k_j . q_i / sqrt(d)
+        _softmax_columns(sT, total)
+        _matmul_rows(vT, sT, oT)             # oT[c, i] = sum_j v[j, c] p[j, i], not yet divided
+        for i in range(T):
+            dst = out[pix[g, i]]
+            inv = 1 / total[i]
+            for c in range(d):
+                dst[h * d + c] = oT[c, i] * inv
