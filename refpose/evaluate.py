@@ -272,7 +272,7 @@ def open_progress(path: str, settings: dict, gt: Annotations, restart: bool) -> 
         if not restart and os.path.exists(path):
             return _read_progress(path, settings, gt)
         with open(path, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"format": PROGRESS_FORMAT, "settings": settings}) + "\n")
+            f.write(json.dumps({"format": PROGRESS_FORMAT, "settings": settings}, allow_nan=False) + "\n")
         return {}
     except OSError as e:
         raise DataError(f"{path}: cannot write the progress file: {e.strerror or e}") from None
@@ -320,7 +320,7 @@ def run_with_progress(todo: list[ImageJob], done: dict, progress_path: str, spec
         for image_id, records, problem in run_jobs(todo, spec, options.flip, options.workers):
             if problem is None:
                 done[image_id] = records
-                log.write(json.dumps({"image_id": image_id, "records": records}) + "\n")
+                log.write(json.dumps({"image_id": image_id, "records": records}, allow_nan=False) + "\n")
                 log.flush()
                 persons += len(records)
             else:
@@ -371,7 +371,7 @@ def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.Pat
         raise DataError(f"{images}: none of the {len(jobs)} images of {gt.source} could be read "
                         f"(first: {missing[0][0]}: {missing[0][1]})")
     records = [r for image_id in scored for r in done[image_id]]
-    write_atomic(results_out, json.dumps(records).encode())
+    write_atomic(results_out, json.dumps(records, allow_nan=False).encode())
     if not missing and len(jobs) == len(gt.images):
         os.unlink(progress_path)      # kept after a --limit run, so that a longer one continues it
     stats = coco_eval(gt, load_results(records, gt) if records else [], image_ids=scored)

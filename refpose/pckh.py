@@ -294,5 +294,5 @@ def evaluate_images(ann, gt, images, *, results_out: "str | os.PathLike" = "pred
         raise DataError(f"{ann} has {len(entries)} persons but {gt} has {truth.num_persons}: "
                         "they must be the same validation set, in the same order")
     records = predict_images(ann, images, **run)
-    write_atomic(results_out, json.dumps(records).encode())
+    write_atomic(results_out, json.dumps(records, allow_nan=False).encode())
     return pckh(load_predictions(records), truth)

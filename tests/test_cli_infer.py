@@ -231,3 +231,18 @@ def test_readme_main_command(tmp_path):
     records = json.loads((tmp_path / "cameraman.pose.json").read_text())
     assert len(records) == 1 and len(records[0]["keypoints"]) == 51
     assert cv2.imread(str(tmp_path / "cameraman.pose.png")).shape[:2] == (512, 512)
+
+
+def test_weights_that_overflow_are_an_error_with_no_output(photos, tmp_path, capfd):
+    """Finite weights (3e38 fits float32) whose output overflows: one error naming the weights,
+    no file written, never `Infinity` in a .json."""
+    weights = refpose.init_weights("tiny", seed=0)
+    weights["head.weight"][:] = 3e38
+    path = tmp_path / "overflow.safetensors"
+    refpose.save_weights(path, weights, "tiny", trained=True)
+    out = tmp_path / "out"
+    code, stdout, stderr = run([photos / "a.png", "--weights", path, "--out", out], capfd)
+    assert code == 2, stderr
+    assert stderr.splitlines() == [f"refpose infer: error: {path}: the network's output is not finite "
+                                   "(NaN or infinity) in float32; the weights overflow it"]
+    assert not out.exists()

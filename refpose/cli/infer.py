@@ -129,7 +129,7 @@ def run(args) -> int:
     bar.close()
     if args.json:
         try:
-            print(json.dumps(records_all), flush=True)
+            print(json.dumps(records_all, allow_nan=False), flush=True)
         except BrokenPipeError:             # `refpose infer --json ... | head`: the reader has gone
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if done == 0:
@@ -188,7 +188,7 @@ def write_outputs(path: str, image, poses: list, records: list, out_dir: Path, k
     from ..draw import draw_poses, encode_png, heatmap_montage
 
     stem = Path(path).stem
-    files = {out_dir / f"{stem}.pose.json": (json.dumps(records, indent=1) + "\n").encode(),
+    files = {out_dir / f"{stem}.pose.json": (json.dumps(records, indent=1, allow_nan=False) + "\n").encode(),
              out_dir / f"{stem}.pose.png": encode_png(draw_poses(image, poses, kpt_thr))}
     for i, pose in enumerate(poses):
         if "heatmaps" in pose:
