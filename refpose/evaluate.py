@@ -131,6 +131,15 @@ def detections_per_image(path: str, gt: Annotations) -> dict[int, tuple[np.ndarr
     return per_image
 
 
+def check_image_folder(images: str) -> None:
+    """DataError with the real reason when the image folder of a run cannot be used."""
+    from .imageio import path_problem
+
+    problem = path_problem(images, folder=True)
+    if problem:
+        raise DataError(f"{images}: cannot use as the image directory: {problem}")
+
+
 def make_jobs(gt: Annotations, images: str, boxes: str | None, limit: int | None) -> tuple[list[ImageJob], str]:
     """The images to run with their boxes, and where the boxes come from."""
     for img in gt.images.values():
@@ -159,14 +168,13 @@ class Predictor:
 
     def __call__(self, job: ImageJob) -> tuple[int, list[dict] | None, str | None]:
         """(image id, records, None), or (image id, None, the problem) for a missing image."""
-        from .imageio import read_image
+        from .imageio import path_problem, read_image
         from .topdown import predict
 
         if len(job.boxes) == 0:
             # nobody to look at: the image is not decoded, only its presence is checked
-            if not os.path.isfile(job.path):
-                return job.image_id, None, "no such file"
-            return job.image_id, [], None
+            problem = path_problem(job.path)
+            return (job.image_id, None, problem) if problem else (job.image_id, [], None)
         try:
             image = read_image(job.path)
         except ImageError as e:
@@ -352,8 +360,7 @@ def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.Pat
 
     gt, images, results_out = load_annotations(ann), str(images), str(results_out)
     boxes = None if boxes is None else str(boxes)
-    if not os.path.isdir(images):
-        raise DataError(f"{images}: no such image directory")
+    check_image_folder(images)
     options.check()
     jobs, box_source = make_jobs(gt, images, boxes, options.limit)
     if os.path.isdir(results_out):

@@ -197,22 +197,41 @@ def write_outputs(path: str, image, poses: list, records: list, out_dir: Path, k
 
 
 def collect_images(paths: list[str]) -> tuple[list[str], list[str]]:
-    """Image paths to run (a directory gives its image files, sorted) and problems found on the way."""
-    from ..imageio import IMAGE_SUFFIXES
+    """Image paths to run (a directory gives its image files, sorted) and problems found on the way.
+
+    Every entry of a directory with an image or video name is run, except folders: a broken
+    link, a link loop or an unreadable file is reported with its reason when it is read
+    (`refpose.imageio.path_problem`), never skipped in silence."""
+    from ..imageio import IMAGE_SUFFIXES, path_problem
     from ..video import VIDEO_SUFFIXES
 
     jobs, problems = [], []
     for p in paths:
-        if os.path.isdir(p):
-            found = sorted(str(f) for f in Path(p).iterdir()
-                           if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
-                           and not f.name.endswith(OUTPUT_SUFFIXES))
-            if not found:
-                problems.append(f"{p}: no image files in this directory")
-            jobs += found
-        else:
+        if not os.path.isdir(p):
             jobs.append(p)                 # a missing file is reported when it is read
+            continue
+        problem = path_problem(p, folder=True)
+        try:
+            with os.scandir(p) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            problem = problem or (e.strerror or str(e))
+        if problem:
+            problems.append(f"{p}: cannot list this directory: {problem}")
+            continue
+        found = [e.path for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
+                 and not e.name.endswith(OUTPUT_SUFFIXES) and not _is_dir(e)]
+        if not found:
+            problems.append(f"{p}: no image files in this directory")
+        jobs += found
     return jobs, problems
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:                        # a link loop: not a folder; reading it says why
+        return False
 
 
 def _one_line(e: Exception, path: str) -> str:
