@@ -57,8 +57,9 @@ def _check_keypoints(v) -> str | None:
     if len(v) != 3 * NUM_KEYPOINTS:
         return (f"keypoints has {len(v)} numbers, expected {3 * NUM_KEYPOINTS} "
                 f"({NUM_KEYPOINTS} keypoints x [x, y, v])")
-    if not all(is_number(x) for x in v):
-        return "keypoints holds a value that is not a finite number"
+    bad = next((i for i, x in enumerate(v) if not is_number(x)), None)
+    if bad is not None:
+        return f"keypoints[{bad}] is not a finite number, got {brief(v[bad])}"
     return None
 
 
