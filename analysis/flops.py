@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--paper checks the whole paper; it does not combine with --model, --input or --plot")
             report = paper_report()
             if args.json:
-                print(json.dumps(report, indent=2))
+                print(json.dumps(report, indent=2, allow_nan=False))
             else:
                 print_paper(report)
             return 0
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             from refpose.cli.models import parse_size
             report = network_report(args.model, parse_size(args.input) if args.input else None)
             if args.json:
-                print(json.dumps(report, indent=2))
+                print(json.dumps(report, indent=2, allow_nan=False))
             else:
                 print_network(report)
             return 0
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             except (OSError, ValueError) as e:
                 raise ConfigError(f"--plot {args.plot}: {e}") from None
         if args.json:
-            print(json.dumps(report, indent=2))
+            print(json.dumps(report, indent=2, allow_nan=False))
         else:
             print_attention(report)
             if args.plot:

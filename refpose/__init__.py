@@ -4,6 +4,7 @@
 and the evaluation (`evaluate_images`, `score_results`) load OpenCV and pycocotools when
 they are first used.
 """
+from . import threads as _threads  # noqa: F401  first: OpenMP runtimes loaded after this do not spin
 from .config import CONFIGS, StageConfig, WGNetConfig, get_config
 from .counting import count_ops
 from .errors import (BoxError, ConfigError, DataError, ImageError, InputShapeError, RefposeError,

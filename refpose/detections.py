@@ -20,13 +20,21 @@ from .keypoints import COCO
 
 
 def is_number(v) -> bool:
-    """A finite JSON number (bool, NaN and infinities are not)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A JSON number that is a finite float: bools, NaN, infinities and integers too large for a
+    float (JSON allows any number of digits) are not. Every reader of JSON numbers checks with it,
+    so that nothing downstream meets an OverflowError."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)       # an int beyond the float range raises OverflowError
+    except OverflowError:
+        return False
 
 
 def is_int(v) -> bool:
-    """A JSON integer (bool is not)."""
-    return isinstance(v, int) and not isinstance(v, bool)
+    """A JSON integer within the float range (bools and larger integers are not), so that it can
+    be an id that NumPy and pycocotools take."""
+    return isinstance(v, int) and is_number(v)
 
 
 def load_detections(path: "str | os.PathLike", box_thr: float = 0.0,
@@ -70,15 +78,19 @@ def _check_record(d, where: str) -> tuple:
     if not (is_int(key) or isinstance(key, str)):
         raise DataError(f"{where}: needs an image_id (or a file_name)")
     box, score, category = d.get("bbox"), d.get("score"), d.get("category_id")
-    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-        raise DataError(f"{where}: bbox must be a list of 4 numbers x, y, w, h, got {box!r}")
-    if not isinstance(score, (int, float)) or isinstance(score, bool):
-        raise DataError(f"{where}: score must be a number, got {score!r}")
+    if not (isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)):
+        raise DataError(f"{where}: bbox must be a list of 4 finite numbers x, y, w, h, got {brief(box)}")
+    if not is_number(score):
+        raise DataError(f"{where}: score must be a finite number, got {brief(score)}")
     if not is_int(category):
-        raise DataError(f"{where}: category_id must be an integer, got {category!r}")
-    if not (all(is_number(v) for v in box) and is_number(score)):
-        raise DataError(f"{where}: bbox and score must be finite")
+        raise DataError(f"{where}: category_id must be an integer, got {brief(category)}")
     return key, [float(v) for v in box], float(score)
+
+
+def brief(v, limit: int = 60) -> str:
+    """repr of a JSON value for a message, cut short (a 400-digit number stays readable)."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def image_keys(file_name: str, image_id=None) -> list:

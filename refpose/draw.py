@@ -43,19 +43,46 @@ def draw_poses(image: np.ndarray, poses: list[dict], kpt_thr: float = 0.3, boxes
         kp = for_joints(len(kpts))
         if boxes:
             x, y, w, h = p["bbox"]
-            cv2.rectangle(out, _pt(x, y), _pt(x + w, y + h), BOX_COLOUR, max(1, thick // 2), cv2.LINE_AA)
+            # the box is axis-aligned: clamping its corners changes nothing inside the image
+            cv2.rectangle(out, _pt(x, y, W, H), _pt(x + w, y + h, W, H), BOX_COLOUR, max(1, thick // 2), cv2.LINE_AA)
         shown = kpts[:, 2] >= kpt_thr
         for a, b in kp.skeleton:
             if shown[a] and shown[b]:
-                cv2.line(out, _pt(*kpts[a, :2]), _pt(*kpts[b, :2]), _link_colour(a, b, kp), thick, cv2.LINE_AA)
+                segment = _clip_segment(kpts[a, :2], kpts[b, :2], W, H)
+                if segment is not None:
+                    cv2.line(out, *segment, _link_colour(a, b, kp), thick, cv2.LINE_AA)
         for k in np.flatnonzero(shown):
-            cv2.circle(out, _pt(*kpts[k, :2]), radius, _side(k, kp), -1, cv2.LINE_AA)
-            cv2.circle(out, _pt(*kpts[k, :2]), radius, (0, 0, 0), 1, cv2.LINE_AA)
+            x, y = kpts[k, :2]
+            if -radius <= x <= W + radius and -radius <= y <= H + radius:   # else nothing of it shows
+                cv2.circle(out, _pt(x, y, W, H), radius, _side(k, kp), -1, cv2.LINE_AA)
+                cv2.circle(out, _pt(x, y, W, H), radius, (0, 0, 0), 1, cv2.LINE_AA)
     return out
 
 
-def _pt(x: float, y: float) -> tuple[int, int]:
-    return int(round(float(x))), int(round(float(y)))
+def _pt(x: float, y: float, W: int, H: int) -> tuple[int, int]:
+    """A pixel for OpenCV, whose drawing takes 32-bit ints: clamped to the image plus a margin
+    of its own size, far enough that nothing drawn inside the image changes."""
+    return (int(round(min(max(float(x), -W), 2.0 * W))),
+            int(round(min(max(float(y), -H), 2.0 * H))))
+
+
+def _clip_segment(p, q, W: int, H: int):
+    """The part of segment p-q inside the image plus a margin of its own size, as two pixels,
+    or None when the segment misses it (Liang-Barsky: clipping along the segment keeps its
+    direction, which clamping each end would not)."""
+    (x0, y0), (x1, y1) = map(float, p), map(float, q)
+    dx, dy = x1 - x0, y1 - y0
+    t0, t1 = 0.0, 1.0
+    for step, start, lo, hi in ((dx, x0, -W, 2.0 * W), (dy, y0, -H, 2.0 * H)):
+        if step == 0:
+            if not lo <= start <= hi:
+                return None
+            continue
+        ta, tb = (lo - start) / step, (hi - start) / step
+        t0, t1 = max(t0, min(ta, tb)), min(t1, max(ta, tb))
+    if t0 > t1:
+        return None
+    return (_pt(x0 + t0 * dx, y0 + t0 * dy, W, H), _pt(x0 + t1 * dx, y0 + t1 * dy, W, H))
 
 
 def heatmap_montage(image: np.ndarray, pose: dict, input_size: tuple[int, int], columns: int = 6) -> np.ndarray:

@@ -131,6 +131,15 @@ def detections_per_image(path: str, gt: Annotations) -> dict[int, tuple[np.ndarr
     return per_image
 
 
+def check_image_folder(images: str) -> None:
+    """DataError with the real reason when the image folder of a run cannot be used."""
+    from .imageio import path_problem
+
+    problem = path_problem(images, folder=True)
+    if problem:
+        raise DataError(f"{images}: cannot use as the image directory: {problem}")
+
+
 def make_jobs(gt: Annotations, images: str, boxes: str | None, limit: int | None) -> tuple[list[ImageJob], str]:
     """The images to run with their boxes, and where the boxes come from."""
     for img in gt.images.values():
@@ -159,14 +168,13 @@ class Predictor:
 
     def __call__(self, job: ImageJob) -> tuple[int, list[dict] | None, str | None]:
         """(image id, records, None), or (image id, None, the problem) for a missing image."""
-        from .imageio import read_image
+        from .imageio import path_problem, read_image
         from .topdown import predict
 
         if len(job.boxes) == 0:
             # nobody to look at: the image is not decoded, only its presence is checked
-            if not os.path.isfile(job.path):
-                return job.image_id, None, "no such file"
-            return job.image_id, [], None
+            problem = path_problem(job.path)
+            return (job.image_id, None, problem) if problem else (job.image_id, [], None)
         try:
             image = read_image(job.path)
         except ImageError as e:
@@ -272,7 +280,7 @@ def open_progress(path: str, settings: dict, gt: Annotations, restart: bool) -> 
         if not restart and os.path.exists(path):
             return _read_progress(path, settings, gt)
         with open(path, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"format": PROGRESS_FORMAT, "settings": settings}) + "\n")
+            f.write(json.dumps({"format": PROGRESS_FORMAT, "settings": settings}, allow_nan=False) + "\n")
         return {}
     except OSError as e:
         raise DataError(f"{path}: cannot write the progress file: {e.strerror or e}") from None
@@ -320,7 +328,7 @@ def run_with_progress(todo: list[ImageJob], done: dict, progress_path: str, spec
         for image_id, records, problem in run_jobs(todo, spec, options.flip, options.workers):
             if problem is None:
                 done[image_id] = records
-                log.write(json.dumps({"image_id": image_id, "records": records}) + "\n")
+                log.write(json.dumps({"image_id": image_id, "records": records}, allow_nan=False) + "\n")
                 log.flush()
                 persons += len(records)
             else:
@@ -352,8 +360,7 @@ def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.Pat
 
     gt, images, results_out = load_annotations(ann), str(images), str(results_out)
     boxes = None if boxes is None else str(boxes)
-    if not os.path.isdir(images):
-        raise DataError(f"{images}: no such image directory")
+    check_image_folder(images)
     options.check()
     jobs, box_source = make_jobs(gt, images, boxes, options.limit)
     if os.path.isdir(results_out):
@@ -371,7 +378,7 @@ def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.Pat
         raise DataError(f"{images}: none of the {len(jobs)} images of {gt.source} could be read "
                         f"(first: {missing[0][0]}: {missing[0][1]})")
     records = [r for image_id in scored for r in done[image_id]]
-    write_atomic(results_out, json.dumps(records).encode())
+    write_atomic(results_out, json.dumps(records, allow_nan=False).encode())
     if not missing and len(jobs) == len(gt.images):
         os.unlink(progress_path)      # kept after a --limit run, so that a longer one continues it
     stats = coco_eval(gt, load_results(records, gt) if records else [], image_ids=scored)

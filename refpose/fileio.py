@@ -11,10 +11,14 @@ from .errors import OutputError
 def write_files(files: "dict[str | os.PathLike, bytes]") -> None:
     """Write every file to a new temporary name beside it, then rename them all into place.
 
-    A reader (or a crash) never sees a half-written file, and when one write fails none of
-    the files is replaced. Folders are created as needed; the files get the mode the umask gives.
-    A path that names a folder, lies under a file, or cannot be written is an `OutputError`
-    naming it, raised before any file is replaced.
+    A reader (or a crash) never sees a half-written file, and the files are committed together
+    or not at all: every path is checked first (`check_output_path`), every file is written in
+    full before the first rename, and when a rename still fails (the folder changed meanwhile)
+    the files already renamed are put back as they were (their old contents were kept under a
+    second name, a hard link). The window left: a crash or a kill between the first and the
+    last rename, a few system calls long, leaves the new files of those renamed so far.
+    Folders are created as needed; the files get the mode the umask gives. A path that names
+    a folder, lies under a file, or cannot be written is an `OutputError` naming it.
     """
     for path in files:
         check_output_path(path)
@@ -33,15 +37,41 @@ def write_files(files: "dict[str | os.PathLike, bytes]") -> None:
                     f.write(data)
             except OSError as e:
                 raise OutputError(f"{path}: cannot write: {_reason(e)}") from None
+        _commit(temps)
+    finally:
+        for tmp in temps.values():
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+
+
+def _commit(temps: dict) -> None:
+    """Rename each temporary file onto its path; if one rename fails, undo the earlier ones."""
+    done = []                                   # (path, the old file kept under a second name, or None)
+    try:
         for path, tmp in temps.items():
+            backup = path.with_name(f".{path.name}.{secrets.token_hex(6)}.old")
+            try:
+                os.link(path, backup)           # the old contents stay reachable until all renames are done
+            except OSError:
+                backup = None                   # no old file (or no hard links here): nothing to restore
+            done.append((path, backup))
             try:
                 os.replace(tmp, path)
             except OSError as e:
+                done.pop()
+                if backup is not None:
+                    os.unlink(backup)
                 raise OutputError(f"{path}: cannot write: {_reason(e)}") from None
-    finally:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    except BaseException:
+        for path, backup in reversed(done):
+            if backup is not None:
+                os.replace(backup, path)
+            else:
+                os.unlink(path)
+        raise
+    for _, backup in done:
+        if backup is not None:
+            os.unlink(backup)
 
 
 def write_atomic(path: "str | os.PathLike", data: bytes) -> None:

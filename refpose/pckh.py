@@ -258,13 +258,13 @@ def predict_images(ann: "str | os.PathLike", images: "str | os.PathLike", *, wei
     16 x [x, y, score] in 0-based image pixels."""
     from tqdm import tqdm
 
+    from .evaluate import check_image_folder
     from .imageio import read_image
     from .topdown import default_model, estimate
 
     entries = load_annotations(ann)
     images = str(images)
-    if not os.path.isdir(images):
-        raise DataError(f"{images}: no such image directory")
+    check_image_folder(images)
     model = default_model(weights=weights, config=config if config is not None or weights is not None
                           else "wgnet-mpii", dtype=dtype)
     if model.config.num_keypoints != MPII.num_joints:
@@ -294,5 +294,5 @@ def evaluate_images(ann, gt, images, *, results_out: "str | os.PathLike" = "pred
         raise DataError(f"{ann} has {len(entries)} persons but {gt} has {truth.num_persons}: "
                         "they must be the same validation set, in the same order")
     records = predict_images(ann, images, **run)
-    write_atomic(results_out, json.dumps(records).encode())
+    write_atomic(results_out, json.dumps(records, allow_nan=False).encode())
     return pckh(load_predictions(records), truth)

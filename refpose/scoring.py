@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .detections import is_int, is_number
+from .detections import brief, is_int, is_number
 from .errors import DataError
 from .keypoints import COCO
 
@@ -46,6 +46,8 @@ def read_json(path: "str | os.PathLike", what: str):
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: malformed JSON in the {what} file: {e.msg} "
                         f"at line {e.lineno} column {e.colno}") from None
+    except (ValueError, RecursionError) as e:    # an integer of thousands of digits; nesting too deep
+        raise DataError(f"{path}: cannot read the {what} file: {e}") from None
 
 
 def _check_keypoints(v) -> str | None:
@@ -55,8 +57,9 @@ def _check_keypoints(v) -> str | None:
     if len(v) != 3 * NUM_KEYPOINTS:
         return (f"keypoints has {len(v)} numbers, expected {3 * NUM_KEYPOINTS} "
                 f"({NUM_KEYPOINTS} keypoints x [x, y, v])")
-    if not all(is_number(x) for x in v):
-        return "keypoints holds a value that is not a finite number"
+    bad = next((i for i, x in enumerate(v) if not is_number(x)), None)
+    if bad is not None:
+        return f"keypoints[{bad}] is not a finite number, got {brief(v[bad])}"
     return None
 
 
@@ -140,21 +143,20 @@ def _check_annotation(a, source: str, i: int, images: dict, categories: set, see
     missing = [k for k in ANNOTATION_FIELDS if k not in a]
     if missing:
         raise DataError(f"{where}: missing {', '.join(missing)} (a COCO keypoint annotation needs them)")
-    where = f"{source}: annotation id {a['id']} (annotations[{i}])"
     if not is_int(a["id"]) or a["id"] in seen:
-        raise DataError(f"{where}: 'id' must be an integer unique among the annotations")
+        raise DataError(f"{where}: 'id' must be an integer unique among the annotations, got {brief(a['id'])}")
+    where = f"{source}: annotation id {a['id']} (annotations[{i}])"
     seen.add(a["id"])
-    if a["image_id"] not in images:
-        raise DataError(f"{where}: image_id {a['image_id']!r} is not in the images list")
-    if a["category_id"] not in categories:
-        raise DataError(f"{where}: category_id {a['category_id']!r} is not in the categories list")
+    for key, known, name in (("image_id", images, "images"), ("category_id", categories, "categories")):
+        if not is_int(a[key]) or a[key] not in known:
+            raise DataError(f"{where}: {key} {brief(a[key])} is not in the {name} list")
     problem = _check_keypoints(a["keypoints"])
     if problem:
         raise DataError(f"{where}: {problem}")
     if not is_int(a["num_keypoints"]) or not 0 <= a["num_keypoints"] <= NUM_KEYPOINTS:
         raise DataError(f"{where}: num_keypoints must be an integer 0..{NUM_KEYPOINTS}")
     if not is_number(a["area"]) or a["area"] < 0:
-        raise DataError(f"{where}: area must be a non-negative number")
+        raise DataError(f"{where}: area must be a non-negative finite number, got {brief(a['area'])}")
     if not (isinstance(a["bbox"], list) and len(a["bbox"]) == 4 and all(map(is_number, a["bbox"]))):
         raise DataError(f"{where}: bbox must be [x, y, w, h]")
     if a["iscrowd"] not in (0, 1) or isinstance(a["iscrowd"], bool):
@@ -189,12 +191,12 @@ def load_results(results: "str | os.PathLike | list", gt: Annotations) -> list[d
         if "image_id" in r:
             image_id = r["image_id"]
             if not is_number(image_id) or image_id not in gt.images:
-                raise DataError(f"{where}: image_id {image_id!r} is not an image of {gt.source}")
+                raise DataError(f"{where}: image_id {brief(image_id)} is not an image of {gt.source}")
             image_id = int(image_id)
         elif "file_name" in r:
             image_id = gt.image_id_of(r["file_name"]) if isinstance(r["file_name"], str) else None
             if image_id is None:
-                raise DataError(f"{where}: file_name {r['file_name']!r} is not an image of {gt.source}")
+                raise DataError(f"{where}: file_name {brief(r['file_name'])} is not an image of {gt.source}")
         else:
             raise DataError(f"{where}: needs an image_id (or a file_name of {gt.source})")
         if "keypoints" not in r:
@@ -203,10 +205,10 @@ def load_results(results: "str | os.PathLike | list", gt: Annotations) -> list[d
         if problem:
             raise DataError(f"{where}: {problem}")
         if not is_number(r.get("score")):
-            raise DataError(f"{where}: needs a finite number 'score'")
+            raise DataError(f"{where}: needs a finite number 'score', got {brief(r.get('score'))}")
         category = r.get("category_id", PERSON_CATEGORY)
-        if category not in categories:
-            raise DataError(f"{where}: category_id {category!r} is not a category of {gt.source}")
+        if not is_int(category) or category not in categories:
+            raise DataError(f"{where}: category_id {brief(category)} is not a category of {gt.source}")
         clean.append({"image_id": image_id, "category_id": category,
                       "keypoints": [float(v) for v in r["keypoints"]], "score": float(r["score"])})
     return clean

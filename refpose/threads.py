@@ -1,17 +1,16 @@
 """Thread policy: how refpose's Numba kernels and the BLAS under NumPy share the cores.
 
-Decided once per process, when the first fast-path model is built (`Ops("fast")` calls
-`policy()`), never at import and never per call:
-
 - OpenMP runtimes are asked to wait passively after a parallel region (OMP_WAIT_POLICY=PASSIVE,
   unless the user chose a policy). Numba's OpenMP threads spin by default, and so do OpenBLAS's
   workers after a matmul; the fast path alternates the two, and on a 2-core machine spinning
-  pools starved each other (a wgnet forward took ~1.4 s instead of ~50 ms). libgomp reads the
-  variable once, when it loads: for Numba that is its first parallel launch, unless another
-  package (torch) loaded libgomp first.
-- If an OpenMP runtime was loaded before that moment, it spins regardless: the kernels then run
-  on one Numba thread (set once, for the thread that built the model), which on 2 cores costs
-  little next to OpenBLAS's threads.
+  pools starved each other (a wgnet forward took ~1.4 s instead of ~50 ms). An OpenMP runtime
+  (libgomp) reads the variable once, when it loads, so it is set as early as refpose can: when
+  the package is imported (this module is imported by `refpose/__init__.py`). A runtime that
+  loads later (torch imported after refpose, Numba's first parallel launch) waits passively.
+- Whether a runtime was already loaded at that moment (torch imported before refpose) is noted
+  then; the policy is applied once per process, when the first fast-path model is built
+  (`Ops("fast")` calls `policy()`): if a runtime spins, the kernels run on one Numba thread
+  and one warning says so. Worker processes inherit the variable and so never warn.
 
 Callers that fix thread counts (the benchmark, evaluation workers) go through
 `kernel_threads` / `set_kernel_threads`, so they respect the same rule.
@@ -32,22 +31,27 @@ class ThreadPolicy:
     openmp_spins: bool        # an OpenMP runtime was loaded before it could be asked not to spin
 
 
+def ask_openmp_not_to_spin() -> bool:
+    """Set OMP_WAIT_POLICY=PASSIVE unless the user set a policy; True when an OpenMP runtime
+    was loaded before, without it (that runtime keeps spinning)."""
+    if "OMP_WAIT_POLICY" in os.environ:             # a policy set by the user (or a parent) is kept
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return _openmp_loaded()
+
+
 @functools.cache
 def policy() -> ThreadPolicy:
-    """The process's thread policy, decided on the first call (see the module docstring)."""
-    spins = False
-    if "OMP_WAIT_POLICY" not in os.environ:          # a policy set by the user is kept
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        spins = _openmp_loaded()
-    if spins:
+    """The process's thread policy, applied on the first call (see the module docstring)."""
+    if SPINNING_OPENMP_AT_IMPORT:
         import numba
 
         numba.set_num_threads(1)
-        warnings.warn("an OpenMP runtime (torch's, or Numba's thread pool) was loaded before refpose could ask "
-                      "it not to spin; the fast path runs its Numba kernels on one thread. Set "
-                      "OMP_WAIT_POLICY=PASSIVE in the environment (or build the model before importing torch) "
-                      "to run them in parallel.", RuntimeWarning, stacklevel=3)
-    return ThreadPolicy(openmp_spins=spins)
+        warnings.warn("an OpenMP runtime (torch's) was loaded before refpose, so it spins between parallel "
+                      "regions; the fast path runs its Numba kernels on one thread. Import refpose before "
+                      "torch, or set OMP_WAIT_POLICY=PASSIVE in the environment, to run them in parallel.",
+                      RuntimeWarning, stacklevel=3)
+    return ThreadPolicy(openmp_spins=SPINNING_OPENMP_AT_IMPORT)
 
 
 def _openmp_loaded() -> bool:
@@ -57,6 +61,9 @@ def _openmp_loaded() -> bool:
     except OSError:                      # not Linux: nothing to check
         return False
     return any(lib in loaded for lib in OPENMP_LIBS)
+
+
+SPINNING_OPENMP_AT_IMPORT = ask_openmp_not_to_spin()     # once, when refpose is imported
 
 
 def kernel_threads(requested: int) -> int:

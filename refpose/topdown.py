@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import get_config
-from .errors import BoxError, DataError, InputShapeError, RefposeError
+from .errors import BoxError, DataError, InputShapeError, RefposeError, WeightsError
 from .keypoints import COCO, Keypoints
 from .nms import OKS_NMS_THR, oks_nms
 
@@ -407,9 +407,23 @@ def _run(model, persons: list[Persons], options: PoseOptions) -> list[list[dict]
     if not sum(counts):
         return [[] for _ in persons]
     x = normalize(np.concatenate([p.crops for p in persons]))                         # (sum K, 3, in_h, in_w)
-    heatmaps = predict_heatmaps(model, x, options.flip)                              # (sum K, K', h, w)
+    with np.errstate(over="ignore", invalid="ignore"):    # an overflow is reported below, once
+        heatmaps = predict_heatmaps(model, x, options.flip)                          # (sum K, K', h, w)
+    check_finite_heatmaps(heatmaps, model)
     parts = np.split(heatmaps, np.cumsum(counts)[:-1])
     return [poses_from_heatmaps(p, hm, options.dark, options.heatmaps) for p, hm in zip(persons, parts)]
+
+
+def check_finite_heatmaps(heatmaps: np.ndarray, model) -> None:
+    """WeightsError naming the weights when the network gave NaN or infinity: finite weights can
+    still overflow the compute dtype (a head weight of 3e38 in float32), and no keypoint, score
+    or JSON number can come from such heatmaps. Every pipeline output passes here once."""
+    if np.isfinite(heatmaps).all():
+        return
+    weights = getattr(model, "source", None) or f"the seeded weights of config {model.config.name}"
+    dtype = np.dtype(getattr(model, "dtype", np.float32)).name
+    raise WeightsError(f"{weights}: the network's output is not finite (NaN or infinity) in {dtype}; "
+                       "the weights overflow it")
 
 
 def _check_image(image) -> np.ndarray:

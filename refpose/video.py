@@ -162,7 +162,7 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
                         persons += len(poses)
                     writer.write(np.ascontiguousarray(bgr[:even[0], :even[1]]))
                     lines.write(json.dumps({"frame": index, "time": round(index / info.fps, 6),
-                                            "records": records}) + "\n")
+                                            "records": records}, allow_nan=False) + "\n")
                     written += 1
                     index += 1
                     bar.update(1)

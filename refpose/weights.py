@@ -227,6 +227,6 @@ def _sorted_metadata(data: bytes) -> bytes:
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n])
     header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text + data[8 + n:]

@@ -178,7 +178,7 @@ def test_bad_input_one_line_exit_2_no_output(case, tmp_path, capfd, tiny_weights
     assert code == 2
     lines = stderr.splitlines()
     assert len(lines) == 1 and named in lines[0] and "Traceback" not in stderr, stderr
-    assert not out.exists() or os.listdir(out) == []
+    assert not out.exists()              # the folder comes with the first output, and there is none
 
 
 @pytest.mark.parametrize("make", [_bad_weights, _wrong_config_weights, lambda p: p / "none.safetensors"])
@@ -201,6 +201,17 @@ def test_bad_arguments_exit_2(capfd, tiny_weights):
     assert code == 2 and "not both" in err
 
 
+@pytest.mark.parametrize("args", [["infer", "x.png", "--box-thr", "nan"], ["infer", "x.png", "--kpt-thr", "inf"],
+                                  ["infer", "x.png", "--bbox", "0,0,nan,10"], ["infer", "x.mp4", "--end", "nan"],
+                                  ["oracle", "--rtol=-inf"]])
+def test_non_finite_numbers_are_refused_by_the_parser(args, capfd):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capfd.readouterr().err
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert args[-1].split("=")[-1] in err
+
+
 def test_console_entry_point_has_no_traceback(tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
@@ -220,3 +231,18 @@ def test_readme_main_command(tmp_path):
     records = json.loads((tmp_path / "cameraman.pose.json").read_text())
     assert len(records) == 1 and len(records[0]["keypoints"]) == 51
     assert cv2.imread(str(tmp_path / "cameraman.pose.png")).shape[:2] == (512, 512)
+
+
+def test_weights_that_overflow_are_an_error_with_no_output(photos, tmp_path, capfd):
+    """Finite weights (3e38 fits float32) whose output overflows: one error naming the weights,
+    no file written, never `Infinity` in a .json."""
+    weights = refpose.init_weights("tiny", seed=0)
+    weights["head.weight"][:] = 3e38
+    path = tmp_path / "overflow.safetensors"
+    refpose.save_weights(path, weights, "tiny", trained=True)
+    out = tmp_path / "out"
+    code, stdout, stderr = run([photos / "a.png", "--weights", path, "--out", out], capfd)
+    assert code == 2, stderr
+    assert stderr.splitlines() == [f"refpose infer: error: {path}: the network's output is not finite "
+                                   "(NaN or infinity) in float32; the weights overflow it"]
+    assert not out.exists()

@@ -471,7 +471,7 @@ def test_damaged_progress_line_in_the_middle_is_an_error(tmp_path):
 
 def test_run_bad_input(run_files, tmp_path):
     args = dict(weights=run_files / "tiny.safetensors", results_out=tmp_path / "res.json", progress=False)
-    with pytest.raises(DataError, match="no such image directory"):
+    with pytest.raises(DataError, match="image directory: no such folder"):
         evaluate_images(run_files / "gt.json", tmp_path / "nope", **args)
     with pytest.raises(WeightsError, match="no such weights file"):
         evaluate_images(run_files / "gt.json", run_files / "images", **dict(args, weights=tmp_path / "w.st"))

@@ -65,3 +65,23 @@ def test_cli_output_that_cannot_be_a_file(tmp_path, capsys, target):
     assert code == 2 and out == ""
     assert err.startswith("refpose init: error: ") and err.count("\n") == 1 and str(tmp_path / target) in err
     assert sorted(os.listdir(tmp_path / "folder")) == []
+
+
+def test_a_rename_that_fails_puts_back_the_files_renamed_before(tmp_path, monkeypatch):
+    """Whole set or nothing even when the folder changes after the checks: the third rename
+    fails, and the first two files are as they were (one old, one absent)."""
+    (tmp_path / "x.json").write_bytes(b"old json")
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:
+            raise PermissionError(13, "Permission denied")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OutputError, match="x.c.png: cannot write: Permission denied"):
+        write_files({tmp_path / "x.json": b"new json", tmp_path / "x.png": b"png", tmp_path / "x.c.png": b"c"})
+    monkeypatch.undo()
+    assert (tmp_path / "x.json").read_bytes() == b"old json"
+    assert sorted(os.listdir(tmp_path)) == ["x.json"]        # no new file, no temporary, no backup left

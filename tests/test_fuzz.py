@@ -5,7 +5,10 @@
   metadata holds any config or `trained` value;
 - images: any bytes; valid PNG, JPEG, BMP and WebP files with bytes of their header changed,
   removed or inserted, or cut short;
-- configs: any JSON value, and the tiny config with one field (or a stage's) set to any JSON value.
+- configs: any JSON value, and the tiny config with one field (or a stage's) set to any JSON value;
+- detections, COCO keypoint results and annotations, MPII annotations and predictions: any JSON
+  value as the whole file, and a valid file with one field of one record set to any JSON value
+  (or removed); what a reader accepts is then scored or used, which must not fail either.
 
 Each test tries REFPOSE_FUZZ_EXAMPLES inputs (200 by default, for CI); set it higher for a long
 run, e.g. `REFPOSE_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py --hypothesis-show-statistics`.
@@ -195,3 +198,81 @@ def test_image_with_a_mutated_header(data):
     if image is not None:
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         assert image.shape[0] * image.shape[1] <= MAX_PIXELS
+
+
+# --- detections, results, annotations (JSON records) ---------------------------------------------
+from refpose.detections import load_detections                           # noqa: E402
+from refpose.pckh import load_annotations as load_mpii_annotations, load_predictions  # noqa: E402
+from refpose.scoring import coco_eval, load_annotations, load_results    # noqa: E402
+
+KPTS = [10, 12, 2] * 17
+GT = {"images": [{"id": 1, "file_name": "1.jpg", "width": 100, "height": 100},
+                 {"id": 2, "file_name": "b/2.jpg", "width": 64, "height": 48}],
+      "categories": [{"id": 1, "name": "person"}],
+      "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "keypoints": KPTS, "num_keypoints": 17,
+                       "area": 400.0, "bbox": [0, 0, 20, 20], "iscrowd": 0},
+                      {"id": 6, "image_id": 2, "category_id": 1, "keypoints": [0] * 51, "num_keypoints": 0,
+                       "area": 0, "bbox": [1, 1, 5, 5], "iscrowd": 1}]}
+RESULTS = [{"image_id": 1, "category_id": 1, "keypoints": KPTS, "score": 0.9},
+           {"file_name": "2.jpg", "keypoints": [3, 4, 0.5] * 17, "score": 0.1}]
+DETECTIONS = [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 30, 40], "score": 0.9},
+              {"file_name": "x.jpg", "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}]
+MPII_ANN = [{"image": "a.jpg", "center": [50, 60], "scale": 1.5, "joints": [[0, 0]] * 16}]
+MPII_PRED = [{"keypoints": [[1, 2, 0.5]] * 16}]
+
+
+@st.composite
+def one_field_changed(draw, records):
+    """A copy of `records` (a list of objects, or an object of lists of objects) in which one
+    field of one record is set to any JSON value, or removed."""
+    d = json.loads(json.dumps(records))
+    lists = [d] if isinstance(d, list) else [d[k] for k in sorted(d)]
+    items = draw(st.sampled_from(lists))
+    target = items[draw(st.integers(0, len(items) - 1))]
+    key = draw(st.sampled_from(sorted(target)) | st.text(max_size=8))
+    if draw(st.booleans()) and key in target:
+        del target[key]
+    else:
+        target[key] = draw(json_values | st.lists(json_values, min_size=2, max_size=51))
+    return d
+
+
+def _json_file(folder, name, value):
+    path = folder / name
+    path.write_text(json.dumps(value))          # NaN and Infinity as Python writes them
+    return path
+
+
+@FUZZ
+@given(json_values | one_field_changed(DETECTIONS))
+def test_detections_from_any_json(folder, value):
+    dets = accepts_or_refuses(load_detections, _json_file(folder, "dets.json", value), 0.3)
+    for boxes, scores in (dets or {}).values():
+        assert boxes.shape == (len(scores), 4) and np.isfinite(boxes).all() and np.isfinite(scores).all()
+
+
+@FUZZ
+@given(json_values | one_field_changed(GT))
+def test_annotations_from_any_json(folder, value):
+    gt = accepts_or_refuses(load_annotations, _json_file(folder, "gt.json", value))
+    records = None if gt is None else accepts_or_refuses(load_results, RESULTS, gt)
+    if records is not None:            # what is accepted, pycocotools scores
+        coco_eval(gt, records)
+
+
+@FUZZ
+@given(json_values | one_field_changed(RESULTS))
+def test_results_from_any_json(folder, value):
+    gt = load_annotations(GT)
+    records = accepts_or_refuses(load_results, _json_file(folder, "res.json", value), gt)
+    if records is not None:
+        stats = coco_eval(gt, records)
+        assert all(v is None or 0 <= v <= 1 for v in stats.values())
+
+
+@FUZZ
+@given(json_values | one_field_changed(MPII_ANN), json_values | one_field_changed(MPII_PRED))
+def test_mpii_files_from_any_json(folder, ann, pred):
+    accepts_or_refuses(load_mpii_annotations, _json_file(folder, "mpii.json", ann))
+    out = accepts_or_refuses(load_predictions, _json_file(folder, "pred.json", pred))
+    assert out is None or np.isfinite(out).all()

@@ -47,9 +47,9 @@ def run_bench(args) -> int:
     finally:
         progress.close()
     if args.profile:
-        print(json.dumps(result, indent=2) if args.json else format_profile(result))
+        print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_profile(result))
         return 0
-    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_result(result))
     bad = [c["name"] for c in result["candidates"] if not c["agrees"]]
     if bad:
         sys.stderr.write(f"refpose bench: outputs disagree with the reference: {', '.join(bad)}\n")

@@ -80,7 +80,7 @@ def run_pckh(args) -> int:
                                      config=args.config, flip=args.flip)
         title = f"wrote {out}; flip test {'on' if args.flip else 'off'}"
     if args.json:
-        print(json.dumps(stats))
+        print(json.dumps(stats, allow_nan=False))
     else:
         print(f"{title}. MPII PCKh@0.5 (%), Mean over 14 joints weighted by visible counts:")
         print(pckh.format_pckh(stats))
@@ -104,7 +104,7 @@ def run_eval(args) -> int:
             args.parser.error(f"{', '.join(used)} only go with --images (a run), not with --results")
         stats = score_results(args.ann, args.results)
         if args.json:
-            print(json.dumps(stats))
+            print(json.dumps(stats, allow_nan=False))
         else:
             print(f"{args.results} against {args.ann}:")
             print(format_stats(stats))
@@ -132,7 +132,7 @@ def run_eval(args) -> int:
         + (f", {len(run.missing)} missing or unreadable (not scored)" if run.missing else ""))
     say(f"wrote {run.results_path} ({run.records} poses)")
     if args.json:
-        print(json.dumps(run.stats))
+        print(json.dumps(run.stats, allow_nan=False))
     else:
         print(format_stats(run.stats))
     if run.missing:

@@ -19,6 +19,7 @@ from ..config import CONFIGS
 from ..errors import BoxError, RefposeError
 from ..fileio import write_files
 from ..video import is_video
+from . import finite_float
 from .infer_video import add_video_options, infer_video, load_detector
 
 PROGRESS_MIN = 4          # a progress bar from this many images on (and only on a terminal)
@@ -43,13 +44,13 @@ def add_parser(sub) -> None:
                    help="a person box in image pixels (repeatable; applies to every image)")
     p.add_argument("--boxes", metavar="DETS.json", help="COCO detection results; person boxes are matched "
                    "to images by file name or by image_id = the numeric file stem")
-    p.add_argument("--box-thr", type=float, default=0.3, metavar="T",
+    p.add_argument("--box-thr", type=finite_float, default=0.3, metavar="T",
                    help="keep detections with score >= T (default 0.3)")
     p.add_argument("--out", metavar="DIR", default=".", help="output directory (default: the current one)")
     p.add_argument("--json", action="store_true", help="also print all records to stdout as one JSON list")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop's heatmaps")
     p.add_argument("--dark", action="store_true", help="DARK sub-pixel decoding instead of the quarter-pixel shift")
-    p.add_argument("--kpt-thr", type=float, default=0.3, metavar="T",
+    p.add_argument("--kpt-thr", type=finite_float, default=0.3, metavar="T",
                    help="hide joints with score below T in the drawing (default 0.3)")
     p.add_argument("--heatmaps", action="store_true",
                    help="also save <name>.person<i>.heatmaps.png: the crop and its 17 heatmaps")
@@ -58,13 +59,13 @@ def add_parser(sub) -> None:
 
 
 def parse_bbox(text: str) -> list[float]:
-    """'X,Y,W,H' -> four floats (argparse type)."""
+    """'X,Y,W,H' -> four finite floats (argparse type)."""
     try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
+        values = [finite_float(v) for v in text.split(",")]
+    except argparse.ArgumentTypeError:
         values = []
     if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"expected X,Y,W,H (four numbers), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected X,Y,W,H (four finite numbers), got {text!r}")
     return values
 
 
@@ -81,11 +82,9 @@ def run(args) -> int:
     no_box = f"no person box with score >= {args.box_thr} in {args.boxes}"
     options = PoseOptions(flip=args.flip, dark=args.dark, heatmaps=args.heatmaps)
     model = default_model(args.weights, args.config)
-    out_dir = Path(args.out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RefposeError(f"{args.out}: cannot create the output directory: {e.strerror or e}") from None
+    out_dir = Path(args.out)         # created with the first output (write_files), not before
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RefposeError(f"{args.out}: the output directory is a file")
 
     jobs, failed = collect_images(args.images)
     for message in failed:
@@ -130,7 +129,7 @@ def run(args) -> int:
     bar.close()
     if args.json:
         try:
-            print(json.dumps(records_all), flush=True)
+            print(json.dumps(records_all, allow_nan=False), flush=True)
         except BrokenPipeError:             # `refpose infer --json ... | head`: the reader has gone
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if done == 0:
@@ -189,7 +188,7 @@ def write_outputs(path: str, image, poses: list, records: list, out_dir: Path, k
     from ..draw import draw_poses, encode_png, heatmap_montage
 
     stem = Path(path).stem
-    files = {out_dir / f"{stem}.pose.json": (json.dumps(records, indent=1) + "\n").encode(),
+    files = {out_dir / f"{stem}.pose.json": (json.dumps(records, indent=1, allow_nan=False) + "\n").encode(),
              out_dir / f"{stem}.pose.png": encode_png(draw_poses(image, poses, kpt_thr))}
     for i, pose in enumerate(poses):
         if "heatmaps" in pose:
@@ -198,22 +197,41 @@ def write_outputs(path: str, image, poses: list, records: list, out_dir: Path, k
 
 
 def collect_images(paths: list[str]) -> tuple[list[str], list[str]]:
-    """Image paths to run (a directory gives its image files, sorted) and problems found on the way."""
-    from ..imageio import IMAGE_SUFFIXES
+    """Image paths to run (a directory gives its image files, sorted) and problems found on the way.
+
+    Every entry of a directory with an image or video name is run, except folders: a broken
+    link, a link loop or an unreadable file is reported with its reason when it is read
+    (`refpose.imageio.path_problem`), never skipped in silence."""
+    from ..imageio import IMAGE_SUFFIXES, path_problem
     from ..video import VIDEO_SUFFIXES
 
     jobs, problems = [], []
     for p in paths:
-        if os.path.isdir(p):
-            found = sorted(str(f) for f in Path(p).iterdir()
-                           if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
-                           and not f.name.endswith(OUTPUT_SUFFIXES))
-            if not found:
-                problems.append(f"{p}: no image files in this directory")
-            jobs += found
-        else:
+        if not os.path.isdir(p):
             jobs.append(p)                 # a missing file is reported when it is read
+            continue
+        problem = path_problem(p, folder=True)
+        try:
+            with os.scandir(p) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            problem = problem or (e.strerror or str(e))
+        if problem:
+            problems.append(f"{p}: cannot list this directory: {problem}")
+            continue
+        found = [e.path for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
+                 and not e.name.endswith(OUTPUT_SUFFIXES) and not _is_dir(e)]
+        if not found:
+            problems.append(f"{p}: no image files in this directory")
+        jobs += found
     return jobs, problems
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:                        # a link loop: not a folder; reading it says why
+        return False
 
 
 def _one_line(e: Exception, path: str) -> str:

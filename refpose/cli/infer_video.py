@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import BoxError, RefposeError
+from . import finite_float
 
 
 def add_video_options(p) -> None:
@@ -52,10 +53,10 @@ def _positive_int(text: str) -> int:
 
 def _seconds(text: str) -> float:
     try:
-        t = float(text)
-    except ValueError:
+        t = finite_float(text)
+    except argparse.ArgumentTypeError:
         t = -1.0
-    if not (t >= 0 and t != float("inf")):
+    if t < 0:
         raise argparse.ArgumentTypeError(f"expected a time in seconds >= 0, got {text!r}")
     return t
 

@@ -68,7 +68,7 @@ def run_info(args) -> int:
     if args.weights:
         s["weights"], s["trained"] = args.weights, trained
     if args.json:
-        print(json.dumps(s, indent=2))
+        print(json.dumps(s, indent=2, allow_nan=False))
         return 0
     H, W = s["input"]
     print(f"config {s['config']}: input {H}x{W} -> heatmaps {'x'.join(map(str, s['output']))}")

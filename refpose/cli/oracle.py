@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import finite_float
+
 ORACLE_HELP = """\
 Check another backend against refpose float64, in one of two ways:
 
@@ -63,7 +65,7 @@ def add_parser(sub) -> None:
                    help="the model's tensor TENSOR is our stage NAME (stem, s1..s4, d1..d3, or heatmaps "
                         "for the output); repeatable, for models not exported by refpose")
     _add_sampling(p, argparse_defaults=True)
-    p.add_argument("--rtol", type=float, help="tolerance, as max|got - ref| / max|ref| "
+    p.add_argument("--rtol", type=finite_float, help="tolerance, as max|got - ref| / max|ref| "
                    "(default: by the model's input dtype, float32 1e-4, float64 2e-13)")
     p.set_defaults(run=run_oracle, oracle_parser=p, action=None)
     actions = p.add_subparsers(title="action (optional)", dest="action", metavar="{dump}",
