@@ -13,7 +13,7 @@ import sys
 from ..errors import RefposeError
 
 # modules of this package that define commands, in the order `--help` lists them
-COMMAND_MODULES = ("infer", "eval", "models", "bench", "oracle")
+COMMAND_MODULES = ("infer", "eval", "models", "bench", "oracle", "synth", "train")
 
 
 class Parser(argparse.ArgumentParser):
