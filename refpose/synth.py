@@ -31,7 +31,7 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -128,10 +128,10 @@ class Scene:
     background: list              # shapes under the figures
     figures: list                 # Figure, back to front
     occluders: list               # shapes over the figures
+    gradient: tuple               # (colour at one end, colour at the other, direction in rad)
     noise_sigma: float
     noise_seed: int
-    blur: bool
-    gradient: tuple = field(default=((0, 0, 0), (0, 0, 0), 0.0))
+    blur: bool                    # a 3x3 Gaussian blur before the noise
 
 
 def _shade(colour, factor: float) -> tuple:
@@ -231,8 +231,8 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, persons: tup
             shape = (shape[0], shape[1]) + tuple(p + shift if isinstance(p, np.ndarray) and p.shape[-1:] == (2,)
                                                  else p for p in shape[2:])
         occluders.append(shape)
-    return Scene(width, height, background, figures, occluders, noise_sigma=float(rng.uniform(2, 6)),
-                 noise_seed=int(rng.integers(2**63)), blur=bool(rng.random() < 0.3), gradient=gradient)
+    return Scene(width, height, background, figures, occluders, gradient, noise_sigma=float(rng.uniform(2, 6)),
+                 noise_seed=int(rng.integers(2**63)), blur=bool(rng.random() < 0.3))
 
 
 def _fixed(p) -> np.ndarray:
@@ -354,9 +354,11 @@ class SynthSummary:
     seconds: float
 
 
-def check_options(images: int, size: tuple[int, int], persons: tuple[int, int], fmt: str) -> None:
+def check_options(images: int, seed: int, size: tuple[int, int], persons: tuple[int, int], fmt: str) -> None:
     if not (isinstance(images, int) and images >= 1):
         raise SynthError(f"--images must be a positive number of images, not {images}")
+    if not (isinstance(seed, int) and seed >= 0):
+        raise SynthError(f"--seed must be a non-negative integer, not {seed}")
     width, height = size
     if not (32 <= width <= MAX_SIDE and 32 <= height <= MAX_SIDE):
         raise SynthError(f"--size {width}x{height}: each side must be 32..{MAX_SIDE} pixels")
@@ -390,7 +392,7 @@ def synthesize(out: "str | os.PathLike", images: int, seed: int, *, size: tuple[
     """
     from tqdm import tqdm
 
-    check_options(images, size, persons, fmt)
+    check_options(images, seed, size, persons, fmt)
     out = Path(out)
     _prepare_out(out, force)
     start = time.perf_counter()
