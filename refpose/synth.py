@@ -98,13 +98,16 @@ def sample_pose(rng: np.random.Generator) -> np.ndarray:
             angle = down - side * rng.uniform(-0.25, 1.0)
         elif parent.endswith("elbow"):
             angle = prev + rng.uniform(-2.4, 2.4)
-        else:                                                      # knee: bends one way only
+        else:                                                      # knee: mostly bends one way
             angle = prev + side * rng.uniform(0.0, 2.0) * (1 if rng.random() < 0.5 else -0.3)
         P[J[child]] = P[J[parent]] + _unit(angle) * length * rng.uniform(0.9, 1.1)
         prev = angle
     head = neck + up * (NECK + HEAD_RY * 0.6)
     yaw = rng.uniform(-0.6, 0.6)                                  # face turned left/right
-    face = lambda a, b: head + across * (a + yaw * 0.03) + up * b  # noqa: E731
+
+    def face(a, b):                                               # a mark on the face, turned by yaw
+        return head + across * (a + yaw * 0.03) + up * b
+
     P[J["nose"]] = face(0.0, -0.008)
     P[J["left_eye"]], P[J["right_eye"]] = face(0.022, 0.016), face(-0.022, 0.016)
     P[J["left_ear"]] = head + across * (HEAD_RX * 0.95 + yaw * 0.01)
