@@ -138,7 +138,7 @@ class Scene:
 
 
 def _shade(colour, factor: float) -> tuple:
-    return tuple(int(np.clip(c * factor, 0, 255)) for c in colour)
+    return tuple(min(255, int(c * factor)) for c in colour)
 
 
 def _colour(rng, lo: int = 0, hi: int = 256) -> tuple:
@@ -277,9 +277,10 @@ def render(scene: Scene, omit: int | None = None) -> Rendered:
     """Draw a scene; `omit` leaves figure number `omit` out (and nothing else changes)."""
     H, W = scene.height, scene.width
     (c0, c1, angle) = scene.gradient
-    ys, xs = np.mgrid[0:H, 0:W]
-    t = (xs * math.cos(angle) + ys * math.sin(angle)) / (W + H) + 0.5    # (H, W) in about 0..1
-    image = (np.asarray(c0) * (1 - t[..., None]) + np.asarray(c1) * t[..., None]).astype(np.uint8)
+    xs = (np.arange(W, dtype=np.float32) - W / 2) * math.cos(angle)
+    ys = (np.arange(H, dtype=np.float32) - H / 2) * math.sin(angle)
+    t = ((ys[:, None] + xs[None, :]) / (W + H) + 0.5)[..., None]          # (H, W, 1) in 0..1
+    image = (np.float32(c0) * (1 - t) + np.float32(c1) * t).astype(np.uint8)
     for shape in scene.background:
         _draw(image, shape)
     owner = np.zeros((H, W), np.int32)
@@ -300,8 +301,8 @@ def render(scene: Scene, omit: int | None = None) -> Rendered:
         owner[mask > 0] = 0
     if scene.blur:
         image = cv2.GaussianBlur(image, (3, 3), 0)
-    noise = np.random.default_rng(scene.noise_seed).normal(0.0, scene.noise_sigma, image.shape)
-    image = np.clip(image + noise, 0, 255).round().astype(np.uint8)
+    noise = np.random.default_rng(scene.noise_seed).standard_normal(image.shape, dtype=np.float32)
+    image = np.clip(image + noise * np.float32(scene.noise_sigma), 0, 255).round().astype(np.uint8)
     return Rendered(image, owner, masks)
 
 
