@@ -178,6 +178,8 @@ def test_several_varied_figures():
 def test_refuses_a_non_empty_folder_unless_forced(tmp_path):
     out = tmp_path / "d"
     out.mkdir()
+    make(out, images=1)                                             # an empty folder is filled
+    assert sorted(os.listdir(out)) == ["annotations.json", "images"]
     (out / "keep.txt").write_text("x")
     with pytest.raises(SynthError, match="not empty"):
         make(out)
