@@ -67,7 +67,7 @@ class TrainSet:
     persons: list
     images: int                                       # images with at least one usable person
     source: str
-    skipped_unlabelled: int = 0                       # annotations without a labelled joint (crowds included)
+    skipped_unlabelled: int = 0                       # annotations without a labelled joint or area (crowds)
     missing: list = field(default_factory=list)      # image paths not found
     missing_persons: int = 0                          # persons in those images
 
@@ -81,13 +81,13 @@ def load_train_set(ann: "str | os.PathLike", images_dir: "str | os.PathLike",
                    keypoints: Keypoints = COCO) -> TrainSet:
     """Persons for training from a COCO person-keypoints file and its image folder.
 
-    The file is checked as `refpose eval` checks a ground truth. A person is kept when it has a
-    labelled joint (HRNet and MMPose skip the others: `num_keypoints == 0`) and a box with area
-    left after clipping to the image (MMPose 1.x `parse_data_info`); the others are counted.
+    The file is checked as `refpose eval` checks a ground truth, and the persons are those it
+    evaluates (`evaluate.person_box`: a labelled joint, as HRNet and MMPose require, a positive
+    area and a box left after clipping to the image); the others are counted.
     Images that are not in the folder are listed; TrainDataError when none is found or no person
     is left.
     """
-    from ..evaluate import load_annotations
+    from ..evaluate import load_annotations, person_box
 
     images_dir = str(images_dir)
     if not os.path.isdir(images_dir):
@@ -101,11 +101,11 @@ def load_train_set(ann: "str | os.PathLike", images_dir: "str | os.PathLike",
         if len(kp) != K:
             raise TrainDataError(f"{gt.source}: annotation id {a['id']} has {len(kp)} joints, "
                                  f"{keypoints.name} has {K}")
-        box = _clip_box(a["bbox"], gt.images[a["image_id"]])
-        if a.get("iscrowd") or not (kp[:, 2] > 0).any() or box is None:
+        box = person_box(a, gt.images[a["image_id"]])
+        if box is None:
             skipped += 1
             continue
-        by_image.setdefault(a["image_id"], []).append((box, kp))
+        by_image.setdefault(a["image_id"], []).append((np.array(box), kp))
     persons, missing, missing_persons = [], [], 0
     for image_id, entries in by_image.items():
         name = gt.images[image_id].get("file_name")
@@ -122,15 +122,6 @@ def load_train_set(ann: "str | os.PathLike", images_dir: "str | os.PathLike",
         raise TrainDataError(f"{images_dir}: none of the {len(by_image)} images of {gt.source} is there "
                              f"(first: {missing[0]})")
     return TrainSet(persons, len(by_image) - len(missing), gt.source, skipped, sorted(missing), missing_persons)
-
-
-def _clip_box(bbox, image: dict) -> np.ndarray | None:
-    """[x, y, w, h] clipped to x in [0, width - 1], y in [0, height - 1]; None when nothing is left."""
-    x, y, w, h = (float(v) for v in bbox)
-    W, H = (float(image[k]) if isinstance(image.get(k), (int, float)) else math.inf for k in ("width", "height"))
-    x1, y1 = min(max(x, 0.0), W - 1), min(max(y, 0.0), H - 1)
-    x2, y2 = min(max(x + w, 0.0), W - 1), min(max(y + h, 0.0), H - 1)
-    return np.array([x1, y1, x2 - x1, y2 - y1]) if x2 > x1 and y2 > y1 else None
 
 
 # --- one sample -------------------------------------------------------------------------------
