@@ -60,7 +60,8 @@ def add_parser(sub) -> None:
                    help="default auto: CUDA when PyTorch sees a GPU, else the CPU")
     e.add_argument("--amp", action="store_true", help="float16 mixed precision on CUDA (default off)")
     e.add_argument("--workers", type=int, default=2,
-                   help=f"data-loading processes per training process (default 2: {MMPOSE}); 0 loads in-process")
+                   help=f"data-loading processes per training process (default 2: {MMPOSE}); 0 loads "
+                   "in-process. Validation runs refpose on as many processes (at least one)")
     e.add_argument("--threads", type=int, help="PyTorch CPU threads (default: PyTorch's choice)")
     e.add_argument("--max-steps", type=int, metavar="N",
                    help="stop after N optimiser steps in all (the schedule still spans --epochs); last.pt "

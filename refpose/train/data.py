@@ -200,9 +200,8 @@ def sample_transform(person: Person, image_size: tuple[int, int], input_size: tu
     scale = scale * ((hi + lo) / 2 + _truncnorm(rng) * (hi - lo) / 2)
     degrees = _truncnorm(rng) * aug.rotate_factor if rng.random() < aug.rotate_prob else 0.0
     crop = np.vstack([get_affine_transform(center, scale, input_size), [0.0, 0.0, 1.0]])
-    M = (crop @ rotation_about(center, degrees) @ pre)[:2]           # (2, 3) image -> input
-    kp_in = affine_points(kp, crop[:2] @ rotation_about(center, degrees))
-    return M, kp_in, visible, flipped
+    view = crop @ rotation_about(center, degrees)                    # (mirrored) image -> input
+    return (view @ pre)[:2], affine_points(kp, view[:2]), visible, flipped
 
 
 def warp(image: np.ndarray, M: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:

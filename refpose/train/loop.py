@@ -10,6 +10,7 @@ under torchrun (DistributedDataParallel; rank 0 alone logs, validates and writes
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import json
 import math
@@ -174,7 +175,9 @@ def init_distributed(device: str) -> Dist:
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        # rank 0 validates with refpose on the CPU while the others wait at a barrier: on COCO
+        # val that can outlast the default collective timeout (10 minutes for NCCL)
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=datetime.timedelta(hours=4))
     return Dist(world, rank, local_rank, dev)
 
 
@@ -261,7 +264,7 @@ def train(s: TrainSettings) -> TrainResult:
     if s.threads is not None:
         torch.set_num_threads(s.threads)
     if s.deterministic:
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=True)   # CPU ops are; a CUDA op that is not warns
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     elif device == "cuda":
@@ -511,7 +514,7 @@ class RunLog:
         self.export(checkpoint, weights, {"epoch": f"{epoch:g}"})
         run = evaluate_images(self.s.val_ann, self.s.val_images, boxes=self.s.val_boxes, weights=weights,
                               flip=True, results_out=self.out / "val" / "results.json", restart=True,
-                              progress=False)
+                              workers=max(1, self.s.workers), progress=False)
         row = {"step": int(round(epoch * self.info["steps_per_epoch"])), "epoch": epoch, "val": run.stats,
                "val_images": len(run.scored), "val_missing": len(run.missing)}
         self.metrics(row)
