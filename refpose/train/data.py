@@ -74,7 +74,7 @@ class TrainSet:
     def summary(self) -> dict:
         return {"annotations": self.source, "persons": len(self.persons), "images": self.images,
                 "skipped_unlabelled": self.skipped_unlabelled, "missing_images": len(self.missing),
-                "missing_persons": self.missing_persons}
+                "missing_persons": self.missing_persons, "missing": self.missing}
 
 
 def load_train_set(ann: "str | os.PathLike", images_dir: "str | os.PathLike",

@@ -295,7 +295,8 @@ def train(s: TrainSettings) -> TrainResult:
     for path in data.missing[:10]:
         say(f"refpose train: missing image {path}")
     if data.missing:
-        say(f"refpose train: {len(data.missing)} image(s) missing, {data.missing_persons} person(s) left out")
+        say(f"refpose train: {len(data.missing)} image(s) missing, {data.missing_persons} person(s) left out"
+            + (" (the first 10 above; all in run.json)" if len(data.missing) > 10 else ""))
 
     in_h, in_w = cfg.input_size
     hm_h, hm_w = cfg.output_size()
