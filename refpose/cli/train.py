@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
         description="Train WGNet with the paper's recipe (section 4.2) and, where the paper is silent, "
         f"the HRNet / {MMPOSE} recipe: Adam, linear warm-up, cosine learning rate, Gaussian heatmaps "
         "(sigma 2) with per-joint target weights, MSE with target weights, flip / half-body / random "
-        "scale, rotation and shift. The run folder OUT gets run.json, metrics.jsonl, curves.png, "
+        "scale, rotation and shift. The run folder RUN gets run.json, metrics.jsonl, curves.png, "
         "last.pt, best.pt and model.safetensors (refpose weights, trained: true). "
         "Several processes: torchrun --nproc_per_node N -m refpose train ... Needs PyTorch "
         "(pip install 'refpose[torch]').")
