@@ -1,4 +1,4 @@
-"""`python -m refpose ...` runs the `refpose` command."""
+"""`python -m refpose` (and `torchrun -m refpose`): the refpose command."""
 import sys
 
 from .cli import main

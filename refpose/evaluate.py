@@ -98,18 +98,23 @@ def gt_person_boxes(gt: Annotations) -> dict[int, np.ndarray]:
     """
     boxes = {image_id: [] for image_id in gt.images}
     for a in gt.dataset["annotations"]:
-        if a["num_keypoints"] == 0 or max(a["keypoints"]) == 0 or a["area"] <= 0:
-            continue
-        img = gt.images[a["image_id"]]
-        width, height = (img.get(k) if is_number(img.get(k)) else math.inf for k in ("width", "height"))
-        x, y, w, h = a["bbox"]
-        x1, y1 = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
-        x2, y2 = min(max(x + w, 0), width - 1), min(max(y + h, 0), height - 1)
-        if x2 > x1 and y2 > y1:
-            boxes[a["image_id"]].append([x1, y1, x2 - x1, y2 - y1])
+        box = person_box(a, gt.images[a["image_id"]])
+        if box is not None:
+            boxes[a["image_id"]].append(box)
     return {k: np.array(v, dtype=np.float64).reshape(-1, 4) for k, v in boxes.items()}
 
 
+def person_box(a: dict, img: dict) -> list[float] | None:
+    """The box [x, y, w, h] of a checked annotation clipped to its image, or None when it is
+    not a person to take (no labelled keypoint, no area, nothing left after clipping); the
+    rules of `gt_person_boxes`, which training follows too."""
+    if a["num_keypoints"] == 0 or max(a["keypoints"]) == 0 or a["area"] <= 0:
+        return None
+    width, height = (img.get(k) if is_number(img.get(k)) else math.inf for k in ("width", "height"))
+    x, y, w, h = a["bbox"]
+    x1, y1 = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
+    x2, y2 = min(max(x + w, 0), width - 1), min(max(y + h, 0), height - 1)
+    return [x1, y1, x2 - x1, y2 - y1] if x2 > x1 and y2 > y1 else None
 
 
 def detections_per_image(path: str, gt: Annotations) -> dict[int, tuple[np.ndarray, np.ndarray]]:

@@ -201,15 +201,20 @@ def _fan_in(key: str, shape: tuple) -> int:
     return int(np.prod(shape[1:]))             # Conv2d (Cout, Cin/g, k, k), Linear (out, in)
 
 
-def save_weights(path: "str | os.PathLike", tensors: dict[str, np.ndarray], config, trained: bool) -> None:
-    """Write a weights file atomically (.npz by extension, otherwise safetensors)."""
+def save_weights(path: "str | os.PathLike", tensors: dict[str, np.ndarray], config, trained: bool,
+                 extra: "dict[str, str] | None" = None) -> None:
+    """Write a weights file atomically (.npz by extension, otherwise safetensors).
+
+    `extra`: more metadata strings for a safetensors file (e.g. what the weights were trained
+    on); they cannot override `format`, `config` and `trained`, and .npz keeps only those three."""
     cfg = get_config(config)
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}
     check_tensors(tensors, WGNet(cfg, impl="reference").tensor_shapes_all(), str(path))
-    meta = {"format": FORMAT, "config": cfg.to_json(), "trained": "true" if trained else "false"}
+    meta = {**{str(k): str(v) for k, v in (extra or {}).items()},
+            "format": FORMAT, "config": cfg.to_json(), "trained": "true" if trained else "false"}
     if Path(path).suffix == ".npz":
         buffer = io.BytesIO()
-        np.savez(buffer, **tensors, **{k: np.array(v) for k, v in meta.items()})
+        np.savez(buffer, **tensors, **{k: np.array(meta[k]) for k in ("format", "config", "trained")})
         data = buffer.getvalue()
     else:
         from safetensors.numpy import save

@@ -1,0 +1,100 @@
+"""`refpose train`: train WGNet (the PyTorch twin) on COCO keypoints and write a weights file.
+
+Needs the torch extra. `torchrun --nproc_per_node N -m refpose train ...` runs one process per
+device (DistributedDataParallel); rank 0 alone logs, validates and writes.
+"""
+from __future__ import annotations
+
+from ..config import CONFIGS
+
+PAPER = "paper section 4.2"
+MMPOSE = "MMPose td-hm_hrnet-w32_8xb64-210e_coco-256x192"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train WGNet on COCO keypoints (PyTorch twin) and write a refpose weights file",
+        description="Train WGNet with the paper's recipe (section 4.2) and, where the paper is silent, "
+        f"the HRNet / {MMPOSE} recipe: Adam, linear warm-up, cosine learning rate, Gaussian heatmaps "
+        "(sigma 2) with per-joint target weights, MSE with target weights, flip / half-body / random "
+        "scale, rotation and shift. The run folder RUN gets run.json, metrics.jsonl, curves.png, "
+        "last.pt, best.pt and model.safetensors (refpose weights, trained: true). "
+        "Several processes: torchrun --nproc_per_node N -m refpose train ... Needs PyTorch "
+        "(pip install 'refpose[torch]').")
+    p.add_argument("--config", required=True, help=f"the network: {', '.join(CONFIGS)} "
+                   "(tiny is a small config for tests, not a paper variant)")
+    p.add_argument("--train-ann", required=True, metavar="TRAIN.json", help="COCO person-keypoints annotations")
+    p.add_argument("--train-images", required=True, metavar="DIR", help="the folder of the training images")
+    p.add_argument("--out", required=True, metavar="RUN", help="the run folder")
+    v = p.add_argument_group("validation (as `refpose eval --images`: flip test, OKS-NMS, pycocotools AP)")
+    v.add_argument("--val-ann", metavar="VAL.json", help="COCO person-keypoints annotations to validate on")
+    v.add_argument("--val-images", metavar="DIR", help="their images")
+    v.add_argument("--val-boxes", metavar="DETS.json",
+                   help="COCO person detections to validate on (default: the ground-truth boxes)")
+    v.add_argument("--val-every", type=int, default=10, metavar="N",
+                   help=f"validate every N epochs and after the last (default 10: {MMPOSE} val_interval)")
+    r = p.add_argument_group("recipe")
+    r.add_argument("--epochs", type=int, default=200, help=f"epochs (default 200: {PAPER})")
+    r.add_argument("--batch", type=int, default=64, help=f"persons per batch per process (default 64: {MMPOSE}, "
+                   "64 per GPU)")
+    r.add_argument("--lr", type=float, default=1e-3, help=f"peak learning rate of Adam (default 1e-3: {PAPER})")
+    r.add_argument("--min-lr", type=float, default=1e-5,
+                   help=f"learning rate at the end of the cosine, then held (default 1e-5: {PAPER})")
+    r.add_argument("--cosine-end", type=float, default=0.85, metavar="FRACTION",
+                   help=f"the cosine ends after this fraction of the epochs (default 0.85: {PAPER}, epoch 170 of 200)")
+    r.add_argument("--warmup-iters", type=int, default=500,
+                   help=f"linear warm-up iterations (default 500: {MMPOSE}, LinearLR end=500)")
+    r.add_argument("--warmup-factor", type=float, default=0.001,
+                   help=f"learning-rate factor at the first iteration (default 0.001: {MMPOSE}, start_factor)")
+    r.add_argument("--weight-decay", type=float, default=0.0, help=f"Adam weight decay (default 0: {MMPOSE})")
+    r.add_argument("--sigma", type=float, default=2.0, help="Gaussian sigma of the target heatmaps, in heatmap "
+                   f"pixels (default 2: HRNet, {MMPOSE})")
+    r.add_argument("--no-augment", dest="augment", action="store_false",
+                   help=f"no flip, half-body, scale, rotation or shift (default: on, {MMPOSE} defaults)")
+    r.add_argument("--scale-lr", action="store_true",
+                   help="multiply --lr by the number of processes (linear scaling rule, Goyal et al. 2017); "
+                   "default off: the paper's lr is for one device")
+    r.add_argument("--seed", type=int, default=0, help="seed of the weights, the order and the augmentation (default 0)")
+    e = p.add_argument_group("execution")
+    e.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                   help="default auto: CUDA when PyTorch sees a GPU, else the CPU")
+    e.add_argument("--amp", action="store_true", help="float16 mixed precision on CUDA (default off)")
+    e.add_argument("--workers", type=int, default=2,
+                   help=f"data-loading processes per training process (default 2: {MMPOSE}); 0 loads "
+                   "in-process. Validation runs refpose on as many processes (at least one)")
+    e.add_argument("--threads", type=int, help="PyTorch CPU threads (default: PyTorch's choice)")
+    e.add_argument("--max-steps", type=int, metavar="N",
+                   help="stop after N optimiser steps in all (the schedule still spans --epochs); last.pt "
+                   "and model.safetensors are written, --resume continues")
+    e.add_argument("--log-every", type=int, default=50, metavar="N",
+                   help=f"steps per line of metrics.jsonl (default 50: {MMPOSE} logger interval)")
+    e.add_argument("--resume", action="store_true",
+                   help="continue the run in RUN from RUN/last.pt (the recipe settings must be the same)")
+    e.add_argument("--deterministic", action="store_true",
+                   help="deterministic PyTorch algorithms: on the CPU a resumed run then ends with the same "
+                   "weights as one never stopped")
+    e.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar (the one-line summary per epoch stays)")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args) -> int:
+    from ..train import require_torch
+
+    require_torch()
+    from ..train.loop import TrainSettings, train
+
+    settings = TrainSettings(
+        config=args.config, train_ann=args.train_ann, train_images=args.train_images, out=args.out,
+        val_ann=args.val_ann, val_images=args.val_images, val_boxes=args.val_boxes, epochs=args.epochs,
+        batch=args.batch, lr=args.lr, min_lr=args.min_lr, cosine_end=args.cosine_end,
+        warmup_iters=args.warmup_iters, warmup_factor=args.warmup_factor, weight_decay=args.weight_decay,
+        sigma=args.sigma, augment=args.augment, scale_lr=args.scale_lr, workers=args.workers, seed=args.seed,
+        device=args.device, amp=args.amp, max_steps=args.max_steps, val_every=args.val_every,
+        log_every=args.log_every, resume=args.resume, deterministic=args.deterministic, threads=args.threads,
+        progress=args.progress)
+    result = train(settings)
+    if result.out is not None:
+        best = f"; best validation AP {result.best['AP']:.3f} at epoch {result.best['epoch']}" if result.best else ""
+        print(f"wrote {result.out}/model.safetensors after {result.epoch:.2f} epochs ({result.stopped}){best}")
+    return 0

@@ -1,0 +1,227 @@
+"""COCO person keypoints for training: the persons, the augmentation and the crop.
+
+The crop is inference's (`refpose.topdown`): box -> centre and scale (aspect ratio of the
+input, padding 1.25), the affine of `get_affine_transform`, OpenCV's bilinear warp with zeros
+outside the image, RGB / 255 with the ImageNet mean and std. Augmentation only changes the
+centre, scale and angle of that region before the warp, and may mirror it, so a network
+trained on these crops is decoded exactly as it was trained (DESIGN section 6).
+
+Augmentation follows MMPose 1.x's top-down COCO pipeline (td-hm_hrnet-w32_8xb64-210e_coco-256x192:
+`RandomFlip`, `RandomHalfBody`, `RandomBBoxTransform`, `TopdownAffine`), with the defaults of
+those transforms; HRNet `JointsDataset.__getitem__` is the older form of the same steps.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from ..errors import DataError
+from ..keypoints import COCO, Keypoints
+from ..topdown import affine_points, box_to_center_scale, get_affine_transform, normalize
+from .targets import SIGMA, heatmap_targets
+
+# joints of the upper body, per dataset (MMPose dataset meta `upper_body_ids`); the rest are lower
+UPPER_BODY = {"coco": tuple(range(11))}          # nose .. right wrist
+
+
+class TrainDataError(DataError):
+    """A training set that cannot be used: not COCO keypoints, no image found, no person left."""
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random changes of the crop; the defaults are MMPose 1.x's (see the module docstring)."""
+    flip_prob: float = 0.5                   # RandomFlip(prob=0.5)
+    half_body_prob: float = 0.3              # RandomHalfBody(prob=0.3)
+    half_body_min_joints: int = 9            # ... min_total_keypoints=9 labelled joints
+    half_body_min_upper: int = 2             # ... min_upper_keypoints=2
+    half_body_min_lower: int = 3             # ... min_lower_keypoints=3
+    half_body_upper_prob: float = 0.7        # ... upper_prioritized_prob=0.7
+    half_body_padding: float = 1.5           # ... padding=1.5
+    scale_range: tuple[float, float] = (0.5, 1.5)   # RandomBBoxTransform(scale_factor=(0.5, 1.5), scale_prob=1)
+    shift_factor: float = 0.16               # ... shift_factor=0.16 (of the box size), shift_prob=0.3
+    shift_prob: float = 0.3
+    rotate_factor: float = 80.0              # ... rotate_factor=80 degrees, rotate_prob=0.6
+    rotate_prob: float = 0.6
+
+    @classmethod
+    def off(cls) -> "Augment":
+        return cls(flip_prob=0.0, half_body_prob=0.0, scale_range=(1.0, 1.0), shift_prob=0.0, rotate_prob=0.0)
+
+
+@dataclass(frozen=True)
+class Person:
+    """One training sample: the image it is in, its box [x, y, w, h] and joints (K, 3) x, y, v."""
+    image: str
+    box: np.ndarray
+    keypoints: np.ndarray
+
+
+@dataclass
+class TrainSet:
+    """The persons of a COCO keypoints file whose images were found, and what was left out."""
+    persons: list
+    images: int                                       # images with at least one usable person
+    source: str
+    skipped_unlabelled: int = 0                       # annotations without a labelled joint or area (crowds)
+    missing: list = field(default_factory=list)      # image paths not found
+    missing_persons: int = 0                          # persons in those images
+
+    def summary(self) -> dict:
+        return {"annotations": self.source, "persons": len(self.persons), "images": self.images,
+                "skipped_unlabelled": self.skipped_unlabelled, "missing_images": len(self.missing),
+                "missing_persons": self.missing_persons, "missing": self.missing}
+
+
+def load_train_set(ann: "str | os.PathLike", images_dir: "str | os.PathLike",
+                   keypoints: Keypoints = COCO) -> TrainSet:
+    """Persons for training from a COCO person-keypoints file and its image folder.
+
+    The file is checked as `refpose eval` checks a ground truth, and the persons are those it
+    evaluates (`evaluate.person_box`: a labelled joint, as HRNet and MMPose require, a positive
+    area and a box left after clipping to the image); the others are counted.
+    Images that are not in the folder are listed; TrainDataError when none is found or no person
+    is left.
+    """
+    from ..evaluate import person_box
+    from ..scoring import load_annotations
+
+    images_dir = str(images_dir)
+    if not os.path.isdir(images_dir):
+        raise TrainDataError(f"{images_dir}: no such image directory")
+    gt = load_annotations(ann)
+    K = keypoints.num_joints
+    by_image: dict[int, list] = {}
+    skipped = 0
+    for a in gt.dataset["annotations"]:
+        kp = np.asarray(a["keypoints"], dtype=np.float64).reshape(-1, 3)
+        if len(kp) != K:
+            raise TrainDataError(f"{gt.source}: annotation id {a['id']} has {len(kp)} joints, "
+                                 f"{keypoints.name} has {K}")
+        box = person_box(a, gt.images[a["image_id"]])
+        if box is None:
+            skipped += 1
+            continue
+        by_image.setdefault(a["image_id"], []).append((np.array(box), kp))
+    persons, missing, missing_persons = [], [], 0
+    for image_id, entries in by_image.items():
+        name = gt.images[image_id].get("file_name")
+        path = os.path.join(images_dir, name) if isinstance(name, str) else None
+        if path is None or not os.path.isfile(path):
+            missing.append(path or f"image id {image_id} (no file_name)")
+            missing_persons += len(entries)
+            continue
+        persons += [Person(path, box, kp) for box, kp in entries]
+    if not by_image:
+        raise TrainDataError(f"{gt.source}: no person with labelled keypoints "
+                             f"({skipped} annotations skipped)")
+    if not persons:
+        raise TrainDataError(f"{images_dir}: none of the {len(by_image)} images of {gt.source} is there "
+                             f"(first: {missing[0]})")
+    return TrainSet(persons, len(by_image) - len(missing), gt.source, skipped, sorted(missing), missing_persons)
+
+
+# --- one sample -------------------------------------------------------------------------------
+def _truncnorm(rng: np.random.Generator) -> float:
+    """A standard normal truncated to [-1, 1] (scipy `truncnorm(-1, 1)`, as MMPose draws), by rejection."""
+    while True:
+        v = rng.standard_normal()
+        if -1.0 <= v <= 1.0:
+            return float(v)
+
+
+def half_body_region(keypoints: np.ndarray, visible: np.ndarray, rng: np.random.Generator, aug: Augment,
+                     upper: tuple[int, ...], aspect_ratio: float):
+    """MMPose `RandomHalfBody`: (centre, scale) around the labelled joints of the upper or the
+    lower body, or None when it does not apply. Centre: their mean; size: their extent x 1.5,
+    widened to the input's aspect ratio (done by `TopdownAffine` in MMPose)."""
+    if visible.sum() < aug.half_body_min_joints or rng.random() > aug.half_body_prob:
+        return None
+    ids_upper = [k for k in upper if visible[k]]
+    ids_lower = [k for k in range(len(visible)) if k not in upper and visible[k]]
+    prefer_upper = rng.random() < aug.half_body_upper_prob
+    few_upper, few_lower = len(ids_upper) < aug.half_body_min_upper, len(ids_lower) < aug.half_body_min_lower
+    if few_upper and few_lower:
+        return None
+    ids = ids_upper if few_lower or (prefer_upper and not few_upper) else ids_lower
+    pts = keypoints[ids]
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    _, scale = box_to_center_scale([lo[0], lo[1], *(hi - lo)], aspect_ratio, aug.half_body_padding)
+    return pts.mean(axis=0), scale
+
+
+def rotation_about(center, degrees: float) -> np.ndarray:
+    """3x3 matrix of the image turned by `degrees` (counter-clockwise on screen) about `center`.
+
+    Composed after `get_affine_transform`, it gives HRNet's rotated crop (`get_affine_transform`
+    with `rot`): the crop shows the region turned by `degrees`."""
+    t = math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    R = np.array([[c, s], [-s, c]])               # the inverse of HRNet's src-point rotation
+    cx, cy = (float(v) for v in center)
+    out = np.eye(3)
+    out[:2, :2] = R
+    out[:2, 2] = (cx, cy) - R @ (cx, cy)
+    return out
+
+
+def mirror(width: int) -> np.ndarray:
+    """3x3 matrix of the horizontal flip of an image `width` pixels wide: x -> width - 1 - x
+    (pixel centres at integer x, OpenCV's convention, so pixel j goes to pixel width - 1 - j)."""
+    return np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def sample_transform(person: Person, image_size: tuple[int, int], input_size: tuple[int, int],
+                     rng: np.random.Generator, aug: Augment, keypoints: Keypoints = COCO):
+    """The random view of one person: the 2x3 matrix from image to input pixels, the joints
+    (K, 2) in input pixels, their labelled flags (K,), and whether the view is mirrored."""
+    H, W = image_size
+    in_h, in_w = input_size
+    aspect = in_w / in_h
+    kp, visible = person.keypoints[:, :2].copy(), person.keypoints[:, 2] > 0
+    pre = np.eye(3)                                   # image -> (maybe mirrored) image
+    flipped = rng.random() < aug.flip_prob
+    center, scale = box_to_center_scale(person.box, aspect)
+    if flipped:                                       # MMPose RandomFlip: image, box and joints
+        pre = mirror(W)
+        center = affine_points(center, pre[:2])
+        kp = affine_points(kp, pre[:2])[list(keypoints.flip_index)]
+        visible = visible[list(keypoints.flip_index)]
+    half = half_body_region(kp, visible, rng, aug, UPPER_BODY[keypoints.name], aspect)
+    if half is not None:
+        center, scale = half
+    # MMPose RandomBBoxTransform: shift, scale (truncated normals), then rotation
+    if rng.random() < aug.shift_prob:
+        center = center + np.array([_truncnorm(rng), _truncnorm(rng)]) * aug.shift_factor * scale
+    lo, hi = aug.scale_range
+    scale = scale * ((hi + lo) / 2 + _truncnorm(rng) * (hi - lo) / 2)
+    degrees = _truncnorm(rng) * aug.rotate_factor if rng.random() < aug.rotate_prob else 0.0
+    crop = np.vstack([get_affine_transform(center, scale, input_size), [0.0, 0.0, 1.0]])
+    view = crop @ rotation_about(center, degrees)                    # (mirrored) image -> input
+    return (view @ pre)[:2], affine_points(kp, view[:2]), visible, flipped
+
+
+def warp(image: np.ndarray, M: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """The crop (in_h, in_w, 3): OpenCV bilinear warp with zeros outside, as `topdown.crop_person`."""
+    in_h, in_w = input_size
+    return cv2.warpAffine(image, M, (in_w, in_h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def make_sample(image: np.ndarray, person: Person, input_size: tuple[int, int], heatmap_size: tuple[int, int],
+                rng: np.random.Generator, aug: Augment, sigma: float = SIGMA, keypoints: Keypoints = COCO):
+    """Network input (3, in_h, in_w) float32, heatmaps (K, h, w) and target weights (K,) of one person."""
+    M, kp, visible, _ = sample_transform(person, image.shape[:2], input_size, rng, aug, keypoints)
+    x = normalize(warp(image, M, input_size)[None])[0]
+    stride = input_size[1] / heatmap_size[1]
+    heatmaps, weights = heatmap_targets(kp, visible, heatmap_size, stride, sigma)
+    return x, heatmaps, weights
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The random stream of one sample in one epoch: the same for any worker count or rank."""
+    return np.random.default_rng([seed, epoch, index])
