@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import refpose
-from refpose.evaluate import evaluate_images, gt_person_boxes, load_annotations
+from refpose.evaluate import ModelSpec, evaluate_images, gt_person_boxes
+from refpose.scoring import load_annotations
 from refpose.topdown import box_to_center_scale, crop_person, normalize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,10 +31,10 @@ AP50_FLOOR = 0.7
 @pytest.fixture(scope="module")
 def stats(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
-    trained = evaluate_images(HELD / "annotations.json", HELD / "images", weights=WEIGHTS,
-                              results_out=out / "trained.json", progress=False)
-    untrained = evaluate_images(HELD / "annotations.json", HELD / "images", weights=None, config="tiny",
-                                results_out=out / "untrained.json", progress=False)
+    trained = evaluate_images(HELD / "annotations.json", HELD / "images", out / "trained.json",
+                              model=ModelSpec(weights=str(WEIGHTS)), progress=False)
+    untrained = evaluate_images(HELD / "annotations.json", HELD / "images", out / "untrained.json",
+                                model=ModelSpec(config="tiny"), progress=False)
     return trained.stats, untrained.stats
 
 
