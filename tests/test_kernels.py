@@ -253,8 +253,8 @@ def test_attention_with_huge_scores_is_one_hot_and_finite(dtype):
 
 
 @njit
-def _softmax_columns(sT, total):
-    kernels._softmax_columns(sT, total)
+def _softmax_columns(sT, peak, total):
+    kernels._softmax_columns(sT, peak, total)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -265,8 +265,9 @@ def test_softmax_subtracts_the_column_maximum(dtype):
     cols = np.array([[0.0, -1.0, -2.0, -50.0], [1e4, 1e4 - 1, 1e4 - 2, 1e4 - 50],
                      [-1e4, -1e4 - 1, -1e4 - 2, -1e4 - 50], [-50.0, -2.0, 0.0, -1.0]])
     s = np.ascontiguousarray(cols.T.astype(dtype))
-    total = np.empty(4, dtype)
-    _softmax_columns(s, total)
+    peak, total = np.empty(4, dtype), np.empty(4, dtype)
+    _softmax_columns(s, peak, total)
+    np.testing.assert_array_equal(peak, cols.max(axis=1).astype(dtype))
     e = np.exp(np.array([0.0, -1.0, -2.0, -50.0]))
     for i in range(3):
         np.testing.assert_allclose(s[:, i], e, rtol=4 * np.finfo(dtype).eps, atol=0)
@@ -546,3 +547,20 @@ def test_a_freshly_compiled_kernel_computes_what_the_cached_one_does(tmp_path):
         assert r.returncode == 0, r.stderr
         outs.append(np.load(out))
     assert np.array_equal(outs[0], outs[1]), f"max |diff| {np.abs(outs[0] - outs[1]).max():.3g}"
+
+
+@njit
+def _matmul_rows(a, b, out):
+    kernels._matmul_rows(a, b, out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("R, K, N", [(1, 1, 1), (3, 5, 7), (4, 4, 4), (9, 13, 6), (32, 48, 48)])
+def test_matmul_rows_matches_numpy(dtype, R, K, N):
+    # The attention kernel's in-cache matmul, blocks of 4 rows x 4 k plus the leftovers, against
+    # float64 numpy; TOL covers float32 rounding of sums of at most 48 terms.
+    rng = np.random.default_rng(R * 100 + K * 10 + N)
+    a, b = rng.standard_normal((R, K)), rng.standard_normal((K, N))
+    out = np.full((R, N), np.nan, dtype)
+    _matmul_rows(a.astype(dtype), b.astype(dtype), out)
+    np.testing.assert_allclose(out, a @ b, rtol=TOL[dtype], atol=TOL[dtype])

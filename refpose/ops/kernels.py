@@ -165,6 +165,20 @@ def _rows4_times(xb, wT, yb, k0):
     return k
 
 
+@njit(inline="always")
+def _block_times(xb, wT, yb):
+    """yb (rows, N) += xb (rows, K) wT (K, N) for a block of at most 4 rows, each sum in k order."""
+    rows, K = xb.shape
+    N = wT.shape[1]
+    k0 = _rows4_times(xb, wT, yb, 0) if rows == 4 else 0
+    for r in range(rows):                   # the channels left over, or the rows of a short block
+        yr = yb[r]
+        for k in range(k0, K):
+            a, w = xb[r, k], wT[k]
+            for n in range(N):
+                yr[n] += a * w[n]
+
+
 @njit(parallel=True, **JIT)
 def _matmul_bias_act(x, wT, b, relu6, y):
     """y (M, N) = x (M, K) wT (K, N) + b (N,), then ReLU6 if `relu6`.
@@ -172,26 +186,21 @@ def _matmul_bias_act(x, wT, b, relu6, y):
     y[m, n] = b[n] + sum_k x[m, k] wT[k, n], summed in k order; one block of 4 rows per
     iteration (the last block may be shorter), so each output row is written by one iteration.
     """
-    M, K = x.shape
+    M = x.shape[0]
     N = wT.shape[1]
     lo, hi = y.dtype.type(0), y.dtype.type(6)
     for blk in prange((M + 3) // 4):
         r0 = blk * 4
         rows = min(4, M - r0)
-        xb, yb = x[r0:r0 + rows], y[r0:r0 + rows]
+        yb = y[r0:r0 + rows]
         for r in range(rows):
             for n in range(N):
                 yb[r, n] = b[n]
-        k0 = _rows4_times(xb, wT, yb, 0) if rows == 4 else 0
-        for r in range(rows):               # the channels left over, or the rows of a short block
-            yr = yb[r]
-            for k in range(k0, K):
-                a, w = xb[r, k], wT[k]
+        _block_times(x[r0:r0 + rows], wT, yb)
+        if relu6:
+            for r in range(rows):
                 for n in range(N):
-                    yr[n] += a * w[n]
-            if relu6:
-                for n in range(N):
-                    yr[n] = _clip(yr[n], lo, hi)
+                    yb[r, n] = _clip(yb[r, n], lo, hi)
 
 
 @njit(parallel=True, **JIT)
@@ -333,53 +342,41 @@ def _gather_head(qkv, pix, c0, C, scale, qT, k, vT):
 
 @njit(inline="always")
 def _matmul_rows(a, b, out):
-    """out (R, N) = a (R, K) b (K, N): out[r, n] = sum_k a[r, k] b[k, n] in k order, four k per
-    pass over each output row (each row of b loaded once per pass)."""
-    R, K = a.shape
+    """out (R, N) = a (R, K) b (K, N): out[r, n] = sum_k a[r, k] b[k, n] in k order, in blocks of
+    4 rows times 4 k (each row of b loaded once per block and pass, as in `_matmul_bias_act`)."""
+    R = a.shape[0]
     N = b.shape[1]
-    for r in range(R):
-        o = out[r]
-        for n in range(N):
-            o[n] = 0
-        k = 0
-        while k + 4 <= K:
-            a0, a1, a2, a3 = a[r, k], a[r, k + 1], a[r, k + 2], a[r, k + 3]
-            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
+    for r0 in range(0, R, 4):
+        ob = out[r0:r0 + 4]
+        for r in range(ob.shape[0]):
             for n in range(N):
-                o[n] = o[n] + a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n]
-            k += 4
-        while k < K:
-            a0, b0 = a[r, k], b[k]
-            for n in range(N):
-                o[n] += a0 * b0[n]
-            k += 1
+                ob[r, n] = 0
+        _block_times(a[r0:r0 + 4], b, ob)
 
 
 @njit(inline="always")
-def _softmax_columns(sT, total):
+def _softmax_columns(sT, peak, total):
     """Unnormalised softmax of every column of sT (T keys, T queries), in place:
-    sT[:, i] <- exp(sT[:, i] - max_j sT[j, i]), total[i] <- the column's sum.
+    sT[:, i] <- exp(sT[:, i] - max_j sT[j, i]), peak[i] <- that maximum, total[i] <- the column's sum.
 
     The column maximum is subtracted first, so exp never overflows: its argument is <= 0.
-    The division by the total is left to the output, where it touches d values, not T.
+    The sums run in key order in the same pass as the exps. The division by the total is left
+    to the output, where it touches d values, not T.
     """
     T = sT.shape[0]
-    for i in range(T):                   # `total` holds the column maxima first
-        total[i] = sT[0, i]
+    for i in range(T):
+        peak[i] = sT[0, i]
+        total[i] = 0
     for j in range(1, T):
         sj = sT[j]
         for i in range(T):
-            total[i] = _larger(sj[i], total[i])
+            peak[i] = _larger(sj[i], peak[i])
     for j in range(T):
         sj = sT[j]
         for i in range(T):
-            sj[i] = _exp_nonpositive(sj[i] - total[i])
-    for i in range(T):                   # then the sums, in key order
-        total[i] = 0
-    for j in range(T):
-        sj = sT[j]
-        for i in range(T):
-            total[i] += sj[i]
+            e = _exp_nonpositive(sj[i] - peak[i])
+            sj[i] = e
+            total[i] += e
 
 
 @njit(parallel=True, **JIT)
@@ -399,10 +396,11 @@ def _grouped_attention(qkv, pix, heads, out):
     for gh in prange(G * heads):
         g, h = gh // heads, gh % heads
         qT, vT, oT = np.empty((d, T), dtype), np.empty((d, T), dtype), np.empty((d, T), dtype)
-        k, sT, total = np.empty((T, d), dtype), np.empty((T, T), dtype), np.empty(T, dtype)
+        k, sT = np.empty((T, d), dtype), np.empty((T, T), dtype)
+        peak, total = np.empty(T, dtype), np.empty(T, dtype)
         _gather_head(qkv, pix[g], h * d, C, scale, qT, k, vT)
         _matmul_rows(k, qT, sT)              # sT[j, i] = k_j . q_i / sqrt(d)
-        _softmax_columns(sT, total)
+        _softmax_columns(sT, peak, total)
         _matmul_rows(vT, sT, oT)             # oT[c, i] = sum_j v[j, c] p[j, i], not yet divided
         for i in range(T):
             dst = out[pix[g, i]]
