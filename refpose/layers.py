@@ -263,5 +263,5 @@ class DecoderStage(Layer):
     def forward(self, x, skip):
         if hasattr(self, "skip"):
             skip = self.skip(skip)
-        x = self.ops.add(self.up(x), skip)
+        x = self.ops.add(skip, self.up(x))
         return self.se(self.blocks(x))

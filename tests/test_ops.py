@@ -509,3 +509,15 @@ def test_ops_agree_with_pytorch():
     q, k, v = (rng.standard_normal((2, 3, 6, 4)) for _ in range(3))
     want = F.scaled_dot_product_attention(*(torch.from_numpy(a) for a in (q, k, v))).numpy()
     np.testing.assert_allclose(ref.attention(q, k, v), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_add_sums_into_the_fresh_operand_and_leaves_the_other(impl):
+    # The residual sum reuses the branch's output; the skip or input map must stay as it was.
+    rng = np.random.default_rng(5)
+    x, fresh = rng.standard_normal((2, 3, 5, 4)).astype(np.float32), rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    x_before, expected = x.copy(), x.astype(np.float64) + fresh.astype(np.float64)
+    out = Ops(impl).add(x, fresh)
+    assert out is fresh
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_allclose(out, expected, rtol=1e-7, atol=0)   # one float32 rounding of an exact sum

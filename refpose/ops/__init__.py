@@ -82,9 +82,11 @@ class Ops:
         report_elementwise("se_gate", x.size)
         return self.impl.squeeze_excite(x, w1, b1, w2, b2)
 
-    def add(self, x, y):
+    def add(self, x, fresh):
+        """x + fresh, written into `fresh`: an intermediate the caller made for this sum (the
+        residual branch's output), so no new map is allocated and faulted in for each sum."""
         report_elementwise("add", x.size)
-        return x + y
+        return np.add(x, fresh, out=fresh)
 
     def _act(self, op, relu6: bool, *args) -> np.ndarray:
         """Run a conv op, then ReLU6 if asked: fused into the op on the fast path."""
