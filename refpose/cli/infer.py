@@ -32,8 +32,9 @@ def add_parser(sub) -> None:
         "infer", help="top-down pose estimation on images: COCO keypoints JSON and a drawn skeleton",
         description="Top-down pose estimation. For each image (or each image in a directory) and each "
         "person box, 17 COCO keypoints: written to <name>.pose.json (COCO keypoint results) and drawn on "
-        "<name>.pose.png in --out. Boxes come from --bbox, from a COCO detection-results file, or default "
-        "to the whole image.")
+        "<name>.pose.png in --out; a video gives <name>.pose.mp4 (skeletons drawn) and <name>.pose.jsonl "
+        "(one line of records per frame). Boxes come from --bbox, from a COCO detection-results file, "
+        "from an ONNX person detector (--detector), or default to the whole image or frame.")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR",
                    help="image files (JPEG, PNG, BMP, WebP, TIFF, ...), videos (see below) or directories of them")
     p.add_argument("--weights", metavar="FILE", help="weights file (default: weights/<config>.safetensors "
