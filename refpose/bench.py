@@ -105,10 +105,10 @@ def fixed_threads(threads: int):
     """Numba, BLAS and torch each at `threads` threads for the block; restored after."""
     import numba
 
-    from .threads import kernel_threads
+    from .threads import set_kernel_threads
 
     before = numba.get_num_threads()
-    numba.set_num_threads(kernel_threads(threads))    # one thread for the kernels if OpenMP spins
+    set_kernel_threads(threads)                       # one thread for the kernels if OpenMP spins
     torch_before = None
     try:
         if "torch" in sys.modules:

@@ -256,7 +256,7 @@ def validate(cfg: WGNetConfig, input_size: tuple[int, int] | None = None) -> Non
             raise ConfigError(f"{where}: {s.channels} channels not divisible by the head size {cfg.head_dim}")
         mh, mw = cfg.map_size(s.name, (H, W))
         problem = tiling_problem(mh, mw, "global" if s.global_attn else "window",
-                                 cfg.window_of(s.name, (H, W)), s.patch)
+                                 clamp_window(s.window, mh, mw), s.patch)
         if problem:
             raise ConfigError(f"{where}: {problem}")
 
@@ -268,10 +268,10 @@ def validate(cfg: WGNetConfig, input_size: tuple[int, int] | None = None) -> Non
 # 8x8 map at s4) and its patches are 4x4, the square counterpart of COCO's 4x3 (a 4x3 patch
 # cannot tile a square window of even side 8 or 16 in width). Attention is defined as for COCO.
 GEOMETRY = {
-    "coco": dict(input_size=(256, 192), num_keypoints=17, patch=(4, 3), windows=dict(
+    "coco": dict(input_size=(256, 192), patch=(4, 3), windows=dict(
         s1=(16, 12), s2=(8, 6), s3=(8, 6), s4=(8, 6), d1=(8, 6), d2=(8, 6), d3=(16, 12))),
         #  64x48     32x24      16x12      8x6        16x12      32x24      64x48
-    "mpii": dict(input_size=(256, 256), num_keypoints=16, patch=(4, 4), windows=dict(
+    "mpii": dict(input_size=(256, 256), patch=(4, 4), windows=dict(
         s1=(16, 16), s2=(8, 8), s3=(8, 8), s4=(8, 8), d1=(8, 8), d2=(8, 8), d3=(16, 16))),
         #  64x64     32x32      16x16      8x8        16x16      32x32      64x64
 }
@@ -296,7 +296,7 @@ def _wgnet(name: str, window_attn: bool, global_attn: bool, dataset: str = "coco
             st("d2", 160, 1),
             st("d3", 96, 1),
         ),
-        num_keypoints=g["num_keypoints"], dataset=dataset,
+        num_keypoints=DATASETS[dataset].num_joints, dataset=dataset,
     )
 
 

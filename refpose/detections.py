@@ -9,13 +9,13 @@ commands agree on which boxes belong to which image.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import numpy as np
 
 from .errors import DataError
+from .fileio import read_json
 from .keypoints import COCO
 
 
@@ -47,15 +47,7 @@ def load_detections(path: "str | os.PathLike", box_thr: float = 0.0,
     such a box is absent. A malformed file raises DataError naming it and the first bad record.
     """
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            dets = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such detections file") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the detections: {e}") from None
+    dets = read_json(path, "detections")
     if not isinstance(dets, list):
         raise DataError(f"{path}: expected a JSON list of COCO detection results, got a JSON {type(dets).__name__}")
     per_image: dict = {}

@@ -20,7 +20,7 @@ import numpy as np
 
 from .detections import find_detections, is_number, load_detections
 from .errors import DataError, ImageError, RefposeError, WeightsError
-from .fileio import write_atomic
+from .fileio import check_output_path, write_atomic
 from .nms import OKS_NMS_THR
 from .scoring import Annotations, coco_eval, load_annotations, load_results
 
@@ -80,12 +80,6 @@ class EvalRun:
 
 
 # --- person boxes ------------------------------------------------------------------------------
-
-# --- run and score --------------------------------------------------------------------------
-
-PROGRESS_SUFFIX = ".progress.jsonl"
-PROGRESS_FORMAT = "refpose-eval-progress/1"
-
 
 def gt_person_boxes(gt: Annotations) -> dict[int, np.ndarray]:
     """Ground-truth person boxes per image id, (K, 4) xywh, as MMPose takes them (`use_gt_bbox`).
@@ -368,8 +362,7 @@ def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.Pat
     check_image_folder(images)
     options.check()
     jobs, box_source = make_jobs(gt, images, boxes, options.limit)
-    if os.path.isdir(results_out):
-        raise DataError(f"{results_out}: is a directory; --results-out names the results file")
+    check_output_path(results_out)           # before the long run, not after it
     progress_path = results_out + PROGRESS_SUFFIX
     done = open_progress(progress_path, run_settings(gt, model, options.flip, boxes), gt, options.restart)
     resumed = sum(job.image_id in done for job in jobs)

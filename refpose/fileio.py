@@ -1,11 +1,12 @@
 """Output files are written whole or not at all."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import DataError, OutputError
 
 
 def write_files(files: "dict[str | os.PathLike, bytes]") -> None:
@@ -99,3 +100,24 @@ def check_output_path(path: "str | os.PathLike") -> None:
 
 def _reason(e: OSError) -> str:
     return e.strerror or str(e)
+
+
+def read_json(path: "str | os.PathLike", what: str):
+    """Parse a JSON file; any failure is a DataError naming the file and the problem."""
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such {what} file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a {what} file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the {what} file: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a JSON {what} file (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON in the {what} file: {e.msg} "
+                        f"at line {e.lineno} column {e.colno}") from None
+    except (ValueError, RecursionError) as e:    # an integer of thousands of digits; nesting too deep
+        raise DataError(f"{path}: cannot read the {what} file: {e}") from None

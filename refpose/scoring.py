@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from dataclasses import dataclass, field
 
 from .detections import brief, is_int, is_number
 from .errors import DataError
+from .fileio import read_json  # noqa: F401  (scoring.read_json: one JSON reader for every input file)
 from .keypoints import COCO
 
 # COCOeval(iouType="keypoints").stats, in its order; Table 2 of the paper shows the first five
@@ -28,27 +28,6 @@ PERSON_CATEGORY = COCO.person_category
 
 
 # --- reading and checking ----------------------------------------------------------------
-
-def read_json(path: "str | os.PathLike", what: str):
-    """Parse a JSON file; any failure is a DataError naming the file and the problem."""
-    path = str(path)
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such {what} file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, not a {what} file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the {what} file: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a JSON {what} file (not UTF-8 text)") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON in the {what} file: {e.msg} "
-                        f"at line {e.lineno} column {e.colno}") from None
-    except (ValueError, RecursionError) as e:    # an integer of thousands of digits; nesting too deep
-        raise DataError(f"{path}: cannot read the {what} file: {e}") from None
-
 
 def _check_keypoints(v) -> str | None:
     """The problem with a COCO `keypoints` field (17 x [x, y, v] flattened), or None."""

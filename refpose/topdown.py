@@ -389,6 +389,7 @@ def predict_images(items, model, options: PoseOptions = PoseOptions(), *,
             persons.append(e)
     ok = [p for p in persons if isinstance(p, Persons)]
     poses_of = iter(_run(model, ok, options))
+    keypoints = keypoints_of(model)
     out = []
     for (_, _, _, image_id, file_name), p in zip(items, persons):
         if not isinstance(p, Persons):
@@ -396,8 +397,8 @@ def predict_images(items, model, options: PoseOptions = PoseOptions(), *,
             continue
         poses = next(poses_of)
         if options.oks_nms is not None:
-            poses = suppress(poses, options.oks_nms, keypoints_of(model).oks_sigmas)
-        out.append((poses, to_coco_records(poses, image_id, file_name, keypoints_of(model).person_category)))
+            poses = suppress(poses, options.oks_nms, keypoints.oks_sigmas)
+        out.append((poses, to_coco_records(poses, image_id, file_name, keypoints.person_category)))
     return out
 
 

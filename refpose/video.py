@@ -33,7 +33,6 @@ from .imageio import _quiet_stderr          # FFmpeg and OpenCV print their comp
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
                   ".ts", ".3gp", ".ogv")
-OUTPUT_SUFFIXES = (".pose.mp4", ".pose.jsonl")
 FOURCC = "mp4v"
 DEFAULT_FPS = 30.0           # when the container does not give a frame rate
 
@@ -55,8 +54,6 @@ def output_paths(path: "str | os.PathLike", out_dir: "str | os.PathLike") -> tup
 
 @dataclass(frozen=True)
 class VideoInfo:
-    width: int
-    height: int
     fps: float
     frames: int              # the container's frame count (0 when it does not say; may be approximate)
 
@@ -76,8 +73,7 @@ def open_video(path: "str | os.PathLike") -> tuple[cv2.VideoCapture, VideoInfo]:
         raise VideoError(f"{path}: OpenCV cannot read this file as a video")
     fps = cap.get(cv2.CAP_PROP_FPS)
     fps = fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS
-    info = VideoInfo(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), fps,
-                     max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))))
+    info = VideoInfo(fps, max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))))
     return cap, info
 
 
@@ -192,13 +188,13 @@ def frame_poses(rgb: np.ndarray, index: int, model, *, boxes=None, detector=None
     """Poses of one frame (see `refpose.topdown.estimate`) and their COCO records (`image_id` = the
     frame index, with `box_score` and, when a smoother tracks them, `track_id`)."""
     from .detect import add_box_scores
-    from .topdown import estimate, to_coco_records
+    from .topdown import estimate, keypoints_of, to_coco_records
 
     frame_boxes, scores = detector(rgb) if detector is not None else (boxes, None)
     poses = estimate(rgb, model, frame_boxes, box_scores=scores, flip=flip, dark=dark)
     if smoother is not None:
         poses = smoother(poses, index)
-    records = add_box_scores(to_coco_records(poses, image_id=index),
+    records = add_box_scores(to_coco_records(poses, image_id=index, category=keypoints_of(model).person_category),
                              scores if scores is not None else np.ones(len(poses)))
     for r, p in zip(records, poses):
         if "track_id" in p:

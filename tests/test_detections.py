@@ -29,7 +29,7 @@ def test_load_detections(tmp_path):
 
 
 @pytest.mark.parametrize("text, problem", [
-    ("[{\"image_id\": 1,", "not valid JSON"), ("{\"a\": 1}", "JSON list"),
+    ("[{\"image_id\": 1,", "malformed JSON in the detections file"), ("{\"a\": 1}", "JSON list"),
     ("[{\"image_id\": 1, \"category_id\": 1, \"bbox\": [1, 2, 3], \"score\": 1}]", "bbox"),
     ("[{\"category_id\": 1, \"bbox\": [1, 2, 3, 4], \"score\": 1}]", "image_id"),
     ("[{\"image_id\": 1, \"category_id\": 1, \"bbox\": [1, 2, 3, 4]}]", "score"),

@@ -175,3 +175,25 @@ def test_refpose_and_the_data_pipeline_import_without_torch():
             "refpose.cli.build_parser(); assert 'torch' not in sys.modules, 'torch was imported'")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
+
+
+def test_ctrl_c_on_an_epoch_boundary_still_validates(sets, tmp_path, capsys, monkeypatch):
+    # 168 persons in batches of 56 are 3 steps per epoch; Ctrl-C arrives during step 3, the last
+    # of epoch 1. The run must stop with status 130, save last.pt at step 3, and still run the
+    # epoch's validation first: a resumed run starts at step 3 and would never validate epoch 1
+    import refpose.train.loop as loop
+
+    calls = {"n": 0}
+
+    def stop_at_step_3(flag, dd):           # the loop asks once per step whether Ctrl-C was pressed
+        calls["n"] += 1
+        return calls["n"] >= 3
+    monkeypatch.setattr(loop, "_any", stop_at_step_3)
+    out = tmp_path / "stopped"
+    argv = _args(sets, out, "--batch", "56", "--epochs", "2", "--warmup-iters", "1", "--threads", "2",
+                 "--val-ann", str(sets / "heldout" / "annotations.json"),
+                 "--val-images", str(sets / "heldout" / "images"), "--val-every", "1")
+    assert main(argv) == 130
+    assert _state(out / "last.pt")["step"] == 3
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val" in r] == [3]

@@ -6,6 +6,7 @@ device (DistributedDataParallel); rank 0 alone logs, validates and writes.
 from __future__ import annotations
 
 from ..config import CONFIGS
+from ..train.targets import SIGMA
 
 PAPER = "paper section 4.2"
 MMPOSE = "MMPose td-hm_hrnet-w32_8xb64-210e_coco-256x192"
@@ -47,8 +48,8 @@ def add_parser(sub) -> None:
     r.add_argument("--warmup-factor", type=float, default=0.001,
                    help=f"learning-rate factor at the first iteration (default 0.001: {MMPOSE}, start_factor)")
     r.add_argument("--weight-decay", type=float, default=0.0, help=f"Adam weight decay (default 0: {MMPOSE})")
-    r.add_argument("--sigma", type=float, default=2.0, help="Gaussian sigma of the target heatmaps, in heatmap "
-                   f"pixels (default 2: HRNet, {MMPOSE})")
+    r.add_argument("--sigma", type=float, default=SIGMA, help="Gaussian sigma of the target heatmaps, in heatmap "
+                   f"pixels (default {SIGMA:g}: HRNet, {MMPOSE})")
     r.add_argument("--no-augment", dest="augment", action="store_false",
                    help=f"no flip, half-body, scale, rotation or shift (default: on, {MMPOSE} defaults)")
     r.add_argument("--scale-lr", action="store_true",

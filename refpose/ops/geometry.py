@@ -101,16 +101,6 @@ def check_grouping(H: int, W: int, kind: str, window: tuple[int, int], patch: tu
         raise ValueError(problem)
 
 
-def grouped_shape(N: int, H: int, W: int, kind: str, window: tuple[int, int],
-                  patch: tuple[int, int]) -> tuple[int, int]:
-    """(groups, tokens) of `partition` on an (N, H, W, C) map: what the attention kernels see."""
-    wh, ww = window
-    if kind == "window":
-        return N * (H // wh) * (W // ww), wh * ww
-    gh, gw = wh // patch[0], ww // patch[1]
-    return N * gh * gw, (H // wh) * (W // ww) * patch[0] * patch[1]
-
-
 def conv_out_size(n: int, k: int, stride: int) -> int:
     """Output length of a conv with padding k // 2 (PyTorch: floor((n + 2 pad - k) / stride) + 1)."""
     return (n + 2 * (k // 2) - k) // stride + 1

@@ -188,7 +188,6 @@ class TrainResult:
     epoch: float
     stopped: str                          # "finished", "max-steps" or "interrupted"
     best: dict = field(default_factory=dict)
-    last_loss: float | None = None
 
 
 class _StopFlag:
@@ -360,7 +359,7 @@ def train(s: TrainSettings) -> TrainResult:
                         "cuda": torch.cuda.get_rng_state() if device == "cuda" else None},
                 "settings": s.recipe(), "world": dd.world, "best": best}
 
-    stopped, last_loss = "finished", None
+    stopped = "finished"
     max_steps = total_steps if s.max_steps is None else min(s.max_steps, total_steps)
     model.train()
     with _StopFlag() as stop:
@@ -391,7 +390,6 @@ def train(s: TrainSettings) -> TrainResult:
                     value = float(loss.detach())
                     if not math.isfinite(value):
                         raise TrainError(f"the loss became {value} at step {step}; lower --lr")
-                    last_loss = value
                     loss_sum, loss_n, seen = loss_sum + value, loss_n + 1, seen + len(x) * dd.world
                     window["loss"] += value
                     window["n"] += 1
@@ -419,9 +417,9 @@ def train(s: TrainSettings) -> TrainResult:
                 raise type(e)(_one_line(e)) from None
             finally:
                 bar.close()
-            if stopped == "interrupted":
-                break
             epoch_done = step % steps_per_epoch == 0
+            if stopped == "interrupted" and not epoch_done:
+                break                         # an epoch's last step still gets its summary and validation
             if log is not None:
                 elapsed = time.perf_counter() - t_epoch
                 line = (f"epoch {step / steps_per_epoch:.2f}/{s.epochs}  loss {loss_sum / max(loss_n, 1):.3e}  "
@@ -442,6 +440,8 @@ def train(s: TrainSettings) -> TrainResult:
                 log.curves()
             if dd.world > 1:
                 dist.barrier()
+            if stopped == "interrupted":
+                break
         if stopped != "interrupted" and step < total_steps:
             stopped = "max-steps"
     if log is not None:
@@ -457,7 +457,7 @@ def train(s: TrainSettings) -> TrainResult:
         dist.destroy_process_group()
     if stopped == "interrupted":
         raise KeyboardInterrupt
-    return TrainResult(str(out) if dd.main else None, step, step / steps_per_epoch, stopped, best, last_loss)
+    return TrainResult(str(out) if dd.main else None, step, step / steps_per_epoch, stopped, best)
 
 
 def _any(flag: bool, dd: Dist) -> bool:
