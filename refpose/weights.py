@@ -142,8 +142,17 @@ def from_tensors(tensors: dict[str, np.ndarray], config, dtype: str = "float32",
     check_tensors(tensors, model.tensor_shapes_all(), source)
     for path, layer in walk(model):
         prefix = f"{path}." if path else ""
-        layer.bind(lambda k, p=prefix: np.asarray(tensors[p + k], dtype=model.dtype))
+        layer.bind(lambda k, p=prefix: _frozen(tensors[p + k], model.dtype))
     return model
+
+
+def _frozen(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The model's own read-only copy of a tensor: the caller's dict stays the caller's, and the
+    fast path may keep what it derives from a weight (its packed panels) for as long as the
+    weight lives."""
+    a = np.array(a, dtype=dtype, order="C", copy=True)
+    a.setflags(write=False)
+    return a
 
 
 def load(weights: "str | os.PathLike", config=None, dtype: str = "float32", impl: str = "fast") -> WGNet:

@@ -88,33 +88,90 @@ def test_depthwise_relu6_clips_and_keeps_nan():
 
 
 # --- 1x1 convolution, linear, transposed convolution (one matmul kernel, epilogue fused) ------
+def matmul(x, w, b, relu6=False):
+    """The matmul kernel on fresh panels, into an output where an unwritten element stays NaN."""
+    y = np.full((x.shape[0], w.shape[0]), np.nan, x.dtype)
+    kernels._matmul_bias_act(x, kernels.pack_weights(w), b, relu6, y)
+    return y
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M", [1, 3, 4, 5, 9, 14])          # whole blocks of 4 rows, a short last block, only short
-@pytest.mark.parametrize("K", [1, 3, 4, 7, 13])             # whole steps of 4 channels, left-over channels, none
-@pytest.mark.parametrize("N", [1, 5, 17])
+# rows: one short 4-row tile, whole tiles, several 64-row chunks with a short last tile
+@pytest.mark.parametrize("M", [1, 5, 9, 70, 130])
+@pytest.mark.parametrize("K", [1, 13])
+# columns: left-overs only, one short panel (+ left-overs), whole panels + a short one + left-overs
+# (a panel is 24 float32 or 12 float64 columns, a vector 8 or 4)
+@pytest.mark.parametrize("N", [1, 5, 17, 35, 50])
 def test_matmul_kernel_matches_reference_over_odd_sizes(M, K, N, dtype):
     rng = np.random.default_rng(M * 100 + K * 10 + N)
-    x, w, b = uniform(rng, (M, K)), uniform(rng, (N, K)), 4 * uniform(rng, N)
-    want = ref.linear(x, w, b)
+    x, w, b = uniform(rng, (M, K), dtype), uniform(rng, (N, K), dtype), 4 * uniform(rng, N, dtype)
+    want = ref.linear(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
     for relu6 in (False, True):
-        y = np.full((M, N), np.nan, dtype)                      # an element left unwritten stays NaN
-        kernels._matmul_bias_act(x.astype(dtype), np.ascontiguousarray(w.T, dtype), b.astype(dtype), relu6, y)
-        assert_close(y, np.clip(want, 0, 6) if relu6 else want, dtype)
+        assert_close(matmul(x, w, b, relu6), np.clip(want, 0, 6) if relu6 else want, dtype)
 
 
 def test_matmul_kernel_impulse_picks_one_weight():
     # x = e_k (a single 1 in row m) picks column k of W: y[m] = w[:, k] + b, every other row = b
-    M, K, N = 6, 7, 5
+    M, K, N = 6, 7, 29
     w = np.arange(N * K, dtype=np.float64).reshape(N, K) + 1
     b = np.arange(N, dtype=np.float64) * 100
     for m, k in [(0, 0), (3, 6), (5, 4)]:
         x = np.zeros((M, K))
         x[m, k] = 1
-        y = np.empty((M, N))
-        kernels._matmul_bias_act(x, np.ascontiguousarray(w.T), b, False, y)
         want = np.tile(b, (M, 1))
         want[m] += w[:, k]
-        np.testing.assert_array_equal(y, want)
+        np.testing.assert_array_equal(matmul(x, w, b), want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_element_does_not_depend_on_where_it_lies(dtype):
+    # Every y[m, n] is b[n] + (fused multiply-adds from zero in k order), whether it falls in a
+    # 4-row tile or a short one, a whole panel, a short panel or a left-over column, in a large
+    # matmul or a one-row one: a row alone, the columns reversed and the rows reversed all give
+    # the same bits.
+    rng = np.random.default_rng(7)
+    M, K, N = 133, 37, 59
+    x, w, b = rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((N, K)).astype(dtype), rng.standard_normal(N).astype(dtype)
+    y = matmul(x, w, b)
+    np.testing.assert_array_equal(matmul(x, w[::-1].copy(), b[::-1].copy()), y[:, ::-1])
+    np.testing.assert_array_equal(matmul(x[::-1].copy(), w, b), y[::-1])
+    for m in (0, 66, 132):
+        np.testing.assert_array_equal(matmul(x[m:m + 1], w, b), y[m:m + 1])
+
+
+def test_matmul_relu6_clips_and_keeps_nan():
+    x = np.array([[1.0, 0.0], [np.nan, 0.0], [-5.0, 0.0], [3.0, 1.0]], np.float32)
+    w = np.ones((30, 2), np.float32)            # one whole float32 panel and six left-over columns
+    got = matmul(x, w, np.full(30, 2.5, np.float32), relu6=True)
+    np.testing.assert_array_equal(got[0], 3.5)
+    assert np.isnan(got[1]).all()
+    np.testing.assert_array_equal(got[2], 0.0)
+    np.testing.assert_array_equal(got[3], 6.0)
+
+
+def test_packed_weights_are_kept_for_read_only_arrays_only():
+    # A model's weights are read-only (weights.from_tensors), so their panels are made once; a
+    # writable array may change between calls, so it is packed again every time.
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((8, 5)).astype(np.float32), rng.standard_normal((30, 5)).astype(np.float32)
+    first = fast.linear(x, w, None)
+    w *= 2
+    np.testing.assert_allclose(fast.linear(x, w, None), 2 * first, rtol=1e-6)
+    frozen = w.copy()
+    frozen.setflags(write=False)
+    assert np.array_equal(fast.linear(x, frozen, None), fast.linear(x, frozen, None))
+    assert any(ref() is frozen for ref, *_ in fast._PACKED.values())
+    key = next(k for k, (ref, *_) in fast._PACKED.items() if ref() is frozen)
+    del frozen
+    assert key not in fast._PACKED            # dropped with its weight
+
+
+def test_a_model_binds_read_only_copies_of_the_callers_tensors(tiny_tensors):
+    from refpose.weights import from_tensors
+
+    model = from_tensors(tiny_tensors, "tiny")
+    assert not model.head.weight.flags.writeable
+    assert all(v.flags.writeable for v in tiny_tensors.values())     # the caller's dict is untouched
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -551,7 +608,7 @@ def test_a_freshly_compiled_kernel_computes_what_the_cached_one_does(tmp_path):
 
 @njit
 def _matmul_rows(a, b, out):
-    kernels._matmul_rows(a, b, out)
+    kernels._matmul_rows(a, b, np.zeros(b.shape[1], out.dtype), out)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -10,6 +10,8 @@ Threads: Numba's, as `refpose.threads` decides once.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from . import geometry, kernels, reference
@@ -27,18 +29,42 @@ def _dtype(*arrays) -> np.dtype:
 
 
 def _c(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=dtype)
+    """`a` as a contiguous, writable array of `dtype`: Numba compiles a kernel again for read-only
+    arrays (a model's weights are read-only), so those few vectors are copied instead."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()
 
 
 def _bias(b, n: int, dtype: np.dtype) -> np.ndarray:
     return np.zeros(n, dtype) if b is None else _c(b, dtype)
 
 
-def _matmul(x: np.ndarray, w: np.ndarray, b, relu6: bool) -> np.ndarray:
-    """x (M, K) @ w (N, K)^T + b, then ReLU6 if asked: one kernel, bias and clip fused."""
+_PACKED: dict[tuple[int, str], tuple[weakref.ref, np.ndarray]] = {}
+
+
+def _panels(owner: np.ndarray, layout: str, w: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`kernels.pack_weights` of w (N, K), which is `owner` in `layout`.
+
+    A read-only owner (every weight a model binds, see `weights.from_tensors`) cannot change, so
+    its panels are made on first use and kept until the owner is freed; a writable array is
+    packed on every call.
+    """
+    key = (id(owner), layout)
+    hit = _PACKED.get(key)
+    if hit is not None and hit[0]() is owner:
+        return hit[1]
+    panels = kernels.pack_weights(_c(w, dtype))
+    if not owner.flags.writeable:
+        _PACKED[key] = (weakref.ref(owner, lambda _, key=key, cache=_PACKED: cache.pop(key, None)), panels)
+    return panels
+
+
+def _matmul(x: np.ndarray, panels: np.ndarray, N: int, b, relu6: bool) -> np.ndarray:
+    """x (M, K) @ w (N, K)^T + b, then ReLU6 if asked, for panels = `_panels(... w ...)`: one
+    kernel, bias and clip fused."""
     dtype = x.dtype
-    y = np.empty((x.shape[0], w.shape[0]), dtype)
-    kernels._matmul_bias_act(x, _c(w.T, dtype), _bias(b, w.shape[0], dtype), relu6, y)
+    y = np.empty((x.shape[0], N), dtype)
+    kernels._matmul_bias_act(x, panels, _bias(b, N, dtype), relu6, y)
     return y
 
 
@@ -55,7 +81,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1,
     if stride != 1:
         x = x[:, ::stride, ::stride]                           # (N, Ho, Wo, Cin)
     _, Ho, Wo, _ = x.shape
-    y = _matmul(_c(x, dtype).reshape(N * Ho * Wo, Cin), w.reshape(Cout, Cin), b, relu6)   # (NHW, Cout)
+    panels = _panels(w, "oi", w.reshape(Cout, Cin), dtype)
+    y = _matmul(_c(x, dtype).reshape(N * Ho * Wo, Cin), panels, Cout, b, relu6)   # (NHW, Cout)
     return y.reshape(N, Ho, Wo, Cout)
 
 
@@ -90,7 +117,8 @@ def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
     if (kh, kw) != (stride, stride):
         raise ValueError(f"conv_transpose2d supports kernel == stride only, got kernel {kh}x{kw}, stride {stride}")
     dtype = _dtype(x, w)
-    t = _matmul(_c(x, dtype).reshape(N * H * W, Cin), w.reshape(Cin, Cout * kh * kw).T, None, False)
+    panels = _panels(w, "taps", w.reshape(Cin, Cout * kh * kw).T, dtype)   # w as (Cout k k, Cin)
+    t = _matmul(_c(x, dtype).reshape(N * H * W, Cin), panels, Cout * kh * kw, None, False)
     t = t.reshape(N, H, W, Cout, kh, kw)                       # taps of each input pixel
     y = np.empty((N, H * kh, W * kw, Cout), dtype)
     kernels._conv_transpose_scatter(t, _bias(b, Cout, dtype), relu6, y)
@@ -101,7 +129,7 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     """y = x W^T + b over the last axis: one matmul kernel with the bias fused."""
     dtype = _dtype(x, w)
     out, cin = w.shape
-    y = _matmul(_c(x, dtype).reshape(-1, cin), w, b, False)     # (tokens, out)
+    y = _matmul(_c(x, dtype).reshape(-1, cin), _panels(w, "oi", w, dtype), out, b, False)     # (tokens, out)
     return y.reshape(*x.shape[:-1], out)
 
 

@@ -21,6 +21,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from . import simd
 from .jitcache import cache_kernels
 
 FASTMATH = {"contract", "nsz"}
@@ -137,70 +138,106 @@ def _clip(v, lo, hi):
 
 
 # --- matmul with its epilogue --------------------------------------------------------------
-# The 1x1 convs and linear layers: y = x W^T + b, then ReLU6 if asked, in one kernel. Parallel
-# over blocks of 4 rows (pixels) with Numba's pool, so no BLAS thread pool wakes up between two
-# Numba kernels (on a busy 2-core machine OpenBLAS's threads handing over to Numba's cost more
-# than the matmuls). Four rows times four input channels per pass over the output rows: each
-# weight row loaded is used 4 times, the innermost loop runs along the N output channels
-# (contiguous, vectorised, no reduction), and every y[m, n] sums its terms in one fixed order.
-@njit(inline="always")
-def _rows4_times(xb, wT, yb, k0):
-    """yb (4, N) += xb[:, k0:] wT[k0:] over the input channels in steps of 4; returns where it stopped."""
-    K = xb.shape[1]
-    N = wT.shape[1]
-    k = k0
-    while k + 4 <= K:
-        w0, w1, w2, w3 = wT[k], wT[k + 1], wT[k + 2], wT[k + 3]
-        a00, a01, a02, a03 = xb[0, k], xb[0, k + 1], xb[0, k + 2], xb[0, k + 3]
-        a10, a11, a12, a13 = xb[1, k], xb[1, k + 1], xb[1, k + 2], xb[1, k + 3]
-        a20, a21, a22, a23 = xb[2, k], xb[2, k + 1], xb[2, k + 2], xb[2, k + 3]
-        a30, a31, a32, a33 = xb[3, k], xb[3, k + 1], xb[3, k + 2], xb[3, k + 3]
-        for n in range(N):
-            u0, u1, u2, u3 = w0[n], w1[n], w2[n], w3[n]
-            yb[0, n] = yb[0, n] + a00 * u0 + a01 * u1 + a02 * u2 + a03 * u3
-            yb[1, n] = yb[1, n] + a10 * u0 + a11 * u1 + a12 * u2 + a13 * u3
-            yb[2, n] = yb[2, n] + a20 * u0 + a21 * u1 + a22 * u2 + a23 * u3
-            yb[3, n] = yb[3, n] + a30 * u0 + a31 * u1 + a32 * u2 + a33 * u3
-        k += 4
-    return k
+# The 1x1 convs, linear layers and the transposed conv: y = x W^T + b, then ReLU6 if asked, in
+# one kernel. The weights are packed by the caller (`pack_weights`) into panels of PANEL
+# vectors' width, each panel K rows of contiguous columns; `simd.tile_fma` runs a tile of 4 rows
+# x one panel with the sums in registers. Every output element is computed the same way
+# wherever it lies (a tile, a short tile, a left-over column): the products x[m, k] w[n, k]
+# accumulated from zero with one fused multiply-add per k, in k order, then b[n] added. So the
+# result depends neither on the tiling, nor on the thread count, nor on the row's place in a
+# batch. Parallel over chunks of rows (and, when there are few rows, over groups of panels).
+PANEL = 3                      # vectors per panel: the 4 x 3 register tile of `simd.tile_fma`
+ROW_CHUNK = 64                 # rows per work item; a panel stays in L1 across its 16 tiles
+MIN_ITEMS = 8                  # fewer row chunks than this: split the panels between items too
 
 
 @njit(inline="always")
-def _block_times(xb, wT, yb):
-    """yb (rows, N) += xb (rows, K) wT (K, N) for a block of at most 4 rows, each sum in k order."""
-    rows, K = xb.shape
-    N = wT.shape[1]
-    k0 = _rows4_times(xb, wT, yb, 0) if rows == 4 else 0
-    for r in range(rows):                   # the channels left over, or the rows of a short block
-        yr = yb[r]
-        for k in range(k0, K):
-            a, w = xb[r, k], wT[k]
-            for n in range(N):
-                yr[n] += a * w[n]
+def _tile(rows, cols, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6):
+    """c[c0 + r*ldc + j] = bias[bias0 + j] + sum_k a[a0 + r*lda + k] b[b0 + k*ldb + j] for
+    r < rows, j < cols (flat offsets into contiguous arrays), clipped to [0, 6] if `relu6`.
+
+    4 rows of 1 to PANEL whole vectors go to `simd.tile_fma` (one constant call each, so the
+    kernels compile only those three tiles); anything else (the rows and columns left over at
+    the edges) to a plain loop that does the same arithmetic: `simd.fma` from zero in k order.
+    """
+    L = 32 // c.itemsize
+    nvec = cols // L
+    if rows == 4 and cols == nvec * L and 1 <= nvec <= PANEL:
+        if nvec == 3:
+            simd.tile_fma(4, 3, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6)
+        elif nvec == 2:
+            simd.tile_fma(4, 2, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6)
+        else:
+            simd.tile_fma(4, 1, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6)
+        return
+    af, bf, cf = a.reshape(-1), b.reshape(-1), c.reshape(-1)
+    lo, hi = c.dtype.type(0), c.dtype.type(6)
+    for r in range(rows):
+        for j in range(cols):
+            acc = c.dtype.type(0)
+            for k in range(K):
+                acc = simd.fma(af[a0 + r * lda + k], bf[b0 + k * ldb + j], acc)
+            v = bias[bias0 + j] + acc
+            cf[c0 + r * ldc + j] = _clip(v, lo, hi) if relu6 else v
+
+
+@njit(inline="always")
+def _panel(p, N, L):
+    """First column and width of panel p of N columns: whole panels of PANEL vectors, then one
+    short panel of whole vectors, then one panel of the columns left over."""
+    width = PANEL * L
+    full = N // width
+    if p < full:
+        return p * width, width
+    tail = (N - full * width) // L * L
+    if p == full and tail:
+        return p * width, tail
+    return full * width + tail, N - full * width - tail
+
+
+@njit(inline="always")
+def _n_panels(N, L):
+    width = PANEL * L
+    full = N // width
+    tail = (N - full * width) // L * L
+    return full + (1 if tail else 0) + (1 if N - full * width - tail else 0)
+
+
+def pack_weights(w: np.ndarray) -> np.ndarray:
+    """The flat layout `_matmul_bias_act` reads, from weights w (N, K): the panels of the N
+    columns (see `_panel`) one after another, each as K rows of its columns' weights."""
+    N, K = w.shape
+    L = simd.lanes(w.dtype)
+    width = PANEL * L
+    full = N // width
+    tail = (N - full * width) // L * L
+    main = w[:full * width].reshape(full, width, K).transpose(0, 2, 1)
+    return np.concatenate([main.ravel(), w[full * width:full * width + tail].T.ravel(),
+                           w[full * width + tail:].T.ravel()])
 
 
 @njit(parallel=True, **JIT)
-def _matmul_bias_act(x, wT, b, relu6, y):
-    """y (M, N) = x (M, K) wT (K, N) + b (N,), then ReLU6 if `relu6`.
+def _matmul_bias_act(x, wp, b, relu6, y):
+    """y (M, N) = x (M, K) w (N, K)^T + b (N,), then ReLU6 if `relu6`; wp = pack_weights(w).
 
-    y[m, n] = b[n] + sum_k x[m, k] wT[k, n], summed in k order; one block of 4 rows per
-    iteration (the last block may be shorter), so each output row is written by one iteration.
+    y[m, n] = b[n] + (sum_k x[m, k] w[n, k], accumulated from zero by fused multiply-adds in
+    k order). One item per chunk of ROW_CHUNK rows and group of panels; items write disjoint
+    blocks of y, each element once.
     """
-    M = x.shape[0]
-    N = wT.shape[1]
-    lo, hi = y.dtype.type(0), y.dtype.type(6)
-    for blk in prange((M + 3) // 4):
-        r0 = blk * 4
-        rows = min(4, M - r0)
-        yb = y[r0:r0 + rows]
-        for r in range(rows):
-            for n in range(N):
-                yb[r, n] = b[n]
-        _block_times(x[r0:r0 + rows], wT, yb)
-        if relu6:
-            for r in range(rows):
-                for n in range(N):
-                    yb[r, n] = _clip(yb[r, n], lo, hi)
+    M, K = x.shape
+    N = y.shape[1]
+    L = 32 // y.itemsize
+    n_panels = _n_panels(N, L)
+    chunks = (M + ROW_CHUNK - 1) // ROW_CHUNK
+    groups = 1 if chunks >= MIN_ITEMS else min(n_panels, (MIN_ITEMS + chunks - 1) // chunks)
+    per_group = (n_panels + groups - 1) // groups if groups else 0
+    for item in prange(chunks * groups):
+        c, g = item // groups, item % groups
+        r0, r1 = c * ROW_CHUNK, min(M, c * ROW_CHUNK + ROW_CHUNK)
+        for p in range(g * per_group, min(n_panels, g * per_group + per_group)):
+            n0, cols = _panel(p, N, L)
+            for t in range(r0, r1, 4):
+                _tile(min(4, r1 - t), cols, K, x, t * K, K, wp, n0 * K, cols, y, t * N + n0, N, b, n0, relu6)
 
 
 @njit(parallel=True, **JIT)
@@ -341,17 +378,17 @@ def _gather_head(qkv, pix, c0, C, scale, qT, k, vT):
 
 
 @njit(inline="always")
-def _matmul_rows(a, b, out):
-    """out (R, N) = a (R, K) b (K, N): out[r, n] = sum_k a[r, k] b[k, n] in k order, in blocks of
-    4 rows times 4 k (each row of b loaded once per block and pass, as in `_matmul_bias_act`)."""
-    R = a.shape[0]
+def _matmul_rows(a, b, zero, out):
+    """out (R, N) = a (R, K) b (K, N) for contiguous arrays in cache: 4-row tiles across the
+    panels of b's columns, read in place (row stride N); zero is N zeros (the bias). Each element
+    is accumulated from zero by fused multiply-adds in k order, as in `_matmul_bias_act`."""
+    R, K = a.shape
     N = b.shape[1]
-    for r0 in range(0, R, 4):
-        ob = out[r0:r0 + 4]
-        for r in range(ob.shape[0]):
-            for n in range(N):
-                ob[r, n] = 0
-        _block_times(a[r0:r0 + 4], b, ob)
+    L = 32 // out.itemsize
+    for t in range(0, R, 4):
+        for p in range(_n_panels(N, L)):
+            n0, cols = _panel(p, N, L)
+            _tile(min(4, R - t), cols, K, a, t * K, K, b, n0, N, out, t * N + n0, N, zero, n0, False)
 
 
 @njit(inline="always")
@@ -397,11 +434,11 @@ def _grouped_attention(qkv, pix, heads, out):
         g, h = gh // heads, gh % heads
         qT, vT, oT = np.empty((d, T), dtype), np.empty((d, T), dtype), np.empty((d, T), dtype)
         k, sT = np.empty((T, d), dtype), np.empty((T, T), dtype)
-        peak, total = np.empty(T, dtype), np.empty(T, dtype)
+        peak, total, zero = np.empty(T, dtype), np.empty(T, dtype), np.zeros(T, dtype)
         _gather_head(qkv, pix[g], h * d, C, scale, qT, k, vT)
-        _matmul_rows(k, qT, sT)              # sT[j, i] = k_j . q_i / sqrt(d)
+        _matmul_rows(k, qT, zero, sT)        # sT[j, i] = k_j . q_i / sqrt(d)
         _softmax_columns(sT, peak, total)
-        _matmul_rows(vT, sT, oT)             # oT[c, i] = sum_j v[j, c] p[j, i], not yet divided
+        _matmul_rows(vT, sT, zero, oT)       # oT[c, i] = sum_j v[j, c] p[j, i], not yet divided
         for i in range(T):
             dst = out[pix[g, i]]
             inv = 1 / total[i]
