@@ -100,7 +100,11 @@ class ConvBN(Layer):
         self.weight = np.ascontiguousarray(w * scale.reshape(shape))
         self.bias = get("bn.bias") - get("bn.running_mean") * scale
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
+        """The conv of x; `residual` (a 1x1 conv only) is added to its output, in the same pass
+        on the fast path."""
+        if residual is not None:
+            return self.ops.conv(x, self.weight, self.bias, self.stride, self.act, residual=residual)
         op = {"conv": self.ops.conv, "depthwise": self.ops.depthwise_conv, "transposed": self.ops.conv_transpose}[self.kind]
         return op(x, self.weight, self.bias, self.stride, self.act)
 
@@ -117,8 +121,13 @@ class Linear(Layer):
     def bind(self, get):
         self.weight, self.bias = get("weight"), get("bias")
 
-    def forward(self, x):
-        return self.ops.linear(x, self.weight, self.bias)
+    def forward(self, x, residual=None):
+        return self.ops.linear(x, self.weight, self.bias, residual)
+
+    def after_norm(self, norm: "LayerNorm", x):
+        """This layer on norm(x), the two in one pass over x on the fast path."""
+        with layer_scope(self.path):
+            return self.ops.norm_linear(x, norm.weight, norm.bias, LN_EPS, self.weight, self.bias)
 
 
 class LayerNorm(Layer):
@@ -176,8 +185,7 @@ class InvertedResidual(Layer):
 
     def forward(self, x):
         y = self.expand(x) if hasattr(self, "expand") else x
-        y = self.project(self.dw(y))
-        return self.ops.add(x, y) if self.residual else y
+        return self.project(self.dw(y), x if self.residual else None)
 
 
 class Attention(Layer):
@@ -196,9 +204,9 @@ class Attention(Layer):
     def forward(self, x):
         N, H, W, C = x.shape
         window = clamp_window(self.window, H, W)
-        qkv = self.qkv(self.norm(x))                                          # (N, H, W, 3C)
+        qkv = self.qkv.after_norm(self.norm, x)                               # (N, H, W, 3C)
         y = self.ops.grouped_attention(qkv, self.heads, self.kind, window, self.patch)  # (N, H, W, C)
-        return self.ops.add(x, self.proj(y))
+        return self.proj(y, x)                                                # x + Proj(...)
 
 
 class WNet(Layer):

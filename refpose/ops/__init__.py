@@ -28,15 +28,24 @@ class Ops:
         else:
             raise ValueError(f"unknown op implementation {impl!r}; choose one of {', '.join(IMPLS)}")
         self.name = impl
-        self.fused_relu6 = impl == "fast"    # the fast convs take relu6 and fuse it
+        self.fused = impl == "fast"          # the fast ops take relu6, residual sums and LayerNorm and fuse them
 
-    def conv(self, x, w, b, stride=1, relu6=False):
-        """Dense conv (used for 1x1 projections); w (Cout, Cin, k, k)."""
+    def conv(self, x, w, b, stride=1, relu6=False, residual=None):
+        """Dense conv (used for 1x1 projections); w (Cout, Cin, k, k); `residual` (the output's
+        shape) is added last."""
         N, H, W, Cin = x.shape
         Cout, _, kh, kw = w.shape
         Ho, Wo = geometry.conv_out_size(H, kh, stride), geometry.conv_out_size(W, kw, stride)
         report("conv", N * Ho * Wo * Cout * Cin * kh * kw)
-        return self._act(self.impl.conv2d, relu6, x, w, b, stride)
+        if self.fused:
+            y = self.impl.conv2d(x, w, b, stride, relu6=relu6, residual=residual)
+        else:
+            y = self.impl.conv2d(x, w, b, stride)
+            if relu6:
+                np.clip(y, 0, 6, out=y)
+            if residual is not None:
+                np.add(residual, y, out=y)
+        return self._report_epilogue(y, relu6, residual)
 
     def depthwise_conv(self, x, w, b, stride=1, relu6=False):
         """Depthwise conv; w (C, 1, k, k)."""
@@ -53,14 +62,29 @@ class Ops:
         report("conv_transpose", N * H * W * Cin * Cout * kh * kw)
         return self._act(self.impl.conv_transpose2d, relu6, x, w, b, stride)
 
-    def linear(self, x, w, b):
-        """x (..., in) -> (..., out); w (out, in)."""
+    def linear(self, x, w, b, residual=None):
+        """x (..., in) -> (..., out); w (out, in); `residual` (the output's shape) is added last."""
         report("linear", x.size // x.shape[-1] * w.shape[0] * w.shape[1])
-        return self.impl.linear(x, w, b)
+        if self.fused:
+            y = self.impl.linear(x, w, b, residual=residual)
+        else:
+            y = self.impl.linear(x, w, b)
+            if residual is not None:
+                np.add(residual, y, out=y)
+        return self._report_epilogue(y, False, residual)
 
     def layer_norm(self, x, weight, bias, eps=1e-5):
         report_elementwise("layer_norm", x.size)
         return self.impl.layer_norm(x, weight, bias, eps)
+
+    def norm_linear(self, x, norm_weight, norm_bias, eps, w, b):
+        """linear(layer_norm(x)): one pass over x on the fast path (the normalised rows never
+        leave the cache), counted as the two ops."""
+        report_elementwise("layer_norm", x.size)
+        report("linear", x.size // x.shape[-1] * w.shape[0] * w.shape[1])
+        if self.fused:
+            return self.impl.norm_linear(x, norm_weight, norm_bias, eps, w, b)
+        return self.impl.linear(self.impl.layer_norm(x, norm_weight, norm_bias, eps), w, b)
 
     def grouped_attention(self, qkv, heads, kind, window, patch):
         """Multi-head attention inside window or global groups; (N, H, W, 3C) -> (N, H, W, C)."""
@@ -90,12 +114,18 @@ class Ops:
 
     def _act(self, op, relu6: bool, *args) -> np.ndarray:
         """Run a conv op, then ReLU6 if asked: fused into the op on the fast path."""
-        if self.fused_relu6:
+        if self.fused:
             y = op(*args, relu6=relu6)
         else:
             y = op(*args)
             if relu6:
                 np.clip(y, 0, 6, out=y)
+        return self._report_epilogue(y, relu6, None)
+
+    @staticmethod
+    def _report_epilogue(y, relu6: bool, residual) -> np.ndarray:
         if relu6:
             report_elementwise("relu6", y.size)
+        if residual is not None:
+            report_elementwise("add", y.size)
         return y

@@ -59,30 +59,39 @@ def _panels(owner: np.ndarray, layout: str, w: np.ndarray, dtype: np.dtype) -> n
     return panels
 
 
-def _matmul(x: np.ndarray, panels: np.ndarray, N: int, b, relu6: bool) -> np.ndarray:
-    """x (M, K) @ w (N, K)^T + b, then ReLU6 if asked, for panels = `_panels(... w ...)`: one
-    kernel, bias and clip fused."""
+NONE = {dtype: (np.empty((0, 0), dtype), np.empty(0, dtype)) for dtype in DTYPES}   # "no residual", "no norm"
+
+
+def _matmul(x: np.ndarray, panels: np.ndarray, N: int, b, relu6: bool, residual=None, norm=None) -> np.ndarray:
+    """x (M, K) @ w (N, K)^T + b, then ReLU6 if asked, then + residual (M, N) if given, for
+    panels = `_panels(... w ...)`; with norm = (weight, bias, eps), x is first normalised row by
+    row (LayerNorm). One kernel: norm, bias, clip and sum fused."""
     dtype = x.dtype
+    no_res, no_norm = NONE[dtype]
+    res = no_res if residual is None else _c(residual, dtype).reshape(x.shape[0], N)
+    norm_w, norm_b, eps = (no_norm, no_norm, 0.0) if norm is None else (_c(norm[0], dtype), _c(norm[1], dtype), norm[2])
     y = np.empty((x.shape[0], N), dtype)
-    kernels._matmul_bias_act(x, panels, _bias(b, N, dtype), relu6, y)
+    kernels._matmul_bias_act(x, panels, _bias(b, N, dtype), relu6, res, norm_w, norm_b, dtype.type(eps), y)
     return y
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1,
-           relu6: bool = False) -> np.ndarray:
-    """Dense conv; a 1x1 conv is one matmul over the pixels: (NHW, Cin) @ (Cin, Cout), bias and
-    ReLU6 fused."""
+           relu6: bool = False, residual: np.ndarray | None = None) -> np.ndarray:
+    """Dense conv; a 1x1 conv is one matmul over the pixels: (NHW, Cin) @ (Cin, Cout), bias,
+    ReLU6 and the residual sum fused."""
     N, H, W, Cin = x.shape
     Cout, _, kh, kw = w.shape
     if (kh, kw) != (1, 1):   # WGNet has no dense k x k conv; keep the reference's generality
         y = reference.conv2d(x, w, b, stride)
-        return np.clip(y, 0, 6, out=y) if relu6 else y
+        if relu6:
+            np.clip(y, 0, 6, out=y)
+        return y if residual is None else np.add(residual, y, out=y)
     dtype = _dtype(x, w)
     if stride != 1:
         x = x[:, ::stride, ::stride]                           # (N, Ho, Wo, Cin)
     _, Ho, Wo, _ = x.shape
     panels = _panels(w, "oi", w.reshape(Cout, Cin), dtype)
-    y = _matmul(_c(x, dtype).reshape(N * Ho * Wo, Cin), panels, Cout, b, relu6)   # (NHW, Cout)
+    y = _matmul(_c(x, dtype).reshape(N * Ho * Wo, Cin), panels, Cout, b, relu6, residual)   # (NHW, Cout)
     return y.reshape(N, Ho, Wo, Cout)
 
 
@@ -125,11 +134,23 @@ def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
     return y
 
 
-def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """y = x W^T + b over the last axis: one matmul kernel with the bias fused."""
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, residual: np.ndarray | None = None) -> np.ndarray:
+    """y = x W^T + b (+ residual) over the last axis: one matmul kernel with the bias and the
+    sum fused."""
     dtype = _dtype(x, w)
     out, cin = w.shape
-    y = _matmul(_c(x, dtype).reshape(-1, cin), _panels(w, "oi", w, dtype), out, b, False)     # (tokens, out)
+    y = _matmul(_c(x, dtype).reshape(-1, cin), _panels(w, "oi", w, dtype), out, b, False, residual)   # (tokens, out)
+    return y.reshape(*x.shape[:-1], out)
+
+
+def norm_linear(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarray, eps: float,
+                w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """linear(layer_norm(x)) in one kernel: each item normalises its rows into a buffer that the
+    matmul reads while it is in cache (the same row code as `layer_norm`, so the same bits)."""
+    dtype = _dtype(x, w)
+    out, cin = w.shape
+    y = _matmul(_c(x, dtype).reshape(-1, cin), _panels(w, "oi", w, dtype), out, b, False,
+                norm=(norm_weight, norm_bias, eps))
     return y.reshape(*x.shape[:-1], out)
 
 

@@ -152,9 +152,10 @@ MIN_ITEMS = 8                  # fewer row chunks than this: split the panels be
 
 
 @njit(inline="always")
-def _tile(rows, cols, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6):
+def _tile(rows, cols, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res):
     """c[c0 + r*ldc + j] = bias[bias0 + j] + sum_k a[a0 + r*lda + k] b[b0 + k*ldb + j] for
-    r < rows, j < cols (flat offsets into contiguous arrays), clipped to [0, 6] if `relu6`.
+    r < rows, j < cols (flat offsets into contiguous arrays), clipped to [0, 6] if `relu6`,
+    plus res[c0 + r*ldc + j] if `add_res`.
 
     4 rows of 1 to PANEL whole vectors go to `simd.tile_fma` (one constant call each, so the
     kernels compile only those three tiles); anything else (the rows and columns left over at
@@ -164,13 +165,13 @@ def _tile(rows, cols, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6)
     nvec = cols // L
     if rows == 4 and cols == nvec * L and 1 <= nvec <= PANEL:
         if nvec == 3:
-            simd.tile_fma(4, 3, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6)
+            simd.tile_fma(4, 3, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
         elif nvec == 2:
-            simd.tile_fma(4, 2, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6)
+            simd.tile_fma(4, 2, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
         else:
-            simd.tile_fma(4, 1, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6)
+            simd.tile_fma(4, 1, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
         return
-    af, bf, cf = a.reshape(-1), b.reshape(-1), c.reshape(-1)
+    af, bf, cf, rf = a.reshape(-1), b.reshape(-1), c.reshape(-1), res.reshape(-1)
     lo, hi = c.dtype.type(0), c.dtype.type(6)
     for r in range(rows):
         for j in range(cols):
@@ -178,7 +179,10 @@ def _tile(rows, cols, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6)
             for k in range(K):
                 acc = simd.fma(af[a0 + r * lda + k], bf[b0 + k * ldb + j], acc)
             v = bias[bias0 + j] + acc
-            cf[c0 + r * ldc + j] = _clip(v, lo, hi) if relu6 else v
+            if relu6:
+                v = _clip(v, lo, hi)
+            at = c0 + r * ldc + j
+            cf[at] = rf[at] + v if add_res else v
 
 
 @njit(inline="always")
@@ -217,8 +221,10 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
 
 
 @njit(parallel=True, **JIT)
-def _matmul_bias_act(x, wp, b, relu6, y):
-    """y (M, N) = x (M, K) w (N, K)^T + b (N,), then ReLU6 if `relu6`; wp = pack_weights(w).
+def _matmul_bias_act(x, wp, b, relu6, res, norm_w, norm_b, eps, y):
+    """y (M, N) = x (M, K) w (N, K)^T + b (N,), then ReLU6 if `relu6`, then + res (M, N) if res
+    is not empty; wp = pack_weights(w). With norm_w, norm_b (K,) not empty, x is first
+    normalised row by row as `_layer_norm` does (same code, same bits), in a buffer per item.
 
     y[m, n] = b[n] + (sum_k x[m, k] w[n, k], accumulated from zero by fused multiply-adds in
     k order). One item per chunk of ROW_CHUNK rows and group of panels; items write disjoint
@@ -227,6 +233,7 @@ def _matmul_bias_act(x, wp, b, relu6, y):
     M, K = x.shape
     N = y.shape[1]
     L = 32 // y.itemsize
+    add_res, norm = res.size > 0, norm_w.size > 0
     n_panels = _n_panels(N, L)
     chunks = (M + ROW_CHUNK - 1) // ROW_CHUNK
     groups = 1 if chunks >= MIN_ITEMS else min(n_panels, (MIN_ITEMS + chunks - 1) // chunks)
@@ -234,27 +241,34 @@ def _matmul_bias_act(x, wp, b, relu6, y):
     for item in prange(chunks * groups):
         c, g = item // groups, item % groups
         r0, r1 = c * ROW_CHUNK, min(M, c * ROW_CHUNK + ROW_CHUNK)
+        a, a0 = x, r0 * K
+        if norm:
+            a, a0 = np.empty((r1 - r0, K), x.dtype), 0
+            for r in range(r0, r1):
+                _norm_row(x[r], norm_w, norm_b, eps, a[r - r0])
         for p in range(g * per_group, min(n_panels, g * per_group + per_group)):
             n0, cols = _panel(p, N, L)
             for t in range(r0, r1, 4):
-                _tile(min(4, r1 - t), cols, K, x, t * K, K, wp, n0 * K, cols, y, t * N + n0, N, b, n0, relu6)
+                _tile(min(4, r1 - t), cols, K, a, a0 + (t - r0) * K, K, wp, n0 * K, cols, y, t * N + n0, N,
+                      b, n0, relu6, res, add_res)
+
+
+@njit(inline="always")
+def _norm_row(row, weight, bias, eps, out):
+    """LayerNorm of one row (torch's biased variance): two passes (mean, then the centred second
+    moment), which stays accurate where E[x^2] - E[x]^2 would cancel."""
+    C = row.size
+    mean = _sum(row) / C
+    inv = 1 / np.sqrt(_sum_sq_dev(row, mean) / C + eps)
+    for c in range(C):
+        out[c] = (row[c] - mean) * inv * weight[c] + bias[c]
 
 
 @njit(parallel=True, **JIT)
 def _layer_norm(x, weight, bias, eps, y):
-    """LayerNorm over the last axis of x (M, C) into y (M, C); biased variance, as torch.
-
-    Two passes over each row (mean, then the centred second moment), which stays accurate
-    where E[x^2] - E[x]^2 would cancel.
-    """
-    M, C = x.shape
-    for m in prange(M):
-        row = x[m]
-        mean = _sum(row) / C
-        inv = 1 / np.sqrt(_sum_sq_dev(row, mean) / C + eps)
-        out = y[m]
-        for c in range(C):
-            out[c] = (row[c] - mean) * inv * weight[c] + bias[c]
+    """LayerNorm over the last axis of x (M, C) into y (M, C), one row per iteration (`_norm_row`)."""
+    for m in prange(x.shape[0]):
+        _norm_row(x[m], weight, bias, eps, y[m])
 
 
 # --- depthwise and transposed convolution --------------------------------------------------
@@ -388,7 +402,7 @@ def _matmul_rows(a, b, zero, out):
     for t in range(0, R, 4):
         for p in range(_n_panels(N, L)):
             n0, cols = _panel(p, N, L)
-            _tile(min(4, R - t), cols, K, a, t * K, K, b, n0, N, out, t * N + n0, N, zero, n0, False)
+            _tile(min(4, R - t), cols, K, a, t * K, K, b, n0, N, out, t * N + n0, N, zero, n0, False, out, False)
 
 
 @njit(inline="always")

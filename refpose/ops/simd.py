@@ -29,26 +29,29 @@ def lanes(dtype) -> int:
 
 
 @intrinsic
-def tile_fma(typingctx, rows, nvec, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6):
+def tile_fma(typingctx, rows, nvec, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res):
     """c[c0 + r*ldc + j] = bias[bias0 + j] + sum_{k < K} a[a0 + r*lda + k] * b[b0 + k*ldb + j]
     for r < rows and j < nvec * lanes, then clipped to [0, 6] when `relu6` (NaN stays NaN, as
-    np.clip); `rows` and `nvec` are compile-time constants.
+    np.clip), then added to res[c0 + r*ldc + j] when `add_res` (a residual sum: res has c's
+    layout); `rows` and `nvec` are compile-time constants.
 
-    a, b, c, bias are contiguous arrays of one float dtype addressed by flat element offsets (the
-    caller checks the bounds); the k loop keeps rows x nvec accumulators in registers, and c is
-    only written, once, at the end: no read of c, so no narrower store in front of a wide load.
+    a, b, c, bias, res are contiguous arrays of one float dtype addressed by flat element
+    offsets (the caller checks the bounds); the k loop keeps rows x nvec accumulators in
+    registers, and c is only written, once, at the end: no read of c, so no narrower store
+    in front of a wide load.
     """
     if not (isinstance(rows, types.IntegerLiteral) and isinstance(nvec, types.IntegerLiteral)):
         return None
     dtype = c.dtype
-    if a.dtype != dtype or b.dtype != dtype or bias.dtype != dtype or dtype not in (types.float32, types.float64):
+    if any(t.dtype != dtype for t in (a, b, bias, res)) or dtype not in (types.float32, types.float64):
         return None
     R, V = rows.literal_value, nvec.literal_value
-    sig = types.void(rows, nvec, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6)
+    sig = types.void(rows, nvec, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
 
     def codegen(context, builder, signature, args):
         tys = signature.args
         ft = context.get_value_type(dtype)
+        intp = context.get_value_type(types.intp)
         n_lanes = VECTOR_BYTES * 8 // dtype.bitwidth
         vt = ir.VectorType(ft, n_lanes)
         align = dtype.bitwidth // 8
@@ -58,46 +61,50 @@ def tile_fma(typingctx, rows, nvec, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias,
         def index(i):
             return context.cast(builder, args[i], tys[i], types.intp)
 
+        def flag(i):
+            return context.cast(builder, args[i], tys[i], types.boolean)
+
         def data(i):
             return context.make_array(tys[i])(context, builder, value=args[i]).data
 
-        def vector_at(base, offset):
-            return builder.bitcast(builder.gep(base, [offset]), vt.as_pointer())
+        def vector_at(base, offset, v=0):
+            return builder.bitcast(builder.gep(base, [builder.add(offset, ir.Constant(intp, v * n_lanes))]),
+                                   vt.as_pointer())
 
-        intp = context.get_value_type(types.intp)
-        n, a_base, lda_, b_base, ldb_, c_base, ldc_ = (index(2), index(4), index(5), index(7), index(8),
-                                                       index(10), index(11))
-        pa, pb, pc = data(3), data(6), data(9)
-        zero = ir.Constant(vt, None)
-        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(V)] for _ in range(R)]
-        shuffle_mask = ir.Constant(ir.VectorType(ir.IntType(32), n_lanes), None)
-        with cgutils.for_range(builder, n) as loop:
+        def const(value):
+            return ir.Constant(vt, [ir.Constant(ft, value)] * n_lanes)
+
+        K_, a_base, lda_, b_base, ldb_, c_base, ldc_, bias_base = (index(i) for i in (2, 4, 5, 7, 8, 10, 11, 13))
+        pa, pb, pc, pbias, pres = data(3), data(6), data(9), data(12), data(15)
+        acc = [[cgutils.alloca_once_value(builder, const(0.0)) for _ in range(V)] for _ in range(R)]
+        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), n_lanes), None)      # all lanes from lane 0
+        with cgutils.for_range(builder, K_) as loop:
             k = loop.index
             b_row = builder.add(b_base, builder.mul(k, ldb_))
-            bv = [builder.load(vector_at(pb, builder.add(b_row, ir.Constant(intp, v * n_lanes))), align=align)
-                  for v in range(V)]
+            bv = [builder.load(vector_at(pb, b_row, v), align=align) for v in range(V)]
             for r in range(R):
                 at = builder.add(builder.add(a_base, builder.mul(ir.Constant(intp, r), lda_)), k)
                 s = builder.load(builder.gep(pa, [at]), align=align)
                 xv = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, ir.Undefined), s,
                                                                    ir.Constant(ir.IntType(32), 0)),
-                                            ir.Constant(vt, ir.Undefined), shuffle_mask)
+                                            ir.Constant(vt, ir.Undefined), broadcast)
                 for v in range(V):
                     builder.store(builder.call(fma, [xv, bv[v], builder.load(acc[r][v])]), acc[r][v])
-        clip = context.cast(builder, args[14], tys[14], types.boolean)
-        pbias, bias_base = data(12), index(13)
-        bias_v = [builder.load(vector_at(pbias, builder.add(bias_base, ir.Constant(intp, v * n_lanes))), align=align)
-                  for v in range(V)]
-        lo, hi = ir.Constant(vt, [ir.Constant(ft, 0.0)] * n_lanes), ir.Constant(vt, [ir.Constant(ft, 6.0)] * n_lanes)
+        clip, add = flag(14), flag(16)
+        lo, hi = const(0.0), const(6.0)
+        bias_v = [builder.load(vector_at(pbias, bias_base, v), align=align) for v in range(V)]
         for r in range(R):
             row = builder.add(c_base, builder.mul(ir.Constant(intp, r), ldc_))
             for v in range(V):
-                p = vector_at(pc, builder.add(row, ir.Constant(intp, v * n_lanes)))
                 y = builder.fadd(bias_v[v], builder.load(acc[r][v]))
                 # ordered comparisons are false for NaN, so a NaN passes through both selects
                 clipped = builder.select(builder.fcmp_ordered("<", y, lo), lo, y)
                 clipped = builder.select(builder.fcmp_ordered(">", clipped, hi), hi, clipped)
-                builder.store(builder.select(clip, clipped, y), p, align=align)
+                y = builder.select(clip, clipped, y)
+                out = cgutils.alloca_once_value(builder, y)
+                with builder.if_then(add):
+                    builder.store(builder.fadd(builder.load(vector_at(pres, row, v), align=align), y), out)
+                builder.store(builder.load(out), vector_at(pc, row, v), align=align)
         return context.get_dummy_value()
 
     return sig, codegen
