@@ -65,6 +65,13 @@ class Sequential(Layer):
         return x
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A weight the layer derived at bind (BatchNorm folded in), read-only like the bound
+    tensors, so the fast path can keep what it derives from it (see `weights.from_tensors`)."""
+    a.setflags(write=False)
+    return a
+
+
 def walk(layer: Layer, prefix: str = "") -> Iterator[tuple[str, Layer]]:
     """Every layer of a tree with its full key prefix, parents first."""
     yield prefix, layer
@@ -97,8 +104,8 @@ class ConvBN(Layer):
         out_axis = 1 if self.kind == "transposed" else 0
         shape = [1, 1, 1, 1]
         shape[out_axis] = -1
-        self.weight = np.ascontiguousarray(w * scale.reshape(shape))
-        self.bias = get("bn.bias") - get("bn.running_mean") * scale
+        self.weight = _read_only(np.ascontiguousarray(w * scale.reshape(shape)))
+        self.bias = _read_only(get("bn.bias") - get("bn.running_mean") * scale)
 
     def forward(self, x, residual=None):
         """The conv of x; `residual` (a 1x1 conv only) is added to its output, in the same pass

@@ -207,6 +207,7 @@ def test_a_model_binds_read_only_copies_of_the_callers_tensors(tiny_tensors):
 
     model = from_tensors(tiny_tensors, "tiny")
     assert not model.head.weight.flags.writeable
+    assert not model.s1.ir.expand.weight.flags.writeable     # BatchNorm folded in at bind: read-only too
     assert all(v.flags.writeable for v in tiny_tensors.values())     # the caller's dict is untouched
 
 
