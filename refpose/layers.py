@@ -131,11 +131,6 @@ class Linear(Layer):
     def forward(self, x, residual=None):
         return self.ops.linear(x, self.weight, self.bias, residual)
 
-    def after_norm(self, norm: "LayerNorm", x):
-        """This layer on norm(x), the two in one pass over x on the fast path."""
-        with layer_scope(self.path):
-            return self.ops.norm_linear(x, norm.weight, norm.bias, LN_EPS, self.weight, self.bias)
-
 
 class LayerNorm(Layer):
     def __init__(self, ops: Ops, c: int):
@@ -198,8 +193,9 @@ class InvertedResidual(Layer):
 class Attention(Layer):
     """`x + Proj(MHSA(Group(LN(x))))` for kind "window" or "global" (paper section 3.2).
 
-    The qkv and output projections act per token, so they run on the whole map and only
-    the attention itself sees the groups. The window is clamped to the map at run time.
+    The qkv and output projections act per token and only the attention itself sees the
+    groups; `Ops.attention_block` runs the four steps (one kernel over the groups on the fast
+    path). The window is clamped to the map at run time.
     """
 
     def __init__(self, ops: Ops, c: int, kind: str, window: tuple[int, int], patch: tuple[int, int], head_dim: int):
@@ -211,9 +207,8 @@ class Attention(Layer):
     def forward(self, x):
         N, H, W, C = x.shape
         window = clamp_window(self.window, H, W)
-        qkv = self.qkv.after_norm(self.norm, x)                               # (N, H, W, 3C)
-        y = self.ops.grouped_attention(qkv, self.heads, self.kind, window, self.patch)  # (N, H, W, C)
-        return self.proj(y, x)                                                # x + Proj(...)
+        return self.ops.attention_block(x, self.norm, self.qkv, self.proj, LN_EPS, self.heads, self.kind,
+                                        window, self.patch)
 
 
 class WNet(Layer):

@@ -660,3 +660,24 @@ def test_matmul_rows_matches_numpy(dtype, R, K, N):
     out = np.full((R, N), np.nan, dtype)
     _matmul_rows(a.astype(dtype), b.astype(dtype), out)
     np.testing.assert_allclose(out, a @ b, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["window", "global"])
+def test_fused_attention_block_is_the_unfused_ops_bit_for_bit(kind, dtype, monkeypatch):
+    # x + proj(MHSA(group(qkv(LN(x))))): the one-kernel block and the ops one by one give the
+    # same bits (same row code, tiles that compute an element the same wherever it lies), and
+    # both agree with the float64 reference.
+    rng = np.random.default_rng(5)
+    N, H, W, C, heads, window, patch = 2, 16, 12, 24, 3, (8, 6), (4, 3)       # 4 windows per image
+    x = 2 * uniform(rng, (N, H, W, C), dtype)
+    nw, nb = uniform(rng, C, dtype), uniform(rng, C, dtype)            # LN output within [-2, 2]
+    qw, qb, pw, pb = (uniform(rng, shape, dtype) / 4 for shape in ((3 * C, C), 3 * C, (C, C), C))   # scores ~1
+    args = (x, nw, nb, 1e-5, qw, qb, heads, kind, window, patch, pw, pb)
+    fused = fast.attention_block(*args)
+    monkeypatch.setattr(fast, "FUSE_MIN_GROUPS", 10 ** 9)
+    np.testing.assert_array_equal(fast.attention_block(*args), fused)
+    f64 = lambda a: a.astype(np.float64)
+    t = ref.linear(ref.layer_norm(f64(x), f64(nw), f64(nb), 1e-5), f64(qw), f64(qb))
+    want = f64(x) + ref.linear(ref.grouped_attention(t, heads, kind, window, patch), f64(pw), f64(pb))
+    assert_close(fused, want, dtype)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..counting import report, report_elementwise
+from ..counting import layer_scope, report, report_elementwise
 from . import geometry, reference
 
 IMPLS = ("reference", "fast")
@@ -64,7 +64,7 @@ class Ops:
 
     def linear(self, x, w, b, residual=None):
         """x (..., in) -> (..., out); w (out, in); `residual` (the output's shape) is added last."""
-        report("linear", x.size // x.shape[-1] * w.shape[0] * w.shape[1])
+        self._count_linear(x, w)
         if self.fused:
             y = self.impl.linear(x, w, b, residual=residual)
         else:
@@ -81,14 +81,47 @@ class Ops:
         """linear(layer_norm(x)): one pass over x on the fast path (the normalised rows never
         leave the cache), counted as the two ops."""
         report_elementwise("layer_norm", x.size)
-        report("linear", x.size // x.shape[-1] * w.shape[0] * w.shape[1])
+        self._count_linear(x, w)
         if self.fused:
             return self.impl.norm_linear(x, norm_weight, norm_bias, eps, w, b)
         return self.impl.linear(self.impl.layer_norm(x, norm_weight, norm_bias, eps), w, b)
 
     def grouped_attention(self, qkv, heads, kind, window, patch):
         """Multi-head attention inside window or global groups; (N, H, W, 3C) -> (N, H, W, C)."""
-        N, H, W, C3 = qkv.shape
+        self._count_attention(qkv.shape, heads, kind, window, patch)
+        return self.impl.grouped_attention(qkv, heads, kind, window, patch)
+
+    def attention_block(self, x, norm, qkv, proj, eps, heads, kind, window, patch):
+        """x + proj(MHSA(group(qkv(norm(x))))), the attention sub-block of paper section 3.2;
+        norm, qkv and proj are the layers (their weights, and the names they are counted under).
+
+        The reference runs the ops one by one; the fast path runs the whole block as one kernel
+        over the groups (see `fast.attention_block`), counted as the same ops under the same names.
+        """
+        if not self.fused:
+            with layer_scope(qkv.path):
+                t = self.norm_linear(x, norm.weight, norm.bias, eps, qkv.weight, qkv.bias)
+            y = self.grouped_attention(t, heads, kind, window, patch)
+            with layer_scope(proj.path):
+                return self.linear(y, proj.weight, proj.bias, residual=x)
+        N, H, W, C = x.shape
+        with layer_scope(qkv.path):
+            report_elementwise("layer_norm", x.size)
+            self._count_linear(x, qkv.weight)
+        self._count_attention((N, H, W, qkv.weight.shape[0]), heads, kind, window, patch)
+        with layer_scope(proj.path):
+            self._count_linear(x, proj.weight)
+            report_elementwise("add", x.size)
+        return self.impl.attention_block(x, norm.weight, norm.bias, eps, qkv.weight, qkv.bias, heads, kind,
+                                         window, patch, proj.weight, proj.bias)
+
+    @staticmethod
+    def _count_linear(x, w) -> None:
+        report("linear", x.size // x.shape[-1] * w.shape[0] * w.shape[1])
+
+    @staticmethod
+    def _count_attention(qkv_shape, heads, kind, window, patch) -> None:
+        N, H, W, C3 = qkv_shape
         C = C3 // 3
         geometry.check_grouping(H, W, kind, window, patch)
         # the grouping the kernels receive, (groups, tokens): counted from its shape, not from a formula
@@ -97,7 +130,6 @@ class Ops:
         report("attention_qk", G * T * T * C)
         report("attention_av", G * T * T * C)
         report_elementwise("softmax", G * heads * T * T)
-        return self.impl.grouped_attention(qkv, heads, kind, window, patch)
 
     def squeeze_excite(self, x, w1, b1, w2, b2):
         N, H, W, C = x.shape

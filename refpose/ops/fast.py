@@ -179,3 +179,27 @@ def grouped_attention(qkv: np.ndarray, heads: int, kind: str,
     out = np.empty((N * H * W, C), dtype)
     kernels._grouped_attention(_c(qkv, dtype).reshape(N * H * W, C3), pix, heads, out)
     return out.reshape(N, H, W, C)
+
+
+FUSE_MIN_GROUPS = 4        # fewer groups than this: run the ops one by one (they split rows and heads too)
+
+
+def attention_block(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarray, eps: float,
+                    qkv_w: np.ndarray, qkv_b: np.ndarray, heads: int, kind: str,
+                    window: tuple[int, int], patch: tuple[int, int],
+                    proj_w: np.ndarray, proj_b: np.ndarray) -> np.ndarray:
+    """x + Proj(MHSA(Group(LN(x)))) (NHWC): one kernel over the groups (`kernels._attention_block`)
+    when there are FUSE_MIN_GROUPS or more, so the qkv and attention maps stay in cache;
+    otherwise `norm_linear`, `grouped_attention` and `linear` with the residual. Both give the
+    same bits."""
+    N, H, W, C = x.shape
+    dtype = _dtype(x, qkv_w)
+    pix = geometry.token_pixels(N, H, W, kind, window, patch)   # (G, T)
+    if pix.shape[0] < FUSE_MIN_GROUPS:
+        qkv = norm_linear(x, norm_weight, norm_bias, eps, qkv_w, qkv_b)
+        return linear(grouped_attention(qkv, heads, kind, window, patch), proj_w, proj_b, residual=x)
+    y = np.empty((N * H * W, C), dtype)
+    kernels._attention_block(_c(x, dtype).reshape(N * H * W, C), pix, _c(norm_weight, dtype), _c(norm_bias, dtype),
+                             dtype.type(eps), _panels(qkv_w, "oi", qkv_w, dtype), _c(qkv_b, dtype), heads,
+                             _panels(proj_w, "oi", proj_w, dtype), _c(proj_b, dtype), y)
+    return y.reshape(N, H, W, C)

@@ -220,6 +220,19 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
                            w[full * width + tail:].T.ravel()])
 
 
+@njit(inline="always")
+def _times_panels(a, wp, b, relu6, res, add_res, y, p_lo, p_hi):
+    """y[:, columns of panels p_lo .. p_hi - 1] = a (R, K) w^T + b, clipped if `relu6`, plus res
+    if `add_res`, for wp = pack_weights(w): the 4-row tiles of those panels, in this thread."""
+    R, K = a.shape
+    N = y.shape[1]
+    L = 32 // y.itemsize
+    for p in range(p_lo, p_hi):
+        n0, cols = _panel(p, N, L)
+        for t in range(0, R, 4):
+            _tile(min(4, R - t), cols, K, a, t * K, K, wp, n0 * K, cols, y, t * N + n0, N, b, n0, relu6, res, add_res)
+
+
 @njit(parallel=True, **JIT)
 def _matmul_bias_act(x, wp, b, relu6, res, norm_w, norm_b, eps, y):
     """y (M, N) = x (M, K) w (N, K)^T + b (N,), then ReLU6 if `relu6`, then + res (M, N) if res
@@ -232,25 +245,21 @@ def _matmul_bias_act(x, wp, b, relu6, res, norm_w, norm_b, eps, y):
     """
     M, K = x.shape
     N = y.shape[1]
-    L = 32 // y.itemsize
     add_res, norm = res.size > 0, norm_w.size > 0
-    n_panels = _n_panels(N, L)
+    n_panels = _n_panels(N, 32 // y.itemsize)
     chunks = (M + ROW_CHUNK - 1) // ROW_CHUNK
     groups = 1 if chunks >= MIN_ITEMS else min(n_panels, (MIN_ITEMS + chunks - 1) // chunks)
     per_group = (n_panels + groups - 1) // groups if groups else 0
     for item in prange(chunks * groups):
         c, g = item // groups, item % groups
         r0, r1 = c * ROW_CHUNK, min(M, c * ROW_CHUNK + ROW_CHUNK)
-        a, a0 = x, r0 * K
+        a = x[r0:r1]
         if norm:
-            a, a0 = np.empty((r1 - r0, K), x.dtype), 0
+            a = np.empty((r1 - r0, K), x.dtype)
             for r in range(r0, r1):
                 _norm_row(x[r], norm_w, norm_b, eps, a[r - r0])
-        for p in range(g * per_group, min(n_panels, g * per_group + per_group)):
-            n0, cols = _panel(p, N, L)
-            for t in range(r0, r1, 4):
-                _tile(min(4, r1 - t), cols, K, a, a0 + (t - r0) * K, K, wp, n0 * K, cols, y, t * N + n0, N,
-                      b, n0, relu6, res, add_res)
+        _times_panels(a, wp, b, relu6, res[r0:r1] if add_res else res, add_res, y[r0:r1],
+                      g * per_group, min(n_panels, g * per_group + per_group))
 
 
 @njit(inline="always")
@@ -430,31 +439,71 @@ def _softmax_columns(sT, peak, total):
             total[i] += e
 
 
+@njit(inline="always")
+def _attend(qkv, rows, h, d, C, out, out_rows):
+    """Head h of the attention among the tokens at rows `rows` (T,) of qkv (., 3C), written to
+    channels h*d .. h*d + d of the rows `out_rows` of out (., C):
+    out[out_rows[i], h*d + c] = sum_j softmax_j(q_i . k_j / sqrt(d)) v[j, c] (Vaswani et al. 2017,
+    Eq. 1), the scores and their softmax in private buffers."""
+    T = rows.size
+    dtype = qkv.dtype
+    scale = dtype.type(1 / math.sqrt(d))
+    qT, vT, oT = np.empty((d, T), dtype), np.empty((d, T), dtype), np.empty((d, T), dtype)
+    k, sT = np.empty((T, d), dtype), np.empty((T, T), dtype)
+    peak, total, zero = np.empty(T, dtype), np.empty(T, dtype), np.zeros(T, dtype)
+    _gather_head(qkv, rows, h * d, C, scale, qT, k, vT)
+    _matmul_rows(k, qT, zero, sT)        # sT[j, i] = k_j . q_i / sqrt(d)
+    _softmax_columns(sT, peak, total)
+    _matmul_rows(vT, sT, zero, oT)       # oT[c, i] = sum_j v[j, c] p[j, i], not yet divided
+    for i in range(T):
+        dst = out[out_rows[i]]
+        inv = 1 / total[i]
+        for c in range(d):
+            dst[h * d + c] = oT[c, i] * inv
+
+
 @njit(parallel=True, **JIT)
 def _grouped_attention(qkv, pix, heads, out):
     """Multi-head attention in groups: qkv (P, 3C) pixel rows, pix (G, T) -> out (P, C).
 
-    For group g and head h (channels h*d .. h*d + d of q, k and v):
-    out[pix[g, i], h*d + c] = sum_j softmax_j(q_i . k_j / sqrt(d)) v[j, c] (Vaswani et al. 2017,
-    Eq. 1). Every pixel is one token of one group, so each output element is written by exactly
-    one iteration, the one of its (group, head).
+    Every pixel is one token of one group, so each output element is written by exactly one
+    iteration, the one of its (group, head).
     """
     G, T = pix.shape
     C = out.shape[1]
-    d = C // heads
-    dtype = qkv.dtype
-    scale = dtype.type(1 / math.sqrt(d))
     for gh in prange(G * heads):
         g, h = gh // heads, gh % heads
-        qT, vT, oT = np.empty((d, T), dtype), np.empty((d, T), dtype), np.empty((d, T), dtype)
-        k, sT = np.empty((T, d), dtype), np.empty((T, T), dtype)
-        peak, total, zero = np.empty(T, dtype), np.empty(T, dtype), np.zeros(T, dtype)
-        _gather_head(qkv, pix[g], h * d, C, scale, qT, k, vT)
-        _matmul_rows(k, qT, zero, sT)        # sT[j, i] = k_j . q_i / sqrt(d)
-        _softmax_columns(sT, peak, total)
-        _matmul_rows(vT, sT, zero, oT)       # oT[c, i] = sum_j v[j, c] p[j, i], not yet divided
-        for i in range(T):
-            dst = out[pix[g, i]]
-            inv = 1 / total[i]
-            for c in range(d):
-                dst[h * d + c] = oT[c, i] * inv
+        _attend(qkv, pix[g], h, C // heads, C, out, pix[g])
+
+
+@njit(parallel=True, **JIT)
+def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bproj, y):
+    """A whole attention sub-block, y = x + proj(MHSA(qkv(LayerNorm(x)))), one group per
+    iteration: x, y (P, C) pixel rows, pix (G, T), wqkv, wproj packed (`pack_weights`).
+
+    The group's rows are normalised, projected to q, k, v, attended head by head and projected
+    back in buffers of T rows (in cache), and only y is written: the (P, 3C) and (P, C) maps
+    between the steps never reach memory. Each step is the code of the unfused ops
+    (`_norm_row`, the tiles, `_attend`), and a tile computes an element the same wherever it
+    lies, so the result is the unfused ops' bit for bit.
+    """
+    G, T = pix.shape
+    C = x.shape[1]
+    dtype = x.dtype
+    local = np.arange(T)
+    n_qkv, n_proj = _n_panels(3 * C, 32 // y.itemsize), _n_panels(C, 32 // y.itemsize)
+    for g in prange(G):
+        rows = pix[g]
+        xg, xn = np.empty((T, C), dtype), np.empty((T, C), dtype)
+        for t in range(T):
+            xg[t] = x[rows[t]]
+            _norm_row(xg[t], norm_w, norm_b, eps, xn[t])
+        qkv = np.empty((T, 3 * C), dtype)
+        _times_panels(xn, wqkv, bqkv, False, qkv, False, qkv, 0, n_qkv)
+        att = np.empty((T, C), dtype)
+        for h in range(heads):
+            _attend(qkv, local, h, C // heads, C, att, local)
+        yg = np.empty((T, C), dtype)
+        _times_panels(att, wproj, bproj, False, xg, True, yg, 0, n_proj)
+        for t in range(T):
+            y[rows[t]] = yg[t]
