@@ -681,3 +681,28 @@ def test_fused_attention_block_is_the_unfused_ops_bit_for_bit(kind, dtype, monke
     t = ref.linear(ref.layer_norm(f64(x), f64(nw), f64(nb), 1e-5), f64(qw), f64(qb))
     want = f64(x) + ref.linear(ref.grouped_attention(t, heads, kind, window, patch), f64(pw), f64(pb))
     assert_close(fused, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, H, W, cin, hidden, cout, stride", [
+    (2, 13, 7, 8, 20, 8, 1),       # residual, odd sizes, several bands
+    (1, 9, 6, 6, 30, 10, 2),       # stride 2, no residual
+    (1, 1, 1, 4, 12, 4, 1),        # one pixel
+    (1, 5, 4, 3, 6, 3, 1)])        # fewer hidden channels than the NHWC depthwise kernel takes
+def test_fused_inverted_residual_is_the_unfused_convs_bit_for_bit(N, H, W, cin, hidden, cout, stride, dtype, monkeypatch):
+    rng = np.random.default_rng(H * W + stride)
+    x = 2 * uniform(rng, (N, H, W, cin), dtype)
+    we, be = uniform(rng, (hidden, cin, 1, 1), dtype), uniform(rng, hidden, dtype)
+    wd, bd = uniform(rng, (hidden, 1, 3, 3), dtype), uniform(rng, hidden, dtype)
+    wp, bp = uniform(rng, (cout, hidden, 1, 1), dtype), uniform(rng, cout, dtype)
+    residual = stride == 1 and cin == cout
+    unfused = fast.conv2d(fast.depthwise_conv2d(fast.conv2d(x, we, be, 1, True), wd, bd, stride, True), wp, bp, 1,
+                          False, x if residual else None)
+    monkeypatch.setattr(fast, "FUSE_MAP_OVER_WEIGHTS", 0)      # fused whatever the sizes
+    for band_bytes in (1, fast.BAND_BYTES):                # one row per band, and the default bands
+        monkeypatch.setattr(fast, "BAND_BYTES", band_bytes)
+        np.testing.assert_array_equal(fast.inverted_residual(x, we, be, wd, bd, stride, wp, bp, residual), unfused)
+    f64 = lambda a: a.astype(np.float64)
+    y = ref.conv2d(np.clip(ref.depthwise_conv2d(np.clip(ref.conv2d(f64(x), f64(we), f64(be)), 0, 6), f64(wd), f64(bd),
+                                                stride), 0, 6), f64(wp), f64(bp))
+    assert_close(unfused, y + f64(x) if residual else y, dtype)

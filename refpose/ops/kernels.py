@@ -223,14 +223,18 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
 @njit(inline="always")
 def _times_panels(a, wp, b, relu6, res, add_res, y, p_lo, p_hi):
     """y[:, columns of panels p_lo .. p_hi - 1] = a (R, K) w^T + b, clipped if `relu6`, plus res
-    if `add_res`, for wp = pack_weights(w): the 4-row tiles of those panels, in this thread."""
+    if `add_res`, for wp = pack_weights(w): the 4-row tiles of those panels, in this thread,
+    ROW_CHUNK rows at a time."""
     R, K = a.shape
     N = y.shape[1]
     L = 32 // y.itemsize
-    for p in range(p_lo, p_hi):
-        n0, cols = _panel(p, N, L)
-        for t in range(0, R, 4):
-            _tile(min(4, R - t), cols, K, a, t * K, K, wp, n0 * K, cols, y, t * N + n0, N, b, n0, relu6, res, add_res)
+    for r0 in range(0, R, ROW_CHUNK):                  # ROW_CHUNK rows of a stay in L1 across the panels
+        r1 = min(R, r0 + ROW_CHUNK)
+        for p in range(p_lo, p_hi):
+            n0, cols = _panel(p, N, L)
+            for t in range(r0, r1, 4):
+                _tile(min(4, r1 - t), cols, K, a, t * K, K, wp, n0 * K, cols, y, t * N + n0, N, b, n0, relu6, res,
+                      add_res)
 
 
 @njit(parallel=True, **JIT)
@@ -281,39 +285,94 @@ def _layer_norm(x, weight, bias, eps, y):
 
 
 # --- depthwise and transposed convolution --------------------------------------------------
+@njit(inline="always")
+def _dw_row(x, ring, H, w, b, stride, relu6, oh, out):
+    """Output row oh of a depthwise conv (zero padding k//2) into out (Wo, C), input row ih of
+    the map (H rows) found at x[ih % ring] (x (rows, W, C): the whole map with ring = H, or a
+    ring buffer of the last `ring` rows):
+    out[ow, c] = b[c] + sum_{i, j} x[oh*s + i - k//2, ow*s + j - k//2, c] * w[i, j, c],
+    taps outside the map skipped (zero padding without a padded copy), channels innermost."""
+    W, C = x.shape[1], x.shape[2]
+    k = w.shape[0]
+    Wo = out.shape[0]
+    pad = k // 2
+    lo, hi = out.dtype.type(0), out.dtype.type(6)
+    for ow in range(Wo):
+        acc = out[ow]
+        for c in range(C):
+            acc[c] = b[c]
+        for i in range(k):
+            ih = oh * stride + i - pad
+            if ih < 0 or ih >= H:
+                continue
+            row = x[ih % ring]
+            for j in range(k):
+                iw = ow * stride + j - pad
+                if iw < 0 or iw >= W:
+                    continue
+                xv, wv = row[iw], w[i, j]
+                for c in range(C):
+                    acc[c] += xv[c] * wv[c]
+        if relu6:
+            for c in range(C):
+                acc[c] = _clip(acc[c], lo, hi)
+
+
 @njit(parallel=True, **JIT)
 def _depthwise_conv(x, w, b, stride, relu6, y):
-    """Depthwise conv, zero padding k//2: x (N, H, W, C), w (k, k, C), b (C,) -> y (N, Ho, Wo, C).
-
-    y[n, oh, ow, c] = b[c] + sum_{i, j} x[n, oh*s + i - k//2, ow*s + j - k//2, c] * w[i, j, c],
-    taps outside the map skipped (zero padding without a padded copy); one output row per
-    iteration, channels innermost (contiguous in NHWC).
-    """
-    N, H, W, C = x.shape
-    k = w.shape[0]
-    _, Ho, Wo, _ = y.shape
-    pad = k // 2
-    lo, hi = y.dtype.type(0), y.dtype.type(6)
+    """Depthwise conv, zero padding k//2: x (N, H, W, C), w (k, k, C), b (C,) -> y (N, Ho, Wo, C);
+    one output row per iteration (`_dw_row`)."""
+    N, H = x.shape[0], x.shape[1]
+    Ho = y.shape[1]
     for r in prange(N * Ho):
         n, oh = r // Ho, r % Ho
-        for ow in range(Wo):
-            acc = y[n, oh, ow]
-            for c in range(C):
-                acc[c] = b[c]
-            for i in range(k):
-                ih = oh * stride + i - pad
-                if ih < 0 or ih >= H:
-                    continue
-                for j in range(k):
-                    iw = ow * stride + j - pad
-                    if iw < 0 or iw >= W:
-                        continue
-                    xv, wv = x[n, ih, iw], w[i, j]
-                    for c in range(C):
-                        acc[c] += xv[c] * wv[c]
-            if relu6:
-                for c in range(C):
-                    acc[c] = _clip(acc[c], lo, hi)
+        _dw_row(x[n], H, H, w, b, stride, relu6, oh, y[n, oh])
+
+
+@njit(parallel=True, **JIT)
+def _inverted_residual(x, we, be, wd, bd, stride, wp, bp, residual, parts, band, y):
+    """A MobileNetV2 inverted residual, y = project(dw(expand(x))) (+ x if `residual`): x (N, H,
+    W, Cin), y (N, Ho, Wo, Cout); we, wp packed (`pack_weights`), wd (k, k, hidden).
+
+    One iteration per image and part (`parts` runs of output rows per image). A part goes down
+    its rows `band` at a time: the input rows a band's taps reach are expanded with ReLU6 into
+    a ring buffer, once each (rows its previous band expanded are still there), the depthwise
+    conv with ReLU6 runs from the ring into a band buffer, and the projection writes y. The
+    expanded maps, the largest in the network, stay in cache; only the k//2 rows at the edge of
+    a part are expanded twice. Each step is the unfused ops' code (the tiles, `_dw_row`), so
+    the result is theirs bit for bit.
+    """
+    N, H, W, Cin = x.shape
+    _, Ho, Wo, Cout = y.shape
+    hidden = bd.size
+    k = wd.shape[0]
+    pad = k // 2
+    ring = (band - 1) * stride + k                     # the input rows one band reaches
+    per_part = (Ho + parts - 1) // parts
+    L = 32 // y.itemsize
+    n_exp, n_proj = _n_panels(hidden, L), _n_panels(Cout, L)
+    for item in prange(N * parts):
+        n, p = item // parts, item % parts
+        e = np.empty((ring, W, hidden), y.dtype)
+        d = np.empty((band, Wo, hidden), y.dtype)
+        done = -1                                      # input rows below this one are in the ring
+        for o0 in range(p * per_part, min(Ho, p * per_part + per_part), band):
+            o1 = min(Ho, o0 + band, p * per_part + per_part)
+            lo, hi = max(0, o0 * stride - pad), min(H, (o1 - 1) * stride + pad + 1)
+            r = max(lo, done)
+            while r < hi:                              # expand the new rows, in runs that do not wrap
+                stop = min(hi, r + ring - r % ring)
+                slot = r % ring
+                _times_panels(x[n, r:stop].reshape((stop - r) * W, Cin), we, be, True,
+                              e, False, e[slot:slot + stop - r].reshape((stop - r) * W, hidden), 0, n_exp)
+                r = stop
+            done = hi
+            for oh in range(o0, o1):
+                _dw_row(e, ring, H, wd, bd, stride, True, oh, d[oh - o0])
+            rows = (o1 - o0) * Wo
+            yo = y[n, o0:o1].reshape(rows, Cout)
+            res = x[n, o0:o1].reshape(rows, Cin) if residual else yo
+            _times_panels(d[:o1 - o0].reshape(rows, hidden), wp, bp, False, res, residual, yo, 0, n_proj)
 
 
 @njit(parallel=True, **JIT)
