@@ -149,27 +149,22 @@ def _clip(v, lo, hi):
 PANEL = 3                      # vectors per panel: the 4 x 3 register tile of `simd.tile_fma`
 ROW_CHUNK = 64                 # rows per work item; a panel stays in L1 across its 16 tiles
 MIN_ITEMS = 8                  # fewer row chunks than this: split the panels between items too
+B_IN_L1 = 32 * 1024            # bytes of B below which `_tiles` goes row by row (see there)
 
 
-@njit(inline="always")
-def _tile(rows, cols, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res):
-    """c[c0 + r*ldc + j] = bias[bias0 + j] + sum_k a[a0 + r*lda + k] b[b0 + k*ldb + j] for
-    r < rows, j < cols (flat offsets into contiguous arrays), clipped to [0, 6] if `relu6`,
-    plus res[c0 + r*ldc + j] if `add_res`.
-
-    4 rows of 1 to PANEL whole vectors go to `simd.tile_fma` (one constant call each, so the
-    kernels compile only those three tiles); anything else (the rows and columns left over at
-    the edges) to a plain loop that does the same arithmetic: `simd.fma` from zero in k order.
-    """
-    L = 32 // c.itemsize
-    nvec = cols // L
-    if rows == 4 and cols == nvec * L and 1 <= nvec <= PANEL:
-        if nvec == 3:
-            simd.tile_fma(4, 3, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
-        elif nvec == 2:
-            simd.tile_fma(4, 2, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
-        else:
-            simd.tile_fma(4, 1, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
+@njit(**JIT)
+def _edge_tile(rows, cols, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res):
+    """A tile at the edge of a matmul (see `_tiles`): c[c0 + r*ldc + j] = bias[bias0 + j] +
+    sum_k a[a0 + r*lda + k] b[b0 + k*ldb + j] for r < rows, j < cols, clipped to [0, 6] if
+    `relu6`, plus res[c0 + r*ldc + j] if `add_res`. 4 rows of fewer whole vectors go to
+    `simd.tile_fma`, anything else (the rows and columns left over) to a plain loop that does
+    the same arithmetic: `simd.fma` from zero in k order, then the bias, the clip and the sum."""
+    L = simd.vector_lanes(c)
+    if rows == 4 and cols == 2 * L:
+        simd.tile_fma(4, 2, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
+        return
+    if rows == 4 and cols == L:
+        simd.tile_fma(4, 1, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
         return
     af, bf, cf, rf = a.reshape(-1), b.reshape(-1), c.reshape(-1), res.reshape(-1)
     lo, hi = c.dtype.type(0), c.dtype.type(6)
@@ -221,20 +216,43 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
 
 
 @njit(inline="always")
-def _times_panels(a, wp, b, relu6, res, add_res, y, p_lo, p_hi):
-    """y[:, columns of panels p_lo .. p_hi - 1] = a (R, K) w^T + b, clipped if `relu6`, plus res
-    if `add_res`, for wp = pack_weights(w): the 4-row tiles of those panels, in this thread,
-    ROW_CHUNK rows at a time."""
+def _tiles(a, b, packed, c, bias, relu6, res, add_res, p_lo, p_hi):
+    """c[:, columns of panels p_lo .. p_hi - 1] = a (R, K) B + bias, clipped to [0, 6] if `relu6`,
+    plus res (c's shape) if `add_res`, in this thread. B (K, N) is b itself (row stride N) or,
+    when `packed`, the panels of `pack_weights` (w (N, K) with B = w^T).
+
+    Whole 4 x PANEL tiles go to `simd.tile_fma` from a loop that calls nothing else (with the
+    edge cases in the same loop it ran at half speed); the tiles at the edges (short panels, the
+    last rows) to `_edge_tile`. Where B fits in L1 the tiles go row by row (each output row
+    written whole); otherwise panel by panel over ROW_CHUNK rows, so a panel stays in L1
+    while its tiles read it.
+    """
     R, K = a.shape
-    N = y.shape[1]
-    L = 32 // y.itemsize
-    for r0 in range(0, R, ROW_CHUNK):                  # ROW_CHUNK rows of a stay in L1 across the panels
-        r1 = min(R, r0 + ROW_CHUNK)
-        for p in range(p_lo, p_hi):
-            n0, cols = _panel(p, N, L)
+    N = c.shape[1]
+    L = simd.vector_lanes(c)
+    width = PANEL * L
+    full = min(p_hi, N // width)
+    r4 = R // 4 * 4
+    rows_first = K * N * c.itemsize <= B_IN_L1
+    for r0 in range(0, r4, ROW_CHUNK):
+        r1 = min(r4, r0 + ROW_CHUNK)
+        if rows_first:
             for t in range(r0, r1, 4):
-                _tile(min(4, r1 - t), cols, K, a, t * K, K, wp, n0 * K, cols, y, t * N + n0, N, b, n0, relu6, res,
-                      add_res)
+                for p in range(p_lo, full):
+                    n0 = p * width
+                    simd.tile_fma(4, PANEL, K, a, t * K, K, b, n0 * K if packed else n0, width if packed else N,
+                                  c, t * N + n0, N, bias, n0, relu6, res, add_res)
+        else:
+            for p in range(p_lo, full):
+                n0 = p * width
+                for t in range(r0, r1, 4):
+                    simd.tile_fma(4, PANEL, K, a, t * K, K, b, n0 * K if packed else n0, width if packed else N,
+                                  c, t * N + n0, N, bias, n0, relu6, res, add_res)
+    for p in range(p_lo, p_hi):                        # the edges: short panels, then the last rows
+        n0, cols = _panel(p, N, L)
+        for t in range(0 if p >= full else r4, R, 4):
+            _edge_tile(min(4, R - t), cols, K, a, t * K, K, b, n0 * K if packed else n0, cols if packed else N,
+                       c, t * N + n0, N, bias, n0, relu6, res, add_res)
 
 
 @njit(parallel=True, **JIT)
@@ -250,7 +268,7 @@ def _matmul_bias_act(x, wp, b, relu6, res, norm_w, norm_b, eps, y):
     M, K = x.shape
     N = y.shape[1]
     add_res, norm = res.size > 0, norm_w.size > 0
-    n_panels = _n_panels(N, 32 // y.itemsize)
+    n_panels = _n_panels(N, simd.vector_lanes(y))
     chunks = (M + ROW_CHUNK - 1) // ROW_CHUNK
     groups = 1 if chunks >= MIN_ITEMS else min(n_panels, (MIN_ITEMS + chunks - 1) // chunks)
     per_group = (n_panels + groups - 1) // groups if groups else 0
@@ -262,8 +280,8 @@ def _matmul_bias_act(x, wp, b, relu6, res, norm_w, norm_b, eps, y):
             a = np.empty((r1 - r0, K), x.dtype)
             for r in range(r0, r1):
                 _norm_row(x[r], norm_w, norm_b, eps, a[r - r0])
-        _times_panels(a, wp, b, relu6, res[r0:r1] if add_res else res, add_res, y[r0:r1],
-                      g * per_group, min(n_panels, g * per_group + per_group))
+        _tiles(a, wp, True, y[r0:r1], b, relu6, res[r0:r1] if add_res else res, add_res,
+               g * per_group, min(n_panels, g * per_group + per_group))
 
 
 @njit(inline="always")
@@ -349,7 +367,7 @@ def _inverted_residual(x, we, be, wd, bd, stride, wp, bp, residual, parts, band,
     pad = k // 2
     ring = (band - 1) * stride + k                     # the input rows one band reaches
     per_part = (Ho + parts - 1) // parts
-    L = 32 // y.itemsize
+    L = simd.vector_lanes(y)
     n_exp, n_proj = _n_panels(hidden, L), _n_panels(Cout, L)
     for item in prange(N * parts):
         n, p = item // parts, item % parts
@@ -363,8 +381,8 @@ def _inverted_residual(x, we, be, wd, bd, stride, wp, bp, residual, parts, band,
             while r < hi:                              # expand the new rows, in runs that do not wrap
                 stop = min(hi, r + ring - r % ring)
                 slot = r % ring
-                _times_panels(x[n, r:stop].reshape((stop - r) * W, Cin), we, be, True,
-                              e, False, e[slot:slot + stop - r].reshape((stop - r) * W, hidden), 0, n_exp)
+                _tiles(x[n, r:stop].reshape((stop - r) * W, Cin), we, True, e[slot:slot + stop - r].reshape((stop - r) * W, hidden),
+                       be, True, e, False, 0, n_exp)
                 r = stop
             done = hi
             for oh in range(o0, o1):
@@ -372,7 +390,7 @@ def _inverted_residual(x, we, be, wd, bd, stride, wp, bp, residual, parts, band,
             rows = (o1 - o0) * Wo
             yo = y[n, o0:o1].reshape(rows, Cout)
             res = x[n, o0:o1].reshape(rows, Cin) if residual else yo
-            _times_panels(d[:o1 - o0].reshape(rows, hidden), wp, bp, False, res, residual, yo, 0, n_proj)
+            _tiles(d[:o1 - o0].reshape(rows, hidden), wp, True, yo, bp, False, res, residual, 0, n_proj)
 
 
 @njit(parallel=True, **JIT)
@@ -461,16 +479,10 @@ def _gather_head(qkv, pix, c0, C, scale, qT, k, vT):
 
 @njit(inline="always")
 def _matmul_rows(a, b, zero, out):
-    """out (R, N) = a (R, K) b (K, N) for contiguous arrays in cache: 4-row tiles across the
-    panels of b's columns, read in place (row stride N); zero is N zeros (the bias). Each element
-    is accumulated from zero by fused multiply-adds in k order, as in `_matmul_bias_act`."""
-    R, K = a.shape
-    N = b.shape[1]
-    L = 32 // out.itemsize
-    for t in range(0, R, 4):
-        for p in range(_n_panels(N, L)):
-            n0, cols = _panel(p, N, L)
-            _tile(min(4, R - t), cols, K, a, t * K, K, b, n0, N, out, t * N + n0, N, zero, n0, False, out, False)
+    """out (R, N) = a (R, K) b (K, N) for contiguous arrays in cache (`_tiles`, b read in place);
+    zero is N zeros (the bias). Each element is accumulated from zero by fused multiply-adds in k
+    order, as in `_matmul_bias_act`."""
+    _tiles(a, b, False, out, zero, False, out, False, 0, _n_panels(out.shape[1], simd.vector_lanes(out)))
 
 
 @njit(inline="always")
@@ -550,7 +562,7 @@ def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bpro
     C = x.shape[1]
     dtype = x.dtype
     local = np.arange(T)
-    n_qkv, n_proj = _n_panels(3 * C, 32 // y.itemsize), _n_panels(C, 32 // y.itemsize)
+    n_qkv, n_proj = _n_panels(3 * C, simd.vector_lanes(y)), _n_panels(C, simd.vector_lanes(y))
     for g in prange(G):
         rows = pix[g]
         xg, xn = np.empty((T, C), dtype), np.empty((T, C), dtype)
@@ -558,11 +570,11 @@ def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bpro
             xg[t] = x[rows[t]]
             _norm_row(xg[t], norm_w, norm_b, eps, xn[t])
         qkv = np.empty((T, 3 * C), dtype)
-        _times_panels(xn, wqkv, bqkv, False, qkv, False, qkv, 0, n_qkv)
+        _tiles(xn, wqkv, True, qkv, bqkv, False, qkv, False, 0, n_qkv)
         att = np.empty((T, C), dtype)
         for h in range(heads):
             _attend(qkv, local, h, C // heads, C, att, local)
         yg = np.empty((T, C), dtype)
-        _times_panels(att, wproj, bproj, False, xg, True, yg, 0, n_proj)
+        _tiles(att, wproj, True, yg, bproj, False, xg, True, 0, n_proj)
         for t in range(T):
             y[rows[t]] = yg[t]

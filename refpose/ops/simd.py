@@ -18,7 +18,7 @@ from __future__ import annotations
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 VECTOR_BYTES = 32
 
@@ -26,6 +26,18 @@ VECTOR_BYTES = 32
 def lanes(dtype) -> int:
     """Elements per vector for a NumPy dtype (8 float32, 4 float64)."""
     return VECTOR_BYTES // dtype.itemsize
+
+
+def vector_lanes(a) -> int:
+    """Elements per vector for the dtype of array a; in a kernel, a compile-time constant, so that
+    the divisions by it that lay out panels and tiles cost a multiply and a shift."""
+    return VECTOR_BYTES // a.itemsize
+
+
+@overload(vector_lanes)
+def _vector_lanes_impl(a):
+    n = VECTOR_BYTES * 8 // a.dtype.bitwidth
+    return lambda a: n
 
 
 @intrinsic
@@ -50,64 +62,84 @@ def tile_fma(typingctx, rows, nvec, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias,
 
     def codegen(context, builder, signature, args):
         tys = signature.args
-        ft = context.get_value_type(dtype)
         intp = context.get_value_type(types.intp)
-        n_lanes = VECTOR_BYTES * 8 // dtype.bitwidth
-        vt = ir.VectorType(ft, n_lanes)
-        align = dtype.bitwidth // 8
-        suffix = f"v{n_lanes}f{dtype.bitwidth}"                     # llvm.fma.v8f32, llvm.fma.v4f64
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.{suffix}")
 
         def index(i):
             return context.cast(builder, args[i], tys[i], types.intp)
 
         def flag(i):
-            return context.cast(builder, args[i], tys[i], types.boolean)
+            return builder.zext(context.cast(builder, args[i], tys[i], types.boolean), ir.IntType(8))
 
         def data(i):
             return context.make_array(tys[i])(context, builder, value=args[i]).data
 
-        def vector_at(base, offset, v=0):
-            return builder.bitcast(builder.gep(base, [builder.add(offset, ir.Constant(intp, v * n_lanes))]),
-                                   vt.as_pointer())
-
-        def const(value):
-            return ir.Constant(vt, [ir.Constant(ft, value)] * n_lanes)
-
-        K_, a_base, lda_, b_base, ldb_, c_base, ldc_, bias_base = (index(i) for i in (2, 4, 5, 7, 8, 10, 11, 13))
-        pa, pb, pc, pbias, pres = data(3), data(6), data(9), data(12), data(15)
-        acc = [[cgutils.alloca_once_value(builder, const(0.0)) for _ in range(V)] for _ in range(R)]
-        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), n_lanes), None)      # all lanes from lane 0
-        with cgutils.for_range(builder, K_) as loop:
-            k = loop.index
-            b_row = builder.add(b_base, builder.mul(k, ldb_))
-            bv = [builder.load(vector_at(pb, b_row, v), align=align) for v in range(V)]
-            for r in range(R):
-                at = builder.add(builder.add(a_base, builder.mul(ir.Constant(intp, r), lda_)), k)
-                s = builder.load(builder.gep(pa, [at]), align=align)
-                xv = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, ir.Undefined), s,
-                                                                   ir.Constant(ir.IntType(32), 0)),
-                                            ir.Constant(vt, ir.Undefined), broadcast)
-                for v in range(V):
-                    builder.store(builder.call(fma, [xv, bv[v], builder.load(acc[r][v])]), acc[r][v])
-        clip, add = flag(14), flag(16)
-        lo, hi = const(0.0), const(6.0)
-        bias_v = [builder.load(vector_at(pbias, bias_base, v), align=align) for v in range(V)]
-        for r in range(R):
-            row = builder.add(c_base, builder.mul(ir.Constant(intp, r), ldc_))
-            for v in range(V):
-                y = builder.fadd(bias_v[v], builder.load(acc[r][v]))
-                # ordered comparisons are false for NaN, so a NaN passes through both selects
-                clipped = builder.select(builder.fcmp_ordered("<", y, lo), lo, y)
-                clipped = builder.select(builder.fcmp_ordered(">", clipped, hi), hi, clipped)
-                y = builder.select(clip, clipped, y)
-                out = cgutils.alloca_once_value(builder, y)
-                with builder.if_then(add):
-                    builder.store(builder.fadd(builder.load(vector_at(pres, row, v), align=align), y), out)
-                builder.store(builder.load(out), vector_at(pc, row, v), align=align)
+        fn = _tile_function(builder.module, context.get_value_type(dtype), dtype.bitwidth, R, V, intp)
+        builder.call(fn, [index(2), data(3), index(4), index(5), data(6), index(7), index(8), data(9), index(10),
+                          index(11), data(12), index(13), flag(14), data(15), flag(16)])
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _tile_function(module, ft, bits: int, R: int, V: int, intp):
+    """The tile as a function of its own in the module (one per shape and dtype), so that each
+    call site only passes pointers and offsets: a loop that calls tiles of several shapes keeps
+    each tile's accumulators in registers (inlined side by side, they were spilled and the loop
+    ran at half speed). Arguments: K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6,
+    res, add_res (pointers to the first element, offsets in elements, flags as i8)."""
+    name = f"refpose_tile_{R}x{V}_f{bits}"
+    fp, i8 = ft.as_pointer(), ir.IntType(8)
+    fnty = ir.FunctionType(ir.VoidType(), [intp, fp, intp, intp, fp, intp, intp, fp, intp, intp, fp, intp, i8, fp, i8])
+    fn = cgutils.get_or_insert_function(module, fnty, name)
+    if not fn.is_declaration:
+        return fn
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    K_, pa, a_base, lda_, pb, b_base, ldb_, pc, c_base, ldc_, pbias, bias_base, relu6, pres, add_res = fn.args
+    n_lanes = VECTOR_BYTES * 8 // bits
+    vt = ir.VectorType(ft, n_lanes)
+    align = bits // 8
+    fma = cgutils.get_or_insert_function(module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{n_lanes}f{bits}")
+
+    def vector_at(base, offset, v=0):
+        return builder.bitcast(builder.gep(base, [builder.add(offset, ir.Constant(intp, v * n_lanes))]), vt.as_pointer())
+
+    def const(value):
+        return ir.Constant(vt, [ir.Constant(ft, value)] * n_lanes)
+
+    acc = [[cgutils.alloca_once_value(builder, const(0.0)) for _ in range(V)] for _ in range(R)]
+    broadcast = ir.Constant(ir.VectorType(ir.IntType(32), n_lanes), None)      # all lanes from lane 0
+    with cgutils.for_range(builder, K_) as loop:
+        k = loop.index
+        b_row = builder.add(b_base, builder.mul(k, ldb_))
+        bv = [builder.load(vector_at(pb, b_row, v), align=align) for v in range(V)]
+        for r in range(R):
+            at = builder.add(builder.add(a_base, builder.mul(ir.Constant(intp, r), lda_)), k)
+            s = builder.load(builder.gep(pa, [at]), align=align)
+            xv = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, ir.Undefined), s,
+                                                               ir.Constant(ir.IntType(32), 0)),
+                                        ir.Constant(vt, ir.Undefined), broadcast)
+            for v in range(V):
+                builder.store(builder.call(fma, [xv, bv[v], builder.load(acc[r][v])]), acc[r][v])
+    clip = builder.icmp_unsigned("!=", relu6, ir.Constant(i8, 0))
+    add = builder.icmp_unsigned("!=", add_res, ir.Constant(i8, 0))
+    lo, hi = const(0.0), const(6.0)
+    bias_v = [builder.load(vector_at(pbias, bias_base, v), align=align) for v in range(V)]
+    for r in range(R):
+        row = builder.add(c_base, builder.mul(ir.Constant(intp, r), ldc_))
+        for v in range(V):
+            y = builder.fadd(bias_v[v], builder.load(acc[r][v]))
+            # ordered comparisons are false for NaN, so a NaN passes through both selects
+            clipped = builder.select(builder.fcmp_ordered("<", y, lo), lo, y)
+            clipped = builder.select(builder.fcmp_ordered(">", clipped, hi), hi, clipped)
+            y = builder.select(clip, clipped, y)
+            out = cgutils.alloca_once_value(builder, y)
+            with builder.if_then(add):
+                builder.store(builder.fadd(builder.load(vector_at(pres, row, v), align=align), y), out)
+            builder.store(builder.load(out), vector_at(pc, row, v), align=align)
+    builder.ret_void()
+    return fn
 
 
 @intrinsic
