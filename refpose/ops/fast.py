@@ -1,11 +1,15 @@
-"""Fast path: the reference ops with the same names and signatures, on BLAS and Numba kernels.
+"""Fast path: the reference ops with the same names and signatures, on Numba kernels.
 
 Everything hot is a Numba kernel from `refpose.ops.kernels` on NHWC maps viewed as (pixels,
-channels): the matmul of 1x1 convs, linear layers and the transposed conv (bias and ReLU6
-fused), the depthwise conv, LayerNorm and attention whole. No BLAS call, so no second thread
-pool takes turns with Numba's inside a forward. The conv ops take an extra `relu6` that fuses the
-activation into the kernel (`Ops` passes it on this path only). Everything runs in the
-dtype of the inputs, float32 or float64 (DESIGN section 4: one forward, two dtypes).
+channels): the matmul of 1x1 convs, linear layers and the transposed conv (register tiles
+from `refpose.ops.simd` on weights packed once per read-only weight; bias, ReLU6, a residual
+sum and a LayerNorm of the input fused), the depthwise conv, LayerNorm and attention. Two
+fused blocks keep their large intermediates in cache: `attention_block` (LayerNorm, qkv,
+attention and projection over one group at a time) and `inverted_residual` (expand,
+depthwise and project over bands of rows); each gives the bits of its ops run one by one.
+No BLAS call, so no second thread pool takes turns with Numba's inside a forward. The conv
+ops take `relu6` and `residual`, which `Ops` passes on this path only. Everything runs in
+the dtype of the inputs, float32 or float64 (DESIGN section 4: one forward, two dtypes).
 Threads: Numba's, as `refpose.threads` decides once.
 """
 from __future__ import annotations

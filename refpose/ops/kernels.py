@@ -1,14 +1,16 @@
-"""Numba kernels of the fast path (DESIGN section 4): the loops that BLAS does not cover.
+"""Numba kernels of the fast path (DESIGN section 4).
 
 Names start with `_`, as in stumpy (`_sliding_dot_product` is the loop, `sliding_dot_product`
 the public function): `refpose.ops.fast` wraps each kernel in a function with the name and
-signature of its NumPy reference. Every kernel takes C-contiguous arrays of one float dtype
-and writes into an output array the caller allocates.
+signature of its NumPy reference (or, for the fused blocks, of the ops it fuses). Every
+kernel takes C-contiguous arrays of one float dtype and writes into an output array the
+caller allocates. The matmuls are register tiles written in LLVM IR (`refpose.ops.simd`).
 
 - Compiled once per dtype, on first use, and cached on disk (`cache=True`): a second process
   loads the machine code instead of compiling it again. Nothing is compiled per call.
 - Each `prange` iteration writes its own set of output elements (a row, a pixel, a token)
-  and nothing else, so results do not depend on the thread count or on scheduling.
+  and nothing else, and computes each of them the same way wherever it lies, so results do
+  not depend on the thread count, on scheduling, or on how a fused kernel splits its work.
 - fastmath is limited to `FASTMATH` (contraction to FMA, signed
   zeros); never `nnan`/`ninf`, so NaN and inf propagate as in NumPy.
 """
