@@ -474,6 +474,19 @@ def run_bench(config="wgnet", batch: int = 1, threads: int = 2, runs: int = 20, 
     return result
 
 
+def ratio_interval(num: list[float], den: list[float], level: float = 0.95, resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """A bootstrap interval (percentile, `level`) for median(num) / median(den), where num[i] and
+    den[i] were timed in the same round: rounds are resampled whole, so a slow stretch of the
+    machine weighs on both candidates alike. On a shared machine the median of 20 forwards can
+    move by several percent from run to run; this says by how much in this run."""
+    a, b = np.asarray(num, float), np.asarray(den, float)
+    idx = np.random.default_rng(seed).integers(0, len(a), (resamples, len(a)))
+    ratios = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def _result(cfg, shape, threads, runs, warmup, aa, cands, sgemm, macs, diffs, cache, blas, layer, notes,
             skipped) -> dict:
     import numba
@@ -485,7 +498,8 @@ def _result(cfg, shape, threads, runs, warmup, aa, cands, sgemm, macs, diffs, ca
     for c in cands:
         med = float(np.median(c.times))
         rows.append({"name": c.name, "median_ms": 1e3 * med, "min_ms": 1e3 * float(np.min(c.times)),
-                     "ratio": med / fast_median, "gmacs_per_s": macs / med / 1e9,
+                     "ratio": med / fast_median, "ratio_interval": ratio_interval(c.times, cands[0].times),
+                     "gmacs_per_s": macs / med / 1e9,
                      "of_sgemm": macs / med / sgemm_macs_per_s, "max_rel_diff": diffs[c.name],
                      "agrees": diffs[c.name] <= AGREE, "setup_s": c.setup_s, "first_run_s": c.first_s})
     result = {
@@ -501,6 +515,7 @@ def _result(cfg, shape, threads, runs, warmup, aa, cands, sgemm, macs, diffs, ca
     }
     if aa:
         result["aa_ratio"] = rows[1]["ratio"]
+        result["aa_interval"] = rows[1]["ratio_interval"]
         result["aa_fair"] = abs(rows[1]["ratio"] - 1) <= AA_BAND
     return result
 
@@ -516,12 +531,13 @@ def format_result(r: dict) -> str:
         return "-" if v is None else f"{v:.0f}"
 
     rows = [[c["name"], f"{c['median_ms']:.1f}", f"{c['min_ms']:.1f}", f"{c['ratio']:.2f}",
+             "-" if c is r["candidates"][0] else "{:.2f}-{:.2f}".format(*c["ratio_interval"]),
              f"{c['gmacs_per_s']:.1f}", f"{100 * c['of_sgemm']:.0f} %",
              mb(c.get("peak_rss_mb")), mb(c.get("forward_rss_mb")),
              f"{c['max_rel_diff']:.1e}" + ("" if c["agrees"] else "  DISAGREES")] for c in r["candidates"]]
-    lines.append(tabulate(rows, headers=["candidate", "median ms", "min ms", "x fast", "GMAC/s", "of sgemm",
-                                         "peak RSS MB", "fwd +MB", "max |diff| / max |ref|"],
-                          colalign=("left",) + ("right",) * 8, disable_numparse=True))
+    lines.append(tabulate(rows, headers=["candidate", "median ms", "min ms", "x fast", "95 % interval", "GMAC/s",
+                                         "of sgemm", "peak RSS MB", "fwd +MB", "max |diff| / max |ref|"],
+                          colalign=("left",) + ("right",) * 9, disable_numparse=True))
     by_name = {c["name"]: c["median_ms"] for c in r["candidates"]}
     vs = [f"{a} / {b} = {by_name[a] / by_name[b]:.2f}" for a in (FAST, NUMPY) for b in (TORCH, ORT, OPENVINO)
           if a in by_name and b in by_name]
@@ -546,9 +562,14 @@ def format_result(r: dict) -> str:
                      "fwd +MB: what the forwards added to the built candidate's resident set")
     lines.append(f"MACs per forward {r['macs']:,} (counted; 1 FLOP = 1 MAC as in the paper); max |diff| is against "
                  f"the float64 NumPy reference, bound {r['agree_bound']:g}")
+    lines.append("95 % interval: bootstrap over the rounds (both candidates of a round resampled together) "
+                 "of the ratio of medians; on a shared machine it is the run's own noise")
     if r["aa"]:
         verdict = "fair" if r["aa_fair"] else "NOT within"
-        lines.append(f"A/A: {FAST_COPY} / {FAST} = {r['aa_ratio']:.3f} ({verdict} 1.00 +- {AA_BAND:.2f})")
+        lo, hi = r["aa_interval"]
+        noisy = "" if r["aa_fair"] or not lo <= 1 <= hi else "; the interval holds 1.00: this run was too noisy to tell"
+        lines.append(f"A/A: {FAST_COPY} / {FAST} = {r['aa_ratio']:.3f} ({verdict} 1.00 +- {AA_BAND:.2f}; "
+                     f"95 % interval {lo:.3f}-{hi:.3f}{noisy})")
     lines += [f"note: {n}" for n in r["skipped"] + r["notes"]]
     return "\n".join(lines)
 

@@ -59,6 +59,23 @@ def test_rel_diff_by_hand():
     assert bench.rel_diff(out, ref) == 0.5 / 4
 
 
+def test_ratio_interval_of_steady_and_noisy_timings():
+    # Constant timings have no spread: the interval is the ratio itself (2 / 1).
+    assert bench.ratio_interval([2.0] * 20, [1.0] * 20) == (2.0, 2.0)
+    # Half the rounds slow for both candidates alike (a busy stretch of the machine), one
+    # candidate 1.5x the other in every round: resampled by round, every resample's ratio of
+    # medians is exactly 1.5 (a median scales with its data), so the interval is [1.5, 1.5].
+    den = [1.0] * 10 + [3.0] * 10
+    assert bench.ratio_interval([1.5 * d for d in den], den) == pytest.approx((1.5, 1.5))
+    # Independent noise of +-10 % on one candidate: the interval holds the true ratio 1 and is
+    # wider with 10 rounds than with 200.
+    rng = np.random.default_rng(1)
+    narrow = bench.ratio_interval(list(1 + 0.1 * rng.uniform(-1, 1, 200)), [1.0] * 200)
+    wide = bench.ratio_interval(list(1 + 0.1 * rng.uniform(-1, 1, 10)), [1.0] * 10)
+    assert narrow[0] <= 1 <= narrow[1] and wide[0] <= 1 <= wide[1]
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+
+
 def test_fixed_threads_sets_and_restores_numba_threads():
     before = numba.get_num_threads()
     with bench.fixed_threads(1):
@@ -100,7 +117,7 @@ def test_run_bench_reports_the_blas_in_use(tiny_result):
 
 def test_table_has_the_columns_of_the_issue(tiny_result):
     text = bench.format_result(tiny_result)
-    for words in ("median ms", "min ms", "x fast", "GMAC/s", "sgemm", "BLAS:", "first run of refpose fast",
+    for words in ("median ms", "min ms", "x fast", "95 % interval", "GMAC/s", "sgemm", "BLAS:", "first run of refpose fast",
                   bench.FAST, bench.NUMPY, "1 FLOP = 1 MAC"):
         assert words in text, words
 
@@ -110,6 +127,8 @@ def test_aa_mode_times_the_fast_path_against_a_copy():
     assert [c["name"] for c in r["candidates"]] == [bench.FAST, bench.FAST_COPY]
     assert r["aa_ratio"] == pytest.approx(r["candidates"][1]["median_ms"] / r["candidates"][0]["median_ms"])
     assert r["aa_fair"] == (abs(r["aa_ratio"] - 1) <= 0.05)
+    lo, hi = r["aa_interval"]
+    assert lo <= r["aa_ratio"] <= hi
     assert "A/A" in bench.format_result(r)
 
 
@@ -165,14 +184,16 @@ def test_profile_splits_the_fast_path_by_op_kind_and_stage():
     r = bench.run_profile("tiny", threads=1, runs=2)
     fast = r["fast"]
     kinds = {row["name"] for row in fast["by_op"]}
-    assert {"grouped_attention", "linear", "conv", "depthwise_conv", "layer_norm", "other"} <= kinds
+    # the fast path's op set: the fused attention and inverted-residual blocks, the stem's convs
+    assert {"attention_block", "inverted_residual", "conv", "depthwise_conv", "conv_transpose", "other"} <= kinds
     assert {row["name"] for row in fast["by_stage"]} == set(TAPS) | {"other"}
     for table in (fast["by_op"], fast["by_stage"]):
         # "other" is the total minus the timed parts, so the shares add up to one
         assert sum(row["share"] for row in table) == pytest.approx(1)
         assert sum(row["ms"] for row in table) == pytest.approx(fast["total_ms"])
     by_name = {row["name"]: row for row in fast["by_op"]}
-    assert by_name["grouped_attention"]["calls"] == 13          # tiny: 7 stages, 6 of them with both attentions
+    assert by_name["attention_block"]["calls"] == 13            # tiny: 7 stages, 6 of them with both attentions
+    assert by_name["inverted_residual"]["calls"] == 11          # 4 encoder stages' + 7 WNet blocks' FFN
     text = bench.format_profile(r)
     assert "op kind" in text and "stage" in text
     if r["ort"] is not None:
