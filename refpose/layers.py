@@ -186,9 +186,8 @@ class InvertedResidual(Layer):
         self.ops, self.residual = ops, stride == 1 and cin == cout
 
     def forward(self, x):
-        if hasattr(self, "expand"):
-            return self.ops.inverted_residual(x, self.expand, self.dw, self.project, self.residual)
-        return self.project(self.dw(x), x if self.residual else None)
+        y = self.expand(x) if hasattr(self, "expand") else x
+        return self.project(self.dw(y), x if self.residual else None)
 
 
 class Attention(Layer):

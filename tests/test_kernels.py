@@ -91,8 +91,7 @@ def test_depthwise_relu6_clips_and_keeps_nan():
 def matmul(x, w, b, relu6=False):
     """The matmul kernel on fresh panels, into an output where an unwritten element stays NaN."""
     y = np.full((x.shape[0], w.shape[0]), np.nan, x.dtype)
-    no_residual, no_norm = fast.NONE[x.dtype]
-    kernels._matmul_bias_act(x, kernels.pack_weights(w), b, relu6, no_residual, no_norm, no_norm, x.dtype.type(0), y)
+    kernels._matmul_bias_act(x, kernels.pack_weights(w), b, relu6, fast.NONE[x.dtype], y)
     return y
 
 
@@ -169,20 +168,6 @@ def test_conv1x1_with_a_residual_sum_matches_reference(dtype, relu6):
     y = ref.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
     want = res + (np.clip(y, 0, 6) if relu6 else y)          # the clip acts on the conv, then the sum
     assert_close(fast.conv2d(x, w, b, 1, relu6=relu6, residual=res), want, dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape, N", [((2, 5, 7, 13), 35), ((1, 64, 48, 16), 48), ((3, 17), 4)])
-def test_norm_linear_matches_layer_norm_then_linear(shape, N, dtype):
-    rng = np.random.default_rng(N)
-    x, w, b = 3 * uniform(rng, shape, dtype) + 1, uniform(rng, (N, shape[-1]), dtype), uniform(rng, N, dtype)
-    nw, nb = uniform(rng, shape[-1], dtype), uniform(rng, shape[-1], dtype)
-    f64 = [a.astype(np.float64) for a in (x, nw, nb, w, b)]
-    want = ref.linear(ref.layer_norm(f64[0], f64[1], f64[2], 1e-5), f64[3], f64[4])
-    got = fast.norm_linear(x, nw, nb, 1e-5, w, b)
-    assert_close(got, want, dtype)
-    # the fused rows are the layer_norm kernel's rows, bit for bit
-    np.testing.assert_array_equal(got, fast.linear(fast.layer_norm(x, nw, nb, 1e-5), w, b))
 
 
 def test_packed_weights_are_kept_for_read_only_arrays_only():
@@ -616,8 +601,8 @@ def test_a_second_process_loads_the_kernels_from_the_cache():
     for r in runs:
         assert r.returncode == 0, r.stderr
     stats = json.loads(runs[1].stdout.strip().splitlines()[-1])
-    # every kernel a forward runs (a LayerNorm runs inside the qkv matmul, not on its own)
-    assert {"_matmul_bias_act", "_grouped_attention", "_depthwise_conv", "_depthwise_conv_planar",
+    # every kernel a forward runs (LayerNorm and attention run inside the fused attention block)
+    assert {"_matmul_bias_act", "_attention_block", "_depthwise_conv", "_depthwise_conv_planar",
             "_conv_transpose_scatter"} <= set(stats), sorted(stats)
     for name, (hits, misses) in stats.items():
         assert misses == 0 and hits >= 1, f"{name}: {hits} cache hits, {misses} misses in the second process"
@@ -681,28 +666,3 @@ def test_fused_attention_block_is_the_unfused_ops_bit_for_bit(kind, dtype, monke
     t = ref.linear(ref.layer_norm(f64(x), f64(nw), f64(nb), 1e-5), f64(qw), f64(qb))
     want = f64(x) + ref.linear(ref.grouped_attention(t, heads, kind, window, patch), f64(pw), f64(pb))
     assert_close(fused, want, dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N, H, W, cin, hidden, cout, stride", [
-    (2, 13, 7, 8, 20, 8, 1),       # residual, odd sizes, several bands
-    (1, 9, 6, 6, 30, 10, 2),       # stride 2, no residual
-    (1, 1, 1, 4, 12, 4, 1),        # one pixel
-    (1, 5, 4, 3, 6, 3, 1)])        # fewer hidden channels than the NHWC depthwise kernel takes
-def test_fused_inverted_residual_is_the_unfused_convs_bit_for_bit(N, H, W, cin, hidden, cout, stride, dtype, monkeypatch):
-    rng = np.random.default_rng(H * W + stride)
-    x = 2 * uniform(rng, (N, H, W, cin), dtype)
-    we, be = uniform(rng, (hidden, cin, 1, 1), dtype), uniform(rng, hidden, dtype)
-    wd, bd = uniform(rng, (hidden, 1, 3, 3), dtype), uniform(rng, hidden, dtype)
-    wp, bp = uniform(rng, (cout, hidden, 1, 1), dtype), uniform(rng, cout, dtype)
-    residual = stride == 1 and cin == cout
-    unfused = fast.conv2d(fast.depthwise_conv2d(fast.conv2d(x, we, be, 1, True), wd, bd, stride, True), wp, bp, 1,
-                          False, x if residual else None)
-    monkeypatch.setattr(fast, "FUSE_MAP_OVER_WEIGHTS", 0)      # fused whatever the sizes
-    for band_bytes in (1, fast.BAND_BYTES):                # one row per band, and the default bands
-        monkeypatch.setattr(fast, "BAND_BYTES", band_bytes)
-        np.testing.assert_array_equal(fast.inverted_residual(x, we, be, wd, bd, stride, wp, bp, residual), unfused)
-    f64 = lambda a: a.astype(np.float64)
-    y = ref.conv2d(np.clip(ref.depthwise_conv2d(np.clip(ref.conv2d(f64(x), f64(we), f64(be)), 0, 6), f64(wd), f64(bd),
-                                                stride), 0, 6), f64(wp), f64(bp))
-    assert_close(unfused, y + f64(x) if residual else y, dtype)

@@ -77,15 +77,6 @@ class Ops:
         report_elementwise("layer_norm", x.size)
         return self.impl.layer_norm(x, weight, bias, eps)
 
-    def norm_linear(self, x, norm_weight, norm_bias, eps, w, b):
-        """linear(layer_norm(x)): one pass over x on the fast path (the normalised rows never
-        leave the cache), counted as the two ops."""
-        report_elementwise("layer_norm", x.size)
-        self._count_linear(x, w)
-        if self.fused:
-            return self.impl.norm_linear(x, norm_weight, norm_bias, eps, w, b)
-        return self.impl.linear(self.impl.layer_norm(x, norm_weight, norm_bias, eps), w, b)
-
     def grouped_attention(self, qkv, heads, kind, window, patch):
         """Multi-head attention inside window or global groups; (N, H, W, 3C) -> (N, H, W, C)."""
         self._count_attention(qkv.shape, heads, kind, window, patch)
@@ -99,8 +90,10 @@ class Ops:
         over the groups (see `fast.attention_block`), counted as the same ops under the same names.
         """
         if not self.fused:
+            with layer_scope(norm.path):
+                t = self.layer_norm(x, norm.weight, norm.bias, eps)
             with layer_scope(qkv.path):
-                t = self.norm_linear(x, norm.weight, norm.bias, eps, qkv.weight, qkv.bias)
+                t = self.linear(t, qkv.weight, qkv.bias)
             y = self.grouped_attention(t, heads, kind, window, patch)
             with layer_scope(proj.path):
                 return self.linear(y, proj.weight, proj.bias, residual=x)
@@ -114,38 +107,6 @@ class Ops:
             report_elementwise("add", x.size)
         return self.impl.attention_block(x, norm.weight, norm.bias, eps, qkv.weight, qkv.bias, heads, kind,
                                          window, patch, proj.weight, proj.bias)
-
-    def inverted_residual(self, x, expand, dw, project, residual: bool):
-        """project(dw(expand(x))) (+ x if `residual`), MobileNetV2's inverted residual; expand
-        and dw are ConvBN layers with ReLU6, project one without (their folded weights, stride
-        and the names they are counted under).
-
-        The reference runs the convs one by one; the fast path runs the block as one kernel over
-        bands of rows (see `fast.inverted_residual`), counted as the same convs under the same names.
-        """
-        if not self.fused:
-            with layer_scope(expand.path):
-                y = self.conv(x, expand.weight, expand.bias, 1, True)
-            with layer_scope(dw.path):
-                y = self.depthwise_conv(y, dw.weight, dw.bias, dw.stride, True)
-            with layer_scope(project.path):
-                return self.conv(y, project.weight, project.bias, 1, False, residual=x if residual else None)
-        N, H, W, _ = x.shape
-        k = dw.weight.shape[2]
-        Ho, Wo = geometry.conv_out_size(H, k, dw.stride), geometry.conv_out_size(W, k, dw.stride)
-        hidden, cout = dw.weight.shape[0], project.weight.shape[0]
-        with layer_scope(expand.path):
-            report("conv", N * H * W * hidden * x.shape[3])
-            report_elementwise("relu6", N * H * W * hidden)
-        with layer_scope(dw.path):
-            report("depthwise_conv", N * Ho * Wo * hidden * k * k)
-            report_elementwise("relu6", N * Ho * Wo * hidden)
-        with layer_scope(project.path):
-            report("conv", N * Ho * Wo * cout * hidden)
-            if residual:
-                report_elementwise("add", N * Ho * Wo * cout)
-        return self.impl.inverted_residual(x, expand.weight, expand.bias, dw.weight, dw.bias, dw.stride,
-                                           project.weight, project.bias, residual)
 
     @staticmethod
     def _count_linear(x, w) -> None:

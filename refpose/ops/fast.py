@@ -2,11 +2,10 @@
 
 Everything hot is a Numba kernel from `refpose.ops.kernels` on NHWC maps viewed as (pixels,
 channels): the matmul of 1x1 convs, linear layers and the transposed conv (register tiles
-from `refpose.ops.simd` on weights packed once per read-only weight; bias, ReLU6, a residual
-sum and a LayerNorm of the input fused), the depthwise conv, LayerNorm and attention. Two
-fused blocks keep their large intermediates in cache: `attention_block` (LayerNorm, qkv,
-attention and projection over one group at a time) and `inverted_residual` (expand,
-depthwise and project over bands of rows); each gives the bits of its ops run one by one.
+from `refpose.ops.simd` on weights packed once per read-only weight; bias, ReLU6 and a
+residual sum fused), the depthwise conv, LayerNorm and attention. `attention_block` runs LayerNorm,
+qkv, attention and projection over one group at a time, so the qkv map stays in cache; it
+gives the bits of those ops run one by one.
 No BLAS call, so no second thread pool takes turns with Numba's inside a forward. The conv
 ops take `relu6` and `residual`, which `Ops` passes on this path only. Everything runs in
 the dtype of the inputs, float32 or float64 (DESIGN section 4: one forward, two dtypes).
@@ -63,19 +62,16 @@ def _panels(owner: np.ndarray, layout: str, w: np.ndarray, dtype: np.dtype) -> n
     return panels
 
 
-NONE = {dtype: (np.empty((0, 0), dtype), np.empty(0, dtype)) for dtype in DTYPES}   # "no residual", "no norm"
+NONE = {dtype: np.empty((0, 0), dtype) for dtype in DTYPES}   # "no residual"
 
 
-def _matmul(x: np.ndarray, panels: np.ndarray, N: int, b, relu6: bool, residual=None, norm=None) -> np.ndarray:
+def _matmul(x: np.ndarray, panels: np.ndarray, N: int, b, relu6: bool, residual=None) -> np.ndarray:
     """x (M, K) @ w (N, K)^T + b, then ReLU6 if asked, then + residual (M, N) if given, for
-    panels = `_panels(... w ...)`; with norm = (weight, bias, eps), x is first normalised row by
-    row (LayerNorm). One kernel: norm, bias, clip and sum fused."""
+    panels = `_panels(... w ...)`: one kernel, bias, clip and sum fused."""
     dtype = x.dtype
-    no_res, no_norm = NONE[dtype]
-    res = no_res if residual is None else _c(residual, dtype).reshape(x.shape[0], N)
-    norm_w, norm_b, eps = (no_norm, no_norm, 0.0) if norm is None else (_c(norm[0], dtype), _c(norm[1], dtype), norm[2])
+    res = NONE[dtype] if residual is None else _c(residual, dtype).reshape(x.shape[0], N)
     y = np.empty((x.shape[0], N), dtype)
-    kernels._matmul_bias_act(x, panels, _bias(b, N, dtype), relu6, res, norm_w, norm_b, dtype.type(eps), y)
+    kernels._matmul_bias_act(x, panels, _bias(b, N, dtype), relu6, res, y)
     return y
 
 
@@ -147,17 +143,6 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, residual: np.ndar
     return y.reshape(*x.shape[:-1], out)
 
 
-def norm_linear(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarray, eps: float,
-                w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """linear(layer_norm(x)) in one kernel: each item normalises its rows into a buffer that the
-    matmul reads while it is in cache (the same row code as `layer_norm`, so the same bits)."""
-    dtype = _dtype(x, w)
-    out, cin = w.shape
-    y = _matmul(_c(x, dtype).reshape(-1, cin), _panels(w, "oi", w, dtype), out, b, False,
-                norm=(norm_weight, norm_bias, eps))
-    return y.reshape(*x.shape[:-1], out)
-
-
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """LayerNorm over the channel axis (torch.nn.LayerNorm), one row per kernel iteration."""
     dtype = _dtype(x, weight)
@@ -179,13 +164,16 @@ def grouped_attention(qkv: np.ndarray, heads: int, kind: str,
     N, H, W, C3 = qkv.shape
     C = C3 // 3
     dtype = _dtype(qkv)
-    pix = geometry.token_pixels(N, H, W, kind, window, patch)   # (G, T)
+    pix = _c(geometry.token_pixels(N, H, W, kind, window, patch), np.intp)   # (G, T)
     out = np.empty((N * H * W, C), dtype)
     kernels._grouped_attention(_c(qkv, dtype).reshape(N * H * W, C3), pix, heads, out)
     return out.reshape(N, H, W, C)
 
 
-FUSE_MIN_GROUPS = 4        # fewer groups than this: run the ops one by one (they split rows and heads too)
+# Fewer groups than this: run the ops one by one (they split rows and heads between threads).
+# At 1 every map is fused: only s4's window attention has one group at wgnet's input size
+# (0.3 ms a forward on one thread), and one attention kernel fewer to compile saves ~3 s.
+FUSE_MIN_GROUPS = 1
 
 
 def attention_block(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarray, eps: float,
@@ -194,53 +182,16 @@ def attention_block(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarra
                     proj_w: np.ndarray, proj_b: np.ndarray) -> np.ndarray:
     """x + Proj(MHSA(Group(LN(x)))) (NHWC): one kernel over the groups (`kernels._attention_block`)
     when there are FUSE_MIN_GROUPS or more, so the qkv and attention maps stay in cache;
-    otherwise `norm_linear`, `grouped_attention` and `linear` with the residual. Both give the
-    same bits."""
+    otherwise `layer_norm`, `linear`, `grouped_attention` and `linear` with the residual (the ops one by
+    one). Both give the same bits."""
     N, H, W, C = x.shape
     dtype = _dtype(x, qkv_w)
-    pix = geometry.token_pixels(N, H, W, kind, window, patch)   # (G, T)
+    pix = _c(geometry.token_pixels(N, H, W, kind, window, patch), np.intp)   # (G, T)
     if pix.shape[0] < FUSE_MIN_GROUPS:
-        qkv = norm_linear(x, norm_weight, norm_bias, eps, qkv_w, qkv_b)
+        qkv = linear(layer_norm(x, norm_weight, norm_bias, eps), qkv_w, qkv_b)
         return linear(grouped_attention(qkv, heads, kind, window, patch), proj_w, proj_b, residual=x)
     y = np.empty((N * H * W, C), dtype)
     kernels._attention_block(_c(x, dtype).reshape(N * H * W, C), pix, _c(norm_weight, dtype), _c(norm_bias, dtype),
                              dtype.type(eps), _panels(qkv_w, "oi", qkv_w, dtype), _c(qkv_b, dtype), heads,
                              _panels(proj_w, "oi", proj_w, dtype), _c(proj_b, dtype), y)
     return y.reshape(N, H, W, C)
-
-
-BAND_BYTES = 512 * 1024    # the ring of expanded rows of an inverted residual, kept within L2
-# Fused, every thread reads all the block's weights; one by one, the matmuls share them out. So
-# the block is fused where its expanded map outweighs its 1x1 weights (the high-resolution
-# stages), measured: 0.55x the time at 64x48x192, 0.92x at 32x24x320, 1.0x at 16x12x384 (map
-# half the weights) and 2x at 8x6x512.
-FUSE_MAP_OVER_WEIGHTS = 2
-
-
-def inverted_residual(x: np.ndarray, expand_w: np.ndarray, expand_b: np.ndarray, dw_w: np.ndarray,
-                      dw_b: np.ndarray, stride: int, project_w: np.ndarray, project_b: np.ndarray,
-                      residual: bool) -> np.ndarray:
-    """project(dw(expand(x))) (+ x if `residual`), the expand and dw with ReLU6 (NHWC): one kernel
-    (`kernels._inverted_residual`) that keeps the expanded map in cache, where that map is
-    FUSE_MAP_OVER_WEIGHTS times the 1x1 weights or more (else the three ops one by one). Each
-    image's output rows are split into as many parts as make one per Numba thread (with the
-    batch), each part done in bands whose expanded input rows fit BAND_BYTES. Gives the bits of
-    the three ops run one by one, whatever the parts and bands."""
-    import numba
-
-    N, H, W, Cin = x.shape
-    hidden, Cout = dw_w.shape[0], project_w.shape[0]
-    k = dw_w.shape[2]
-    dtype = _dtype(x, expand_w)
-    if hidden < PLANAR_BELOW or N * H * W * hidden < FUSE_MAP_OVER_WEIGHTS * hidden * (Cin + Cout):
-        y = depthwise_conv2d(conv2d(x, expand_w, expand_b, 1, True), dw_w, dw_b, stride, True)
-        return conv2d(y, project_w, project_b, 1, False, x if residual else None)
-    Ho, Wo = geometry.conv_out_size(H, k, stride), geometry.conv_out_size(W, k, stride)
-    band = max(1, min(Ho, (BAND_BYTES // (W * hidden * dtype.itemsize) - k) // stride + 1))
-    parts = max(1, min(Ho, -(-numba.get_num_threads() // N)))
-    y = np.empty((N, Ho, Wo, Cout), dtype)
-    kernels._inverted_residual(_c(x, dtype), _panels(expand_w, "oi", expand_w.reshape(hidden, Cin), dtype),
-                               _c(expand_b, dtype), _c(dw_w[:, 0].transpose(1, 2, 0), dtype), _c(dw_b, dtype), stride,
-                               _panels(project_w, "oi", project_w.reshape(Cout, hidden), dtype), _c(project_b, dtype),
-                               residual, parts, band, y)
-    return y

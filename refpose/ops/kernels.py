@@ -28,6 +28,11 @@ from .jitcache import cache_kernels
 
 FASTMATH = {"contract", "nsz"}
 JIT = dict(cache=cache_kernels(__file__), fastmath=FASTMATH)   # on disk wherever a folder is writable
+# Parallel loops are the explicit `prange`s only: Numba's other parallel transforms (array
+# expressions, slice assignments, np.zeros turned into parallel loops) would act inside a
+# prange body, where they run serially anyway, and cost compile time.
+PRANGE_ONLY = {"prange": True, "comprehension": False, "setitem": False, "reduction": False, "numpy": False,
+               "stencil": False, "fusion": False, "inplace_binop": False}
 
 
 # --- exp for softmax ------------------------------------------------------------------------
@@ -152,11 +157,14 @@ PANEL = 3                      # vectors per panel: the 4 x 3 register tile of `
 ROW_CHUNK = 64                 # rows per work item; a panel stays in L1 across its 16 tiles
 MIN_ITEMS = 8                  # fewer row chunks than this: split the panels between items too
 B_IN_L1 = 32 * 1024            # bytes of B below which `_tiles` goes row by row (see there)
+# Constants passed to the helpers that are compiled apart (`_tiles`, `_dw_row`): a literal 0 or
+# True there would compile one more copy of the helper for that literal.
+ZERO, YES, NO = np.intp(0), np.bool_(True), np.bool_(False)
 
 
 @njit(**JIT)
 def _edge_tile(rows, cols, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res):
-    """A tile at the edge of a matmul (see `_tiles`): c[c0 + r*ldc + j] = bias[bias0 + j] +
+    """A tile at the edge of a matmul (see `_tiles`; flat arrays): c[c0 + r*ldc + j] = bias[bias0 + j] +
     sum_k a[a0 + r*lda + k] b[b0 + k*ldb + j] for r < rows, j < cols, clipped to [0, 6] if
     `relu6`, plus res[c0 + r*ldc + j] if `add_res`. 4 rows of fewer whole vectors go to
     `simd.tile_fma`, anything else (the rows and columns left over) to a plain loop that does
@@ -168,18 +176,17 @@ def _edge_tile(rows, cols, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, r
     if rows == 4 and cols == L:
         simd.tile_fma(4, 1, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
         return
-    af, bf, cf, rf = a.reshape(-1), b.reshape(-1), c.reshape(-1), res.reshape(-1)
     lo, hi = c.dtype.type(0), c.dtype.type(6)
     for r in range(rows):
         for j in range(cols):
             acc = c.dtype.type(0)
             for k in range(K):
-                acc = simd.fma(af[a0 + r * lda + k], bf[b0 + k * ldb + j], acc)
+                acc = simd.fma(a[a0 + r * lda + k], b[b0 + k * ldb + j], acc)
             v = bias[bias0 + j] + acc
             if relu6:
                 v = _clip(v, lo, hi)
             at = c0 + r * ldc + j
-            cf[at] = rf[at] + v if add_res else v
+            c[at] = res[at] + v if add_res else v
 
 
 @njit(inline="always")
@@ -217,11 +224,13 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
                            w[full * width + tail:].T.ravel()])
 
 
-@njit(inline="always")
-def _tiles(a, b, packed, c, bias, relu6, res, add_res, p_lo, p_hi):
-    """c[:, columns of panels p_lo .. p_hi - 1] = a (R, K) B + bias, clipped to [0, 6] if `relu6`,
-    plus res (c's shape) if `add_res`, in this thread. B (K, N) is b itself (row stride N) or,
-    when `packed`, the panels of `pack_weights` (w (N, K) with B = w^T).
+@njit(**JIT)
+def _tiles(a, a0, R, K, b, packed, c, c0, N, bias, relu6, res, add_res, p_lo, p_hi):
+    """c = a B + bias, clipped to [0, 6] if `relu6`, plus res if `add_res`, over the columns of
+    panels p_lo .. p_hi - 1, in this thread. a, b, c, res are flat arrays (one signature per
+    dtype, so this compiles once): a holds R rows of K from a0, c and res R rows of N from c0;
+    B (K, N) is b itself (row stride N) or, when `packed`, the panels of `pack_weights`
+    (w (N, K) with B = w^T).
 
     Whole 4 x PANEL tiles go to `simd.tile_fma` from a loop that calls nothing else (with the
     edge cases in the same loop it ran at half speed); the tiles at the edges (short panels, the
@@ -229,8 +238,6 @@ def _tiles(a, b, packed, c, bias, relu6, res, add_res, p_lo, p_hi):
     written whole); otherwise panel by panel over ROW_CHUNK rows, so a panel stays in L1
     while its tiles read it.
     """
-    R, K = a.shape
-    N = c.shape[1]
     L = simd.vector_lanes(c)
     width = PANEL * L
     full = min(p_hi, N // width)
@@ -242,26 +249,25 @@ def _tiles(a, b, packed, c, bias, relu6, res, add_res, p_lo, p_hi):
             for t in range(r0, r1, 4):
                 for p in range(p_lo, full):
                     n0 = p * width
-                    simd.tile_fma(4, PANEL, K, a, t * K, K, b, n0 * K if packed else n0, width if packed else N,
-                                  c, t * N + n0, N, bias, n0, relu6, res, add_res)
+                    simd.tile_fma(4, PANEL, K, a, a0 + t * K, K, b, n0 * K if packed else n0, width if packed else N,
+                                  c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
         else:
             for p in range(p_lo, full):
                 n0 = p * width
                 for t in range(r0, r1, 4):
-                    simd.tile_fma(4, PANEL, K, a, t * K, K, b, n0 * K if packed else n0, width if packed else N,
-                                  c, t * N + n0, N, bias, n0, relu6, res, add_res)
+                    simd.tile_fma(4, PANEL, K, a, a0 + t * K, K, b, n0 * K if packed else n0, width if packed else N,
+                                  c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
     for p in range(p_lo, p_hi):                        # the edges: short panels, then the last rows
         n0, cols = _panel(p, N, L)
         for t in range(0 if p >= full else r4, R, 4):
-            _edge_tile(min(4, R - t), cols, K, a, t * K, K, b, n0 * K if packed else n0, cols if packed else N,
-                       c, t * N + n0, N, bias, n0, relu6, res, add_res)
+            _edge_tile(min(4, R - t), cols, K, a, a0 + t * K, K, b, n0 * K if packed else n0, cols if packed else N,
+                       c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
 
 
-@njit(parallel=True, **JIT)
-def _matmul_bias_act(x, wp, b, relu6, res, norm_w, norm_b, eps, y):
+@njit(parallel=PRANGE_ONLY, **JIT)
+def _matmul_bias_act(x, wp, b, relu6, res, y):
     """y (M, N) = x (M, K) w (N, K)^T + b (N,), then ReLU6 if `relu6`, then + res (M, N) if res
-    is not empty; wp = pack_weights(w). With norm_w, norm_b (K,) not empty, x is first
-    normalised row by row as `_layer_norm` does (same code, same bits), in a buffer per item.
+    is not empty; wp = pack_weights(w).
 
     y[m, n] = b[n] + (sum_k x[m, k] w[n, k], accumulated from zero by fused multiply-adds in
     k order). One item per chunk of ROW_CHUNK rows and group of panels; items write disjoint
@@ -269,7 +275,7 @@ def _matmul_bias_act(x, wp, b, relu6, res, norm_w, norm_b, eps, y):
     """
     M, K = x.shape
     N = y.shape[1]
-    add_res, norm = res.size > 0, norm_w.size > 0
+    add_res = res.size > 0
     n_panels = _n_panels(N, simd.vector_lanes(y))
     chunks = (M + ROW_CHUNK - 1) // ROW_CHUNK
     groups = 1 if chunks >= MIN_ITEMS else min(n_panels, (MIN_ITEMS + chunks - 1) // chunks)
@@ -277,12 +283,7 @@ def _matmul_bias_act(x, wp, b, relu6, res, norm_w, norm_b, eps, y):
     for item in prange(chunks * groups):
         c, g = item // groups, item % groups
         r0, r1 = c * ROW_CHUNK, min(M, c * ROW_CHUNK + ROW_CHUNK)
-        a = x[r0:r1]
-        if norm:
-            a = np.empty((r1 - r0, K), x.dtype)
-            for r in range(r0, r1):
-                _norm_row(x[r], norm_w, norm_b, eps, a[r - r0])
-        _tiles(a, wp, True, y[r0:r1], b, relu6, res[r0:r1] if add_res else res, add_res,
+        _tiles(x.reshape(-1), r0 * K, r1 - r0, K, wp, YES, y.reshape(-1), r0 * N, N, b, relu6, res.reshape(-1), add_res,
                g * per_group, min(n_panels, g * per_group + per_group))
 
 
@@ -297,7 +298,7 @@ def _norm_row(row, weight, bias, eps, out):
         out[c] = (row[c] - mean) * inv * weight[c] + bias[c]
 
 
-@njit(parallel=True, **JIT)
+@njit(parallel=PRANGE_ONLY, **JIT)
 def _layer_norm(x, weight, bias, eps, y):
     """LayerNorm over the last axis of x (M, C) into y (M, C), one row per iteration (`_norm_row`)."""
     for m in prange(x.shape[0]):
@@ -306,13 +307,11 @@ def _layer_norm(x, weight, bias, eps, y):
 
 # --- depthwise and transposed convolution --------------------------------------------------
 @njit(inline="always")
-def _dw_row(x, ring, H, w, b, stride, relu6, oh, out):
-    """Output row oh of a depthwise conv (zero padding k//2) into out (Wo, C), input row ih of
-    the map (H rows) found at x[ih % ring] (x (rows, W, C): the whole map with ring = H, or a
-    ring buffer of the last `ring` rows):
+def _dw_row(x, w, b, stride, relu6, oh, out):
+    """Output row oh of a depthwise conv (zero padding k//2) of the map x (H, W, C) into out (Wo, C):
     out[ow, c] = b[c] + sum_{i, j} x[oh*s + i - k//2, ow*s + j - k//2, c] * w[i, j, c],
     taps outside the map skipped (zero padding without a padded copy), channels innermost."""
-    W, C = x.shape[1], x.shape[2]
+    H, W, C = x.shape
     k = w.shape[0]
     Wo = out.shape[0]
     pad = k // 2
@@ -325,7 +324,7 @@ def _dw_row(x, ring, H, w, b, stride, relu6, oh, out):
             ih = oh * stride + i - pad
             if ih < 0 or ih >= H:
                 continue
-            row = x[ih % ring]
+            row = x[ih]
             for j in range(k):
                 iw = ow * stride + j - pad
                 if iw < 0 or iw >= W:
@@ -338,64 +337,17 @@ def _dw_row(x, ring, H, w, b, stride, relu6, oh, out):
                 acc[c] = _clip(acc[c], lo, hi)
 
 
-@njit(parallel=True, **JIT)
+@njit(parallel=PRANGE_ONLY, **JIT)
 def _depthwise_conv(x, w, b, stride, relu6, y):
     """Depthwise conv, zero padding k//2: x (N, H, W, C), w (k, k, C), b (C,) -> y (N, Ho, Wo, C);
     one output row per iteration (`_dw_row`)."""
-    N, H = x.shape[0], x.shape[1]
-    Ho = y.shape[1]
+    N, Ho = x.shape[0], y.shape[1]
     for r in prange(N * Ho):
         n, oh = r // Ho, r % Ho
-        _dw_row(x[n], H, H, w, b, stride, relu6, oh, y[n, oh])
+        _dw_row(x[n], w, b, stride, relu6, oh, y[n, oh])
 
 
-@njit(parallel=True, **JIT)
-def _inverted_residual(x, we, be, wd, bd, stride, wp, bp, residual, parts, band, y):
-    """A MobileNetV2 inverted residual, y = project(dw(expand(x))) (+ x if `residual`): x (N, H,
-    W, Cin), y (N, Ho, Wo, Cout); we, wp packed (`pack_weights`), wd (k, k, hidden).
-
-    One iteration per image and part (`parts` runs of output rows per image). A part goes down
-    its rows `band` at a time: the input rows a band's taps reach are expanded with ReLU6 into
-    a ring buffer, once each (rows its previous band expanded are still there), the depthwise
-    conv with ReLU6 runs from the ring into a band buffer, and the projection writes y. The
-    expanded maps, the largest in the network, stay in cache; only the k//2 rows at the edge of
-    a part are expanded twice. Each step is the unfused ops' code (the tiles, `_dw_row`), so
-    the result is theirs bit for bit.
-    """
-    N, H, W, Cin = x.shape
-    _, Ho, Wo, Cout = y.shape
-    hidden = bd.size
-    k = wd.shape[0]
-    pad = k // 2
-    ring = (band - 1) * stride + k                     # the input rows one band reaches
-    per_part = (Ho + parts - 1) // parts
-    L = simd.vector_lanes(y)
-    n_exp, n_proj = _n_panels(hidden, L), _n_panels(Cout, L)
-    for item in prange(N * parts):
-        n, p = item // parts, item % parts
-        e = np.empty((ring, W, hidden), y.dtype)
-        d = np.empty((band, Wo, hidden), y.dtype)
-        done = -1                                      # input rows below this one are in the ring
-        for o0 in range(p * per_part, min(Ho, p * per_part + per_part), band):
-            o1 = min(Ho, o0 + band, p * per_part + per_part)
-            lo, hi = max(0, o0 * stride - pad), min(H, (o1 - 1) * stride + pad + 1)
-            r = max(lo, done)
-            while r < hi:                              # expand the new rows, in runs that do not wrap
-                stop = min(hi, r + ring - r % ring)
-                slot = r % ring
-                _tiles(x[n, r:stop].reshape((stop - r) * W, Cin), we, True, e[slot:slot + stop - r].reshape((stop - r) * W, hidden),
-                       be, True, e, False, 0, n_exp)
-                r = stop
-            done = hi
-            for oh in range(o0, o1):
-                _dw_row(e, ring, H, wd, bd, stride, True, oh, d[oh - o0])
-            rows = (o1 - o0) * Wo
-            yo = y[n, o0:o1].reshape(rows, Cout)
-            res = x[n, o0:o1].reshape(rows, Cin) if residual else yo
-            _tiles(d[:o1 - o0].reshape(rows, hidden), wp, True, yo, bp, False, res, residual, 0, n_proj)
-
-
-@njit(parallel=True, **JIT)
+@njit(parallel=PRANGE_ONLY, **JIT)
 def _depthwise_conv_planar(x, w, b, stride, relu6, y):
     """The same depthwise conv on planar maps, for a few channels (the RGB input of the stem):
     x (N, C, H, W), w (C, k, k), b (C,) -> y (N, C, Ho, Wo).
@@ -430,17 +382,17 @@ def _depthwise_conv_planar(x, w, b, stride, relu6, y):
                 yr[ow] = _clip(yr[ow], lo, hi)
 
 
-@njit(parallel=True, **JIT)
+@njit(**JIT)
 def _conv_transpose_scatter(t, b, relu6, y):
     """Place the taps of a kernel == stride transposed conv: t (N, H, W, Cout, k, k) -> y (N, Hk, Wk, Cout).
 
     t[n, h, w, co, a, c] = sum_ci x[n, h, w, ci] * w[ci, co, a, c] (one BLAS matmul);
     y[n, h*k + a, w*k + c, co] = t[n, h, w, co, a, c] + b[co], then ReLU6 if `relu6`.
-    One input row (k output rows) per iteration.
+    One thread: a copy of the matmul's output, and one parallel kernel fewer to compile.
     """
     N, H, W, C, k, _ = t.shape
     lo, hi = y.dtype.type(0), y.dtype.type(6)
-    for r in prange(N * H):
+    for r in range(N * H):
         n, h = r // H, r % H
         for w in range(W):
             for a in range(k):
@@ -484,7 +436,9 @@ def _matmul_rows(a, b, zero, out):
     """out (R, N) = a (R, K) b (K, N) for contiguous arrays in cache (`_tiles`, b read in place);
     zero is N zeros (the bias). Each element is accumulated from zero by fused multiply-adds in k
     order, as in `_matmul_bias_act`."""
-    _tiles(a, b, False, out, zero, False, out, False, 0, _n_panels(out.shape[1], simd.vector_lanes(out)))
+    R, N = out.shape
+    _tiles(a.reshape(-1), ZERO, R, a.shape[1], b.reshape(-1), NO, out.reshape(-1), ZERO, N, zero, NO,
+           out.reshape(-1), NO, ZERO, _n_panels(N, simd.vector_lanes(out)))
 
 
 @njit(inline="always")
@@ -512,7 +466,7 @@ def _softmax_columns(sT, peak, total):
             total[i] += e
 
 
-@njit(inline="always")
+@njit(**JIT)
 def _attend(qkv, rows, h, d, C, out, out_rows):
     """Head h of the attention among the tokens at rows `rows` (T,) of qkv (., 3C), written to
     channels h*d .. h*d + d of the rows `out_rows` of out (., C):
@@ -535,7 +489,7 @@ def _attend(qkv, rows, h, d, C, out, out_rows):
             dst[h * d + c] = oT[c, i] * inv
 
 
-@njit(parallel=True, **JIT)
+@njit(parallel=PRANGE_ONLY, **JIT)
 def _grouped_attention(qkv, pix, heads, out):
     """Multi-head attention in groups: qkv (P, 3C) pixel rows, pix (G, T) -> out (P, C).
 
@@ -549,7 +503,7 @@ def _grouped_attention(qkv, pix, heads, out):
         _attend(qkv, pix[g], h, C // heads, C, out, pix[g])
 
 
-@njit(parallel=True, **JIT)
+@njit(parallel=PRANGE_ONLY, **JIT)
 def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bproj, y):
     """A whole attention sub-block, y = x + proj(MHSA(qkv(LayerNorm(x)))), one group per
     iteration: x, y (P, C) pixel rows, pix (G, T), wqkv, wproj packed (`pack_weights`).
@@ -572,11 +526,13 @@ def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bpro
             xg[t] = x[rows[t]]
             _norm_row(xg[t], norm_w, norm_b, eps, xn[t])
         qkv = np.empty((T, 3 * C), dtype)
-        _tiles(xn, wqkv, True, qkv, bqkv, False, qkv, False, 0, n_qkv)
+        _tiles(xn.reshape(-1), ZERO, T, C, wqkv, YES, qkv.reshape(-1), ZERO, 3 * C, bqkv, NO, qkv.reshape(-1), NO,
+               ZERO, n_qkv)
         att = np.empty((T, C), dtype)
         for h in range(heads):
             _attend(qkv, local, h, C // heads, C, att, local)
         yg = np.empty((T, C), dtype)
-        _tiles(att, wproj, True, yg, bproj, False, xg, True, 0, n_proj)
+        _tiles(att.reshape(-1), ZERO, T, C, wproj, YES, yg.reshape(-1), ZERO, C, bproj, NO, xg.reshape(-1), YES,
+               ZERO, n_proj)
         for t in range(T):
             y[rows[t]] = yg[t]
