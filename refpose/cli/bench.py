@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
                        "PyTorch eager (the twin), ONNX Runtime and OpenVINO (the twin exported to ONNX) on the "
                        "same seeded weights and input, alternating the candidates inside each round and rotating their "
                        "order between rounds. Prints median and min latency, each candidate's ratio to the "
-                       "fast path, MACs per second, the machine's numpy sgemm throughput from the same run and "
+                       "fast path with a 95 % bootstrap interval (this run's own noise), MACs per second, the machine's numpy sgemm throughput from the same run and "
                        "each candidate's peak memory. --profile shows where the fast path's time goes instead.")
     p.add_argument("--config", default="wgnet", help=f"a named config: {', '.join(CONFIGS)} (default wgnet)")
     p.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--runs", type=int, default=20, help="timed rounds; medians over them (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input (default 0)")
     p.add_argument("--aa", action="store_true", help="A/A check: the fast path against a second copy of "
-                   "itself; a fair harness reads 1.00 +- 0.05")
+                   "itself; a fair harness reads 1.00 +- 0.05 (on a busy machine, look at the interval too)")
     p.add_argument("--profile", action="store_true", help="instead of the latency table, show where the time "
                    "goes: the fast path per op kind and per stage and ONNX Runtime's own per-node profile "
                    "summed by op type (--runs forwards each)")
