@@ -108,11 +108,13 @@ class ConvBN(Layer):
         self.bias = _read_only(get("bn.bias") - get("bn.running_mean") * scale)
 
     def forward(self, x, residual=None):
-        """The conv of x; `residual` (a 1x1 conv only) is added to its output, in the same pass
+        """The conv of x; `residual` (dense convs only) is added to its output, in the same pass
         on the fast path."""
-        if residual is not None:
+        if self.kind == "conv":
             return self.ops.conv(x, self.weight, self.bias, self.stride, self.act, residual=residual)
-        op = {"conv": self.ops.conv, "depthwise": self.ops.depthwise_conv, "transposed": self.ops.conv_transpose}[self.kind]
+        if residual is not None:
+            raise ValueError(f"a {self.kind} conv takes no residual")
+        op = {"depthwise": self.ops.depthwise_conv, "transposed": self.ops.conv_transpose}[self.kind]
         return op(x, self.weight, self.bias, self.stride, self.act)
 
 

@@ -28,7 +28,7 @@ class Ops:
         else:
             raise ValueError(f"unknown op implementation {impl!r}; choose one of {', '.join(IMPLS)}")
         self.name = impl
-        self.fused = impl == "fast"          # the fast ops take relu6, residual sums and LayerNorm and fuse them
+        self.fused = impl == "fast"          # the fast ops take relu6 and residual sums and fuse them
 
     def conv(self, x, w, b, stride=1, relu6=False, residual=None):
         """Dense conv (used for 1x1 projections); w (Cout, Cin, k, k); `residual` (the output's
@@ -37,15 +37,7 @@ class Ops:
         Cout, _, kh, kw = w.shape
         Ho, Wo = geometry.conv_out_size(H, kh, stride), geometry.conv_out_size(W, kw, stride)
         report("conv", N * Ho * Wo * Cout * Cin * kh * kw)
-        if self.fused:
-            y = self.impl.conv2d(x, w, b, stride, relu6=relu6, residual=residual)
-        else:
-            y = self.impl.conv2d(x, w, b, stride)
-            if relu6:
-                np.clip(y, 0, 6, out=y)
-            if residual is not None:
-                np.add(residual, y, out=y)
-        return self._report_epilogue(y, relu6, residual)
+        return self._act(self.impl.conv2d, relu6, residual, x, w, b, stride)
 
     def depthwise_conv(self, x, w, b, stride=1, relu6=False):
         """Depthwise conv; w (C, 1, k, k)."""
@@ -53,25 +45,19 @@ class Ops:
         _, _, kh, kw = w.shape
         Ho, Wo = geometry.conv_out_size(H, kh, stride), geometry.conv_out_size(W, kw, stride)
         report("depthwise_conv", N * Ho * Wo * C * kh * kw)
-        return self._act(self.impl.depthwise_conv2d, relu6, x, w, b, stride)
+        return self._act(self.impl.depthwise_conv2d, relu6, None, x, w, b, stride)
 
     def conv_transpose(self, x, w, b, stride=2, relu6=False):
         """Transposed conv with kernel == stride; w (Cin, Cout, k, k)."""
         N, H, W, Cin = x.shape
         _, Cout, kh, kw = w.shape
         report("conv_transpose", N * H * W * Cin * Cout * kh * kw)
-        return self._act(self.impl.conv_transpose2d, relu6, x, w, b, stride)
+        return self._act(self.impl.conv_transpose2d, relu6, None, x, w, b, stride)
 
     def linear(self, x, w, b, residual=None):
         """x (..., in) -> (..., out); w (out, in); `residual` (the output's shape) is added last."""
         self._count_linear(x, w)
-        if self.fused:
-            y = self.impl.linear(x, w, b, residual=residual)
-        else:
-            y = self.impl.linear(x, w, b)
-            if residual is not None:
-                np.add(residual, y, out=y)
-        return self._report_epilogue(y, False, residual)
+        return self._act(self.impl.linear, False, residual, x, w, b)
 
     def layer_norm(self, x, weight, bias, eps=1e-5):
         report_elementwise("layer_norm", x.size)
@@ -98,8 +84,9 @@ class Ops:
             with layer_scope(proj.path):
                 return self.linear(y, proj.weight, proj.bias, residual=x)
         N, H, W, C = x.shape
-        with layer_scope(qkv.path):
+        with layer_scope(norm.path):
             report_elementwise("layer_norm", x.size)
+        with layer_scope(qkv.path):
             self._count_linear(x, qkv.weight)
         self._count_attention((N, H, W, qkv.weight.shape[0]), heads, kind, window, patch)
         with layer_scope(proj.path):
@@ -137,18 +124,20 @@ class Ops:
         report_elementwise("add", x.size)
         return np.add(x, fresh, out=fresh)
 
-    def _act(self, op, relu6: bool, *args) -> np.ndarray:
-        """Run a conv op, then ReLU6 if asked: fused into the op on the fast path."""
+    def _act(self, op, relu6: bool, residual, *args) -> np.ndarray:
+        """Run a conv or linear op, then ReLU6 and the residual sum if asked: fused into the op's
+        kernel on the fast path, NumPy passes after it on the reference path."""
         if self.fused:
-            y = op(*args, relu6=relu6)
+            fused = {"relu6": True} if relu6 else {}
+            if residual is not None:
+                fused["residual"] = residual
+            y = op(*args, **fused)
         else:
             y = op(*args)
             if relu6:
                 np.clip(y, 0, 6, out=y)
-        return self._report_epilogue(y, relu6, None)
-
-    @staticmethod
-    def _report_epilogue(y, relu6: bool, residual) -> np.ndarray:
+            if residual is not None:
+                np.add(residual, y, out=y)
         if relu6:
             report_elementwise("relu6", y.size)
         if residual is not None:

@@ -170,26 +170,16 @@ def grouped_attention(qkv: np.ndarray, heads: int, kind: str,
     return out.reshape(N, H, W, C)
 
 
-# Fewer groups than this: run the ops one by one (they split rows and heads between threads).
-# At 1 every map is fused: only s4's window attention has one group at wgnet's input size
-# (0.3 ms a forward on one thread), and one attention kernel fewer to compile saves ~3 s.
-FUSE_MIN_GROUPS = 1
-
-
 def attention_block(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarray, eps: float,
                     qkv_w: np.ndarray, qkv_b: np.ndarray, heads: int, kind: str,
                     window: tuple[int, int], patch: tuple[int, int],
                     proj_w: np.ndarray, proj_b: np.ndarray) -> np.ndarray:
-    """x + Proj(MHSA(Group(LN(x)))) (NHWC): one kernel over the groups (`kernels._attention_block`)
-    when there are FUSE_MIN_GROUPS or more, so the qkv and attention maps stay in cache;
-    otherwise `layer_norm`, `linear`, `grouped_attention` and `linear` with the residual (the ops one by
-    one). Both give the same bits."""
+    """x + Proj(MHSA(Group(LN(x)))) (NHWC): one kernel over the groups (`kernels._attention_block`),
+    so the qkv and attention maps stay in cache. It gives the bits of `layer_norm`, `linear`,
+    `grouped_attention` and `linear` with the residual run one by one."""
     N, H, W, C = x.shape
     dtype = _dtype(x, qkv_w)
     pix = _c(geometry.token_pixels(N, H, W, kind, window, patch), np.intp)   # (G, T)
-    if pix.shape[0] < FUSE_MIN_GROUPS:
-        qkv = linear(layer_norm(x, norm_weight, norm_bias, eps), qkv_w, qkv_b)
-        return linear(grouped_attention(qkv, heads, kind, window, patch), proj_w, proj_b, residual=x)
     y = np.empty((N * H * W, C), dtype)
     kernels._attention_block(_c(x, dtype).reshape(N * H * W, C), pix, _c(norm_weight, dtype), _c(norm_bias, dtype),
                              dtype.type(eps), _panels(qkv_w, "oi", qkv_w, dtype), _c(qkv_b, dtype), heads,
