@@ -19,7 +19,7 @@ from numba import njit
 
 import refpose
 from refpose import threads
-from refpose.ops import Ops, fast, geometry, kernels, reference as ref
+from refpose.ops import Ops, fast, geometry, kernels, reference as ref, simd
 
 pytestmark = pytest.mark.usefixtures("warm_kernels")
 
@@ -96,13 +96,17 @@ def matmul(x, w, b, relu6=False):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-# rows: one short 4-row tile, whole tiles, several 64-row chunks with a short last tile
-@pytest.mark.parametrize("M", [1, 5, 9, 70, 130])
+# rows (whole tiles are simd.TILE_ROWS = 8 or 4 rows, edges go by blocks of 4, then row by row):
+# a row alone, a 4-row block and one row, tiles and their edges, several 64-row chunks
+@pytest.mark.parametrize("M", [1, 5, 9, 13, 70, 135])
 @pytest.mark.parametrize("K", [1, 13])
-# columns: left-overs only, one short panel (+ left-overs), whole panels + a short one + left-overs
-# (a panel is 24 float32 or 12 float64 columns, a vector 8 or 4)
-@pytest.mark.parametrize("N", [1, 5, 17, 35, 50])
-def test_matmul_kernel_matches_reference_over_odd_sizes(M, K, N, dtype):
+# columns, in vectors (L elements) and panels (PANEL vectors): left-overs only, a short panel
+# of one vector and a left-over, a short panel of two vectors, one whole panel, whole panels +
+# a short one + left-overs
+@pytest.mark.parametrize("columns", ["L//2+1", "L+1", "2*L", "P", "2*P+L+3"])
+def test_matmul_kernel_matches_reference_over_odd_sizes(M, K, columns, dtype):
+    L = simd.lanes(np.dtype(dtype))
+    N = eval(columns, {"L": L, "P": kernels.PANEL * L})
     rng = np.random.default_rng(M * 100 + K * 10 + N)
     x, w, b = uniform(rng, (M, K), dtype), uniform(rng, (N, K), dtype), 4 * uniform(rng, N, dtype)
     want = ref.linear(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
@@ -126,11 +130,11 @@ def test_matmul_kernel_impulse_picks_one_weight():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matmul_element_does_not_depend_on_where_it_lies(dtype):
     # Every y[m, n] is b[n] + (fused multiply-adds from zero in k order), whether it falls in a
-    # 4-row tile or a short one, a whole panel, a short panel or a left-over column, in a large
+    # whole tile, a 4-row block or a row at the edge, a whole panel, a short panel or a left-over column, in a large
     # matmul or a one-row one: a row alone, the columns reversed and the rows reversed all give
     # the same bits.
     rng = np.random.default_rng(7)
-    M, K, N = 133, 37, 59
+    M, K, N = 133, 37, 2 * kernels.PANEL * simd.lanes(np.dtype(dtype)) + 11
     x, w, b = rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((N, K)).astype(dtype), rng.standard_normal(N).astype(dtype)
     y = matmul(x, w, b)
     np.testing.assert_array_equal(matmul(x, w[::-1].copy(), b[::-1].copy()), y[:, ::-1])
@@ -141,7 +145,7 @@ def test_matmul_element_does_not_depend_on_where_it_lies(dtype):
 
 def test_matmul_relu6_clips_and_keeps_nan():
     x = np.array([[1.0, 0.0], [np.nan, 0.0], [-5.0, 0.0], [3.0, 1.0]], np.float32)
-    w = np.ones((30, 2), np.float32)            # one whole float32 panel and six left-over columns
+    w = np.ones((30, 2), np.float32)            # a panel of whole vectors and left-over columns
     got = matmul(x, w, np.full(30, 2.5, np.float32), relu6=True)
     np.testing.assert_array_equal(got[0], 3.5)
     assert np.isnan(got[1]).all()
@@ -630,6 +634,43 @@ def test_a_freshly_compiled_kernel_computes_what_the_cached_one_does(tmp_path):
     assert np.array_equal(outs[0], outs[1]), f"max |diff| {np.abs(outs[0] - outs[1]).max():.3g}"
 
 
+def test_vector_width_follows_the_target_features():
+    assert simd.vector_bytes("+sse4.2,+avx,+avx2,+fma,+avx512f,+avx512bw") == 64
+    assert simd.vector_bytes("+avx,+avx2,+fma,-avx512f,-avx512bw") == 32
+    assert simd.vector_bytes("+avx,+avx2,+fma,+avx512vnni") == 32        # no AVX-512F, no zmm arithmetic
+    assert simd.vector_bytes("") == 32
+    assert simd.TILE_ROWS == (8 if simd.VECTOR_BYTES == 64 else 4)
+
+
+def _avx2_features() -> str:
+    """This CPU's features with every AVX-512 extension switched off: an AVX2-only CPU."""
+    from llvmlite import binding
+
+    host = binding.get_host_cpu_features().flatten().split(",")
+    return ",".join("-" + f[1:] if f[1:].startswith("avx512") else f for f in host if f)
+
+
+AVX2_PROBE = OUTPUT_PROBE + "from refpose.ops import simd; print(simd.VECTOR_BYTES, simd.TILE_ROWS)\n"
+
+
+def test_the_forward_has_the_same_bits_for_every_vector_width(tmp_path):
+    # Kernels compiled for an AVX2-only CPU (256-bit vectors, 4-row tiles) give the bits of the
+    # kernels of this machine (512-bit vectors and 8-row tiles where it has AVX-512): every
+    # element is the same chain of fused multiply-adds whatever the tile, so a port can check
+    # against this oracle on any x86-64 CPU.
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), NUMBA_CPU_NAME="haswell",
+               NUMBA_CPU_FEATURES=_avx2_features())
+    out = tmp_path / "avx2.npy"
+    r = subprocess.run([sys.executable, "-c", AVX2_PROBE, str(out)], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["32", "4"], r.stdout
+    x = np.random.default_rng(0).standard_normal((2, 3, 128, 96)).astype(np.float32)
+    here = refpose.build("tiny", dtype="float32", impl="fast")(x)
+    avx2 = np.load(out)
+    assert np.array_equal(here, avx2), f"max |diff| {np.abs(here - avx2).max():.3g}"
+
+
 @njit
 def _matmul_rows(a, b, out):
     kernels._matmul_rows(a, b, np.zeros(b.shape[1], out.dtype), out)
@@ -638,7 +679,7 @@ def _matmul_rows(a, b, out):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("R, K, N", [(1, 1, 1), (3, 5, 7), (4, 4, 4), (9, 13, 6), (32, 48, 48)])
 def test_matmul_rows_matches_numpy(dtype, R, K, N):
-    # The attention kernel's in-cache matmul, blocks of 4 rows x 4 k plus the leftovers, against
+    # The attention kernel's in-cache matmul (the tiles read b in place), tiles and edges, against
     # float64 numpy; TOL covers float32 rounding of sums of at most 48 terms.
     rng = np.random.default_rng(R * 100 + K * 10 + N)
     a, b = rng.standard_normal((R, K)), rng.standard_normal((K, N))

@@ -25,6 +25,7 @@ from numba.extending import intrinsic, overload
 
 from . import simd
 from .jitcache import cache_kernels
+from .simd import TILE_ROWS
 
 FASTMATH = {"contract", "nsz"}
 JIT = dict(cache=cache_kernels(__file__), fastmath=FASTMATH)   # on disk wherever a folder is writable
@@ -147,14 +148,14 @@ def _clip(v, lo, hi):
 # --- matmul with its epilogue --------------------------------------------------------------
 # The 1x1 convs, linear layers and the transposed conv: y = x W^T + b, then ReLU6 if asked, in
 # one kernel. The weights are packed by the caller (`pack_weights`) into panels of PANEL
-# vectors' width, each panel K rows of contiguous columns; `simd.tile_fma` runs a tile of 4 rows
-# x one panel with the sums in registers. Every output element is computed the same way
+# vectors' width, each panel K rows of contiguous columns; `simd.tile_fma` runs a tile of
+# simd.TILE_ROWS rows x one panel with the sums in registers. Every output element is computed the same way
 # wherever it lies (a tile, a short tile, a left-over column): the products x[m, k] w[n, k]
 # accumulated from zero with one fused multiply-add per k, in k order, then b[n] added. So the
 # result depends neither on the tiling, nor on the thread count, nor on the row's place in a
 # batch. Parallel over chunks of rows (and, when there are few rows, over groups of panels).
-PANEL = 3                      # vectors per panel: the 4 x 3 register tile of `simd.tile_fma`
-ROW_CHUNK = 64                 # rows per work item; a panel stays in L1 across its 16 tiles
+PANEL = 3                      # vectors per panel: the TILE_ROWS x 3 register tile of `simd.tile_fma`
+ROW_CHUNK = 64                 # rows per work item (a multiple of TILE_ROWS); a panel stays in L1 across its tiles
 MIN_ITEMS = 8                  # fewer row chunks than this: split the panels between items too
 B_IN_L1 = 32 * 1024            # bytes of B below which `_tiles` goes row by row (see there)
 # Constants passed to the helpers that are compiled apart (`_tiles`, `_dw_row`): a literal 0 or
@@ -166,18 +167,23 @@ ZERO, YES, NO = np.intp(0), np.bool_(True), np.bool_(False)
 def _edge_tile(rows, cols, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res):
     """A tile at the edge of a matmul (see `_tiles`; flat arrays): c[c0 + r*ldc + j] = bias[bias0 + j] +
     sum_k a[a0 + r*lda + k] b[b0 + k*ldb + j] for r < rows, j < cols, clipped to [0, 6] if
-    `relu6`, plus res[c0 + r*ldc + j] if `add_res`. 4 rows of fewer whole vectors go to
+    `relu6`, plus res[c0 + r*ldc + j] if `add_res`. Blocks of 4 rows of whole vectors go to
     `simd.tile_fma`, anything else (the rows and columns left over) to a plain loop that does
     the same arithmetic: `simd.fma` from zero in k order, then the bias, the clip and the sum."""
     L = simd.vector_lanes(c)
-    if rows == 4 and cols == 2 * L:
-        simd.tile_fma(4, 2, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
-        return
-    if rows == 4 and cols == L:
-        simd.tile_fma(4, 1, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
-        return
+    nvec = cols // L if cols % L == 0 else 0         # at most PANEL
+    r = 0
+    while nvec and r + 4 <= rows:
+        ar, cr = a0 + r * lda, c0 + r * ldc
+        if nvec == 3:
+            simd.tile_fma(4, 3, K, a, ar, lda, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
+        elif nvec == 2:
+            simd.tile_fma(4, 2, K, a, ar, lda, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
+        else:
+            simd.tile_fma(4, 1, K, a, ar, lda, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
+        r += 4
     lo, hi = c.dtype.type(0), c.dtype.type(6)
-    for r in range(rows):
+    for r in range(r, rows):
         for j in range(cols):
             acc = c.dtype.type(0)
             for k in range(K):
@@ -232,36 +238,49 @@ def _tiles(a, a0, R, K, b, packed, c, c0, N, bias, relu6, res, add_res, p_lo, p_
     B (K, N) is b itself (row stride N) or, when `packed`, the panels of `pack_weights`
     (w (N, K) with B = w^T).
 
-    Whole 4 x PANEL tiles go to `simd.tile_fma` from a loop that calls nothing else (with the
-    edge cases in the same loop it ran at half speed); the tiles at the edges (short panels, the
-    last rows) to `_edge_tile`. Where B fits in L1 the tiles go row by row (each output row
-    written whole); otherwise panel by panel over ROW_CHUNK rows, so a panel stays in L1
-    while its tiles read it.
+    Whole TILE_ROWS x PANEL tiles go to `simd.tile_fma` from a loop that calls nothing else
+    (with the edge cases in the same loop it ran at half speed), then the short panel's tiles of
+    TILE_ROWS rows from a loop of their own; the edges (the columns left over, the last rows) to
+    `_edge_tile`. Where B fits in L1 the tiles go row by row (each
+    output row written whole); otherwise panel by panel over ROW_CHUNK rows, so a panel stays
+    in L1 while its tiles read it.
     """
     L = simd.vector_lanes(c)
     width = PANEL * L
     full = min(p_hi, N // width)
-    r4 = R // 4 * 4
+    whole = R // TILE_ROWS * TILE_ROWS
     rows_first = K * N * c.itemsize <= B_IN_L1
-    for r0 in range(0, r4, ROW_CHUNK):
-        r1 = min(r4, r0 + ROW_CHUNK)
+    for r0 in range(0, whole, ROW_CHUNK):
+        r1 = min(whole, r0 + ROW_CHUNK)
         if rows_first:
-            for t in range(r0, r1, 4):
+            for t in range(r0, r1, TILE_ROWS):
                 for p in range(p_lo, full):
                     n0 = p * width
-                    simd.tile_fma(4, PANEL, K, a, a0 + t * K, K, b, n0 * K if packed else n0, width if packed else N,
-                                  c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+                    simd.tile_fma(TILE_ROWS, PANEL, K, a, a0 + t * K, K, b, n0 * K if packed else n0,
+                                  width if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
         else:
             for p in range(p_lo, full):
                 n0 = p * width
-                for t in range(r0, r1, 4):
-                    simd.tile_fma(4, PANEL, K, a, a0 + t * K, K, b, n0 * K if packed else n0, width if packed else N,
-                                  c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
-    for p in range(p_lo, p_hi):                        # the edges: short panels, then the last rows
+                for t in range(r0, r1, TILE_ROWS):
+                    simd.tile_fma(TILE_ROWS, PANEL, K, a, a0 + t * K, K, b, n0 * K if packed else n0,
+                                  width if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+    # the short panel of whole vectors (1 or 2 of them: PANEL is 3), if there is one in range
+    s = N // width
+    n0, cols = _panel(s, N, L)
+    short = p_lo <= s < p_hi and cols >= L
+    if short:
+        for t in range(0, whole, TILE_ROWS):
+            if cols == 2 * L:
+                simd.tile_fma(TILE_ROWS, 2, K, a, a0 + t * K, K, b, n0 * K if packed else n0, cols if packed else N,
+                              c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+            else:
+                simd.tile_fma(TILE_ROWS, 1, K, a, a0 + t * K, K, b, n0 * K if packed else n0, cols if packed else N,
+                              c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+    for p in range(p_lo, p_hi):                        # the edges: the columns left over, the last rows
         n0, cols = _panel(p, N, L)
-        for t in range(0 if p >= full else r4, R, 4):
-            _edge_tile(min(4, R - t), cols, K, a, a0 + t * K, K, b, n0 * K if packed else n0, cols if packed else N,
-                       c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+        for t in range(whole if p < full or (short and p == s) else 0, R, TILE_ROWS):
+            _edge_tile(min(TILE_ROWS, R - t), cols, K, a, a0 + t * K, K, b, n0 * K if packed else n0,
+                       cols if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
