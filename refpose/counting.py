@@ -52,9 +52,17 @@ def count_ops():
         _counter.reset(token)
 
 
-@contextlib.contextmanager
+_NO_SCOPE = contextlib.nullcontext()
+
+
 def layer_scope(name: str):
-    """Name the layer that ops run inside this block report under."""
+    """Name the layer that ops run inside this block report under. Outside `count_ops()` the
+    name has no reader, and a forward opens a scope per layer: a shared no-op then."""
+    return _NO_SCOPE if _counter.get() is None else _named(name)
+
+
+@contextlib.contextmanager
+def _named(name: str):
     token = _layer.set(name)
     try:
         yield

@@ -174,21 +174,25 @@ def test_conv1x1_with_a_residual_sum_matches_reference(dtype, relu6):
     assert_close(fast.conv2d(x, w, b, 1, relu6=relu6, residual=res), want, dtype)
 
 
-def test_packed_weights_are_kept_for_read_only_arrays_only():
-    # A model's weights are read-only (weights.from_tensors), so their panels are made once; a
-    # writable array may change between calls, so it is packed again every time.
+def test_packed_weights_and_biases_are_kept_for_read_only_arrays_only():
+    # A model's weights are read-only (weights.from_tensors), so their panels and the kernels'
+    # copies of their biases are made once; a writable array may change between calls, so it is
+    # packed (copied) again every time.
     rng = np.random.default_rng(3)
     x, w = rng.standard_normal((8, 5)).astype(np.float32), rng.standard_normal((30, 5)).astype(np.float32)
-    first = fast.linear(x, w, None)
+    b = rng.standard_normal(30).astype(np.float32)
+    first = fast.linear(x, w, b)
     w *= 2
-    np.testing.assert_allclose(fast.linear(x, w, None), 2 * first, rtol=1e-6)
-    frozen = w.copy()
+    b *= 2
+    np.testing.assert_allclose(fast.linear(x, w, b), 2 * first, rtol=1e-6)
+    frozen, frozen_b = w.copy(), b.copy()
     frozen.setflags(write=False)
-    assert np.array_equal(fast.linear(x, frozen, None), fast.linear(x, frozen, None))
-    assert any(ref() is frozen for ref, *_ in fast._PACKED.values())
-    key = next(k for k, (ref, *_) in fast._PACKED.items() if ref() is frozen)
-    del frozen
-    assert key not in fast._PACKED            # dropped with its weight
+    frozen_b.setflags(write=False)
+    assert np.array_equal(fast.linear(x, frozen, frozen_b), fast.linear(x, frozen, frozen_b))
+    keys = [k for k, (ref, *_) in fast._KEPT.items() if ref() is frozen or ref() is frozen_b]
+    assert len(keys) == 2, keys                 # the panels of w, the copy of b
+    del frozen, frozen_b
+    assert not set(keys) & set(fast._KEPT)      # dropped with their weights
 
 
 def test_a_model_binds_read_only_copies_of_the_callers_tensors(tiny_tensors):

@@ -38,28 +38,36 @@ def _c(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return a if a.flags.writeable else a.copy()
 
 
+_KEPT: dict[tuple[int, str], tuple[weakref.ref, np.ndarray]] = {}
+
+
+def _kept(owner: np.ndarray, key: str, make) -> np.ndarray:
+    """make(), derived from `owner`: a read-only owner (every weight a model binds, see
+    `weights.from_tensors`) cannot change, so what is derived from it is made on first use and
+    kept until the owner is freed; for a writable owner it is made on every call."""
+    k = (id(owner), key)
+    hit = _KEPT.get(k)
+    if hit is not None and hit[0]() is owner:
+        return hit[1]
+    value = make()
+    if not owner.flags.writeable:
+        _KEPT[k] = (weakref.ref(owner, lambda _, k=k, cache=_KEPT: cache.pop(k, None)), value)
+    return value
+
+
+def _vector(v: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A bias or norm weight as the kernels take it (`_c`: a writable copy of a read-only one)."""
+    return _kept(v, dtype.str, lambda: _c(v, dtype))
+
+
 def _bias(b, n: int, dtype: np.dtype) -> np.ndarray:
-    return np.zeros(n, dtype) if b is None else _c(b, dtype)
-
-
-_PACKED: dict[tuple[int, str], tuple[weakref.ref, np.ndarray]] = {}
+    return np.zeros(n, dtype) if b is None else _vector(b, dtype)
 
 
 def _panels(owner: np.ndarray, layout: str, w: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """`kernels.pack_weights` of w (N, K), which is `owner` in `layout`.
-
-    A read-only owner (every weight a model binds, see `weights.from_tensors`) cannot change, so
-    its panels are made on first use and kept until the owner is freed; a writable array is
-    packed on every call.
-    """
-    key = (id(owner), layout)
-    hit = _PACKED.get(key)
-    if hit is not None and hit[0]() is owner:
-        return hit[1]
-    panels = kernels.pack_weights(_c(w, dtype))
-    if not owner.flags.writeable:
-        _PACKED[key] = (weakref.ref(owner, lambda _, key=key, cache=_PACKED: cache.pop(key, None)), panels)
-    return panels
+    """`kernels.pack_weights` of w (N, K), which is `owner` in `layout`, kept with a read-only
+    owner (`_kept`)."""
+    return _kept(owner, layout + dtype.str, lambda: kernels.pack_weights(_c(w, dtype)))
 
 
 NONE = {dtype: np.empty((0, 0), dtype) for dtype in DTYPES}   # "no residual"
@@ -109,9 +117,10 @@ def depthwise_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
     if C < PLANAR_BELOW:
         xp = _c(x.transpose(0, 3, 1, 2), dtype)                   # (N, C, H, W); a view when x came from NCHW
         y = np.empty((N, C, Ho, Wo), dtype)
-        kernels._depthwise_conv_planar(xp, _c(w[:, 0], dtype), _bias(b, C, dtype), stride, relu6, y)
+        kernels._depthwise_conv_planar(xp, _kept(w, "ckk" + dtype.str, lambda: _c(w[:, 0], dtype)), _bias(b, C, dtype),
+                                       stride, relu6, y)
         return np.ascontiguousarray(y.transpose(0, 2, 3, 1))       # (N, Ho, Wo, C)
-    wk = _c(w[:, 0].transpose(1, 2, 0), dtype)                  # (k, k, C): channels innermost
+    wk = _kept(w, "kkc" + dtype.str, lambda: _c(w[:, 0].transpose(1, 2, 0), dtype))   # (k, k, C): channels innermost
     y = np.empty((N, Ho, Wo, C), dtype)
     kernels._depthwise_conv(_c(x, dtype), wk, _bias(b, C, dtype), stride, relu6, y)
     return y
@@ -149,7 +158,7 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float =
     C = x.shape[-1]
     x2 = _c(x, dtype).reshape(-1, C)                           # (pixels, C)
     y = np.empty_like(x2)
-    kernels._layer_norm(x2, _c(weight, dtype), _c(bias, dtype), dtype.type(eps), y)
+    kernels._layer_norm(x2, _vector(weight, dtype), _vector(bias, dtype), dtype.type(eps), y)
     return y.reshape(x.shape)
 
 
@@ -181,7 +190,7 @@ def attention_block(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarra
     dtype = _dtype(x, qkv_w)
     pix = _c(geometry.token_pixels(N, H, W, kind, window, patch), np.intp)   # (G, T)
     y = np.empty((N * H * W, C), dtype)
-    kernels._attention_block(_c(x, dtype).reshape(N * H * W, C), pix, _c(norm_weight, dtype), _c(norm_bias, dtype),
-                             dtype.type(eps), _panels(qkv_w, "oi", qkv_w, dtype), _c(qkv_b, dtype), heads,
-                             _panels(proj_w, "oi", proj_w, dtype), _c(proj_b, dtype), y)
+    kernels._attention_block(_c(x, dtype).reshape(N * H * W, C), pix, _vector(norm_weight, dtype),
+                             _vector(norm_bias, dtype), dtype.type(eps), _panels(qkv_w, "oi", qkv_w, dtype),
+                             _vector(qkv_b, dtype), heads, _panels(proj_w, "oi", proj_w, dtype), _vector(proj_b, dtype), y)
     return y.reshape(N, H, W, C)
