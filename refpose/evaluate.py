@@ -157,7 +157,7 @@ def make_jobs(gt: Annotations, images: str, boxes: str | None, limit: int | None
 # --- running one image ---------------------------------------------------------------------------
 
 class Predictor:
-    """Runs one image: top-down poses on its boxes, flip test, OKS-NMS; COCO records out."""
+    """Runs images: top-down poses on their boxes, flip test, OKS-NMS; COCO records out."""
 
     def __init__(self, spec: ModelSpec, flip: bool = True):
         from .topdown import PoseOptions, default_model
@@ -165,28 +165,38 @@ class Predictor:
         self.model = default_model(weights=spec.weights, config=spec.config, dtype=spec.dtype)
         self.options = PoseOptions(flip=flip, oks_nms=OKS_NMS_THR)
 
-    def __call__(self, job: ImageJob) -> tuple[int, list[dict] | None, str | None]:
-        """(image id, records, None), or (image id, None, the problem) for a missing image."""
+    def __call__(self, jobs: list[ImageJob]) -> list[tuple[int, list[dict] | None, str | None]]:
+        """Per job, (image id, records, None), or (image id, None, the problem) for a missing
+        image. The crops of all the jobs' images share forward passes (`predict_images`); the
+        fast path computes a crop the same wherever it lies in a batch, so the records are those
+        of the images run one by one."""
         from .imageio import path_problem, read_image
-        from .topdown import predict
+        from .topdown import predict_images
 
-        if len(job.boxes) == 0:
-            # nobody to look at: the image is not decoded, only its presence is checked
-            problem = path_problem(job.path)
-            return (job.image_id, None, problem) if problem else (job.image_id, [], None)
-        try:
-            image = read_image(job.path)
-        except ImageError as e:
-            return job.image_id, None, _strip_path(str(e), job.path)
-        try:
-            _, records = predict(image, self.model, job.boxes, job.box_scores, self.options, image_id=job.image_id)
-        except RefposeError as e:      # a box the pipeline refuses: name the image it belongs to
-            raise type(e)(f"{job.path}: {e}") from None
-        for r in records:
-            # the COCO keypoint-results format has no box; with one, pycocotools' loadRes would
-            # take the box area for APm/APl (see scoring.load_results)
-            del r["bbox"]
-        return job.image_id, records, None
+        out, items, where = {}, [], []
+        for job in jobs:
+            if len(job.boxes) == 0:
+                # nobody to look at: the image is not decoded, only its presence is checked
+                problem = path_problem(job.path)
+                out[job.image_id] = (job.image_id, None, problem) if problem else (job.image_id, [], None)
+                continue
+            try:
+                image = read_image(job.path)
+            except ImageError as e:
+                out[job.image_id] = (job.image_id, None, _strip_path(str(e), job.path))
+                continue
+            items.append((image, job.boxes, job.box_scores, job.image_id, None))
+            where.append(job)
+        for job, result in zip(where, predict_images(items, self.model, self.options, keep_going=True)):
+            if isinstance(result, RefposeError):   # a box the pipeline refuses: name its image
+                raise type(result)(f"{job.path}: {result}")
+            records = result[1]
+            for r in records:
+                # the COCO keypoint-results format has no box; with one, pycocotools' loadRes would
+                # take the box area for APm/APl (see scoring.load_results)
+                del r["bbox"]
+            out[job.image_id] = (job.image_id, records, None)
+        return [out[job.image_id] for job in jobs]
 
 
 def _strip_path(message: str, path: str) -> str:
@@ -216,33 +226,37 @@ class _Worker:
             cls.predictor = e
 
     @classmethod
-    def run(cls, job: ImageJob):
+    def run(cls, jobs: list[ImageJob]):
         if isinstance(cls.predictor, RefposeError):
             raise cls.predictor
-        return cls.predictor(job)
+        return cls.predictor(jobs)
 
 
 def run_jobs(jobs: list[ImageJob], spec: ModelSpec, flip: bool, workers: int):
     """Yield (image id, records, problem) per job: in order in this process when `workers`
-    is 1, else as worker processes finish them (each loads the model once). BLAS runs on
-    one thread in every process, so the records do not depend on `workers`."""
+    is 1, else as worker processes finish them (each loads the model once). The jobs go in
+    chunks of IMAGES_PER_FORWARD images whose crops share forward passes. BLAS runs on one
+    thread in every process, so the records do not depend on `workers`."""
     from .threads import single_threaded_blas
+    from .topdown import IMAGES_PER_FORWARD
 
     if not jobs:
         return
+    chunks = [jobs[i:i + IMAGES_PER_FORWARD] for i in range(0, len(jobs), IMAGES_PER_FORWARD)]
     if workers == 1:
         predictor = Predictor(spec, flip)
         with single_threaded_blas():
-            for job in jobs:
-                yield predictor(job)
+            for chunk in chunks:
+                yield from predictor(chunk)
         return
     import multiprocessing
 
     # spawn, not fork: a forked child would inherit the parent's BLAS and Numba thread pools
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ctx.Pool(min(workers, len(jobs)), _Worker.start, (spec, flip, threads)) as pool:
-        yield from pool.imap_unordered(_Worker.run, jobs)
+    with ctx.Pool(min(workers, len(chunks)), _Worker.start, (spec, flip, threads)) as pool:
+        for results in pool.imap_unordered(_Worker.run, chunks):
+            yield from results
 
 
 # --- progress: resuming an interrupted run -------------------------------------------------------

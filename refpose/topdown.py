@@ -35,6 +35,7 @@ STD = (0.229, 0.224, 0.225)
 KPT_SCORE_THR = 0.2        # joints counted in the instance score (HRNet `IN_VIS_THRE`, MMPose `vis_thr`)
 DARK_KERNEL = 11           # DARK's blur for heatmaps of sigma 2: k = 6 sigma - 1 (MMPose `blur_kernel_size`)
 MAX_BATCH = 16             # crops per forward pass (twice as many images with the flip test)
+IMAGES_PER_FORWARD = 8     # images whose crops `refpose infer` and `refpose eval` send through the network together
 
 
 # --- boxes and the affine crop ---------------------------------------------------------------

@@ -501,3 +501,21 @@ def test_run_on_detections(run_files, tmp_path):
     np.testing.assert_allclose(sorted(r["score"] for r in records), sorted(p["score"] for p in poses), rtol=1e-5)
     assert {r["image_id"] for r in records} == {102}
     assert len(records) == 2
+
+
+def test_run_sends_the_crops_of_several_images_through_one_forward(run_files, monkeypatch):
+    # images 102 and 103 have two people each: their 4 crops (8 with the mirrored ones) go through
+    # the network together, where a run image by image made one call per image
+    from refpose import evaluate, topdown
+
+    batches = []
+    predict = topdown.predict_heatmaps
+
+    def counted(model, x, flip=False):
+        batches.append(len(x))
+        return predict(model, x, flip)
+    monkeypatch.setattr(topdown, "predict_heatmaps", counted)
+    jobs, _ = evaluate.make_jobs(evaluate.load_annotations(run_files / "gt.json"), str(run_files / "images"), None, None)
+    results = evaluate.Predictor(evaluate.ModelSpec(weights=str(run_files / "tiny.safetensors")))(jobs)
+    assert batches == [4]
+    assert [(image_id, len(records)) for image_id, records, _ in results] == [(102, 2), (103, 2), (104, 0)]

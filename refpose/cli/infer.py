@@ -23,7 +23,6 @@ from . import finite_float
 from .infer_video import add_video_options, infer_video, load_detector
 
 PROGRESS_MIN = 4          # a progress bar from this many images on (and only on a terminal)
-IMAGES_PER_FORWARD = 8    # images read at a time, whose person crops share forward passes
 OUTPUT_SUFFIXES = (".pose.png", ".heatmaps.png", ".pose.mp4")   # our own outputs, skipped when scanning a directory
 
 
@@ -74,7 +73,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..detections import boxes_for_image, load_detections
-    from ..topdown import PoseOptions, default_model
+    from ..topdown import IMAGES_PER_FORWARD, PoseOptions, default_model
 
     if args.bbox and args.boxes:
         raise BoxError("give person boxes with --bbox or with --boxes, not both")
