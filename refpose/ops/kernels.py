@@ -149,11 +149,13 @@ def _clip(v, lo, hi):
 # The 1x1 convs, linear layers and the transposed conv: y = x W^T + b, then ReLU6 if asked, in
 # one kernel. The weights are packed by the caller (`pack_weights`) into panels of PANEL
 # vectors' width, each panel K rows of contiguous columns; `simd.tile_fma` runs a tile of
-# simd.TILE_ROWS rows x one panel with the sums in registers. Every output element is computed the same way
-# wherever it lies (a tile, a short tile, a left-over column): the products x[m, k] w[n, k]
-# accumulated from zero with one fused multiply-add per k, in k order, then b[n] added. So the
-# result depends neither on the tiling, nor on the thread count, nor on the row's place in a
-# batch. Parallel over chunks of rows (and, when there are few rows, over groups of panels).
+# TILE_ROWS rows x one panel with the sums in registers (8 rows of 512-bit vectors with
+# AVX-512, else 4 rows of 256-bit ones: see `refpose.ops.simd`). Every output element is
+# computed the same way wherever it lies (a tile, a short tile, a left-over column): the
+# products x[m, k] w[n, k] accumulated from zero with one fused multiply-add per k, in k
+# order, then b[n] added. So the result depends neither on the tiling, nor on the thread
+# count, nor on the row's place in a batch, nor on the vector width. Parallel over chunks of
+# rows (and, when there are few rows, over groups of panels).
 PANEL = 3                      # vectors per panel: the TILE_ROWS x 3 register tile of `simd.tile_fma`
 ROW_CHUNK = 64                 # rows per work item (a multiple of TILE_ROWS); a panel stays in L1 across its tiles
 MIN_ITEMS = 8                  # fewer row chunks than this: split the panels between items too
@@ -241,9 +243,9 @@ def _tiles(a, a0, R, K, b, packed, c, c0, N, bias, relu6, res, add_res, p_lo, p_
     Whole TILE_ROWS x PANEL tiles go to `simd.tile_fma` from a loop that calls nothing else
     (with the edge cases in the same loop it ran at half speed), then the short panel's tiles of
     TILE_ROWS rows from a loop of their own; the edges (the columns left over, the last rows) to
-    `_edge_tile`. Where B fits in L1 the tiles go row by row (each
-    output row written whole); otherwise panel by panel over ROW_CHUNK rows, so a panel stays
-    in L1 while its tiles read it.
+    `_edge_tile`. Where B fits in L1 the tiles go row by row (each output row written whole);
+    otherwise panel by panel over ROW_CHUNK rows, so a panel stays in L1 while its tiles read
+    it.
     """
     L = simd.vector_lanes(c)
     width = PANEL * L
