@@ -177,6 +177,19 @@ def test_refpose_and_the_data_pipeline_import_without_torch():
     assert p.returncode == 0, p.stderr
 
 
+def test_the_cli_gives_the_settings_defaults():
+    # `refpose train` with only the required arguments runs with TrainSettings' own defaults,
+    # flags included (--no-augment, --scale-lr, --amp, --resume, --deterministic, --no-progress)
+    from dataclasses import fields
+
+    from refpose.cli import build_parser
+    from refpose.train.settings import TrainSettings
+
+    required = dict(config="tiny", train_ann="a.json", train_images="imgs", out="run")
+    args = build_parser().parse_args(["train"] + [x for k, v in required.items() for x in (f"--{k.replace('_', '-')}", v)])
+    assert TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)}) == TrainSettings(**required)
+
+
 def test_ctrl_c_on_an_epoch_boundary_still_validates(sets, tmp_path, capsys, monkeypatch):
     # 168 persons in batches of 56 are 3 steps per epoch; Ctrl-C arrives during step 3, the last
     # of epoch 1. The run must stop with status 130, save last.pt at step 3, and still run the

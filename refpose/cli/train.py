@@ -5,8 +5,11 @@ device (DistributedDataParallel); rank 0 alone logs, validates and writes.
 """
 from __future__ import annotations
 
+from dataclasses import fields
+
 from ..config import CONFIGS
-from ..train.targets import SIGMA
+from ..train.settings import DEFAULTS as D
+from ..train.settings import TrainSettings
 
 PAPER = "paper section 4.2"
 MMPOSE = "MMPose td-hm_hrnet-w32_8xb64-210e_coco-256x192"
@@ -32,43 +35,47 @@ def add_parser(sub) -> None:
     v.add_argument("--val-images", metavar="DIR", help="their images")
     v.add_argument("--val-boxes", metavar="DETS.json",
                    help="COCO person detections to validate on (default: the ground-truth boxes)")
-    v.add_argument("--val-every", type=int, default=10, metavar="N",
-                   help=f"validate every N epochs and after the last (default 10: {MMPOSE} val_interval)")
+    v.add_argument("--val-every", type=int, default=D["val_every"], metavar="N",
+                   help=f"validate every N epochs and after the last (default {D['val_every']}: {MMPOSE} val_interval)")
     r = p.add_argument_group("recipe")
-    r.add_argument("--epochs", type=int, default=200, help=f"epochs (default 200: {PAPER})")
-    r.add_argument("--batch", type=int, default=64, help=f"persons per batch per process (default 64: {MMPOSE}, "
+    r.add_argument("--epochs", type=int, default=D["epochs"], help=f"epochs (default {D['epochs']}: {PAPER})")
+    r.add_argument("--batch", type=int, default=D["batch"], help=f"persons per batch per process (default {D['batch']}: {MMPOSE}, "
                    "64 per GPU)")
-    r.add_argument("--lr", type=float, default=1e-3, help=f"peak learning rate of Adam (default 1e-3: {PAPER})")
-    r.add_argument("--min-lr", type=float, default=1e-5,
-                   help=f"learning rate at the end of the cosine, then held (default 1e-5: {PAPER})")
-    r.add_argument("--cosine-end", type=float, default=0.85, metavar="FRACTION",
-                   help=f"the cosine ends after this fraction of the epochs (default 0.85: {PAPER}, epoch 170 of 200)")
-    r.add_argument("--warmup-iters", type=int, default=500,
-                   help=f"linear warm-up iterations (default 500: {MMPOSE}, LinearLR end=500)")
-    r.add_argument("--warmup-factor", type=float, default=0.001,
-                   help=f"learning-rate factor at the first iteration (default 0.001: {MMPOSE}, start_factor)")
-    r.add_argument("--weight-decay", type=float, default=0.0, help=f"Adam weight decay (default 0: {MMPOSE})")
-    r.add_argument("--sigma", type=float, default=SIGMA, help="Gaussian sigma of the target heatmaps, in heatmap "
-                   f"pixels (default {SIGMA:g}: HRNet, {MMPOSE})")
+    r.add_argument("--lr", type=float, default=D["lr"], help=f"peak learning rate of Adam (default {D['lr']:g}: {PAPER})")
+    r.add_argument("--min-lr", type=float, default=D["min_lr"],
+                   help=f"learning rate at the end of the cosine, then held (default {D['min_lr']:g}: {PAPER})")
+    r.add_argument("--cosine-end", type=float, default=D["cosine_end"], metavar="FRACTION",
+                   help=f"the cosine ends after this fraction of the epochs (default {D['cosine_end']:g}: {PAPER}, "
+                   "epoch 170 of 200)")
+    r.add_argument("--warmup-iters", type=int, default=D["warmup_iters"],
+                   help=f"linear warm-up iterations (default {D['warmup_iters']}: {MMPOSE}, LinearLR end=500)")
+    r.add_argument("--warmup-factor", type=float, default=D["warmup_factor"],
+                   help=f"learning-rate factor at the first iteration (default {D['warmup_factor']:g}: {MMPOSE}, "
+                   "start_factor)")
+    r.add_argument("--weight-decay", type=float, default=D["weight_decay"],
+                   help=f"Adam weight decay (default {D['weight_decay']:g}: {MMPOSE})")
+    r.add_argument("--sigma", type=float, default=D["sigma"], help="Gaussian sigma of the target heatmaps, in heatmap "
+                   f"pixels (default {D['sigma']:g}: HRNet, {MMPOSE})")
     r.add_argument("--no-augment", dest="augment", action="store_false",
                    help=f"no flip, half-body, scale, rotation or shift (default: on, {MMPOSE} defaults)")
     r.add_argument("--scale-lr", action="store_true",
                    help="multiply --lr by the number of processes (linear scaling rule, Goyal et al. 2017); "
                    "default off: the paper's lr is for one device")
-    r.add_argument("--seed", type=int, default=0, help="seed of the weights, the order and the augmentation (default 0)")
+    r.add_argument("--seed", type=int, default=D["seed"],
+                   help=f"seed of the weights, the order and the augmentation (default {D['seed']})")
     e = p.add_argument_group("execution")
-    e.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
-                   help="default auto: CUDA when PyTorch sees a GPU, else the CPU")
+    e.add_argument("--device", choices=("cpu", "cuda", "auto"), default=D["device"],
+                   help=f"default {D['device']}: CUDA when PyTorch sees a GPU, else the CPU")
     e.add_argument("--amp", action="store_true", help="float16 mixed precision on CUDA (default off)")
-    e.add_argument("--workers", type=int, default=2,
-                   help=f"data-loading processes per training process (default 2: {MMPOSE}); 0 loads "
+    e.add_argument("--workers", type=int, default=D["workers"],
+                   help=f"data-loading processes per training process (default {D['workers']}: {MMPOSE}); 0 loads "
                    "in-process. Validation runs refpose on as many processes (at least one)")
     e.add_argument("--threads", type=int, help="PyTorch CPU threads (default: PyTorch's choice)")
     e.add_argument("--max-steps", type=int, metavar="N",
                    help="stop after N optimiser steps in all (the schedule still spans --epochs); last.pt "
                    "and model.safetensors are written, --resume continues")
-    e.add_argument("--log-every", type=int, default=50, metavar="N",
-                   help=f"steps per line of metrics.jsonl (default 50: {MMPOSE} logger interval)")
+    e.add_argument("--log-every", type=int, default=D["log_every"], metavar="N",
+                   help=f"steps per line of metrics.jsonl (default {D['log_every']}: {MMPOSE} logger interval)")
     e.add_argument("--resume", action="store_true",
                    help="continue the run in RUN from RUN/last.pt (the recipe settings must be the same)")
     e.add_argument("--deterministic", action="store_true",
@@ -83,17 +90,9 @@ def run_train(args) -> int:
     from ..train import require_torch
 
     require_torch()
-    from ..train.loop import TrainSettings, train
+    from ..train.loop import train
 
-    settings = TrainSettings(
-        config=args.config, train_ann=args.train_ann, train_images=args.train_images, out=args.out,
-        val_ann=args.val_ann, val_images=args.val_images, val_boxes=args.val_boxes, epochs=args.epochs,
-        batch=args.batch, lr=args.lr, min_lr=args.min_lr, cosine_end=args.cosine_end,
-        warmup_iters=args.warmup_iters, warmup_factor=args.warmup_factor, weight_decay=args.weight_decay,
-        sigma=args.sigma, augment=args.augment, scale_lr=args.scale_lr, workers=args.workers, seed=args.seed,
-        device=args.device, amp=args.amp, max_steps=args.max_steps, val_every=args.val_every,
-        log_every=args.log_every, resume=args.resume, deterministic=args.deterministic, threads=args.threads,
-        progress=args.progress)
+    settings = TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)})
     result = train(settings)
     if result.out is not None:
         best = f"; best validation AP {result.best['AP']:.3f} at epoch {result.best['epoch']}" if result.best else ""
