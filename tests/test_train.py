@@ -177,6 +177,23 @@ def test_refpose_and_the_data_pipeline_import_without_torch():
     assert p.returncode == 0, p.stderr
 
 
+def test_a_finished_run_writes_last_pt_once_per_epoch(sets, tmp_path, monkeypatch):
+    # without validation, each epoch's end writes last.pt once and the end of the run adds no
+    # second copy of the same state; a run stopped inside an epoch (--max-steps) saves at its step
+    import refpose.train.loop as loop
+
+    saves = []
+    save = loop._save
+    monkeypatch.setattr(loop, "_save", lambda path, obj: (saves.append((path.name, obj["step"])), save(path, obj)))
+    # 168 persons in batches of 56: 3 steps per epoch
+    assert main(_args(sets, tmp_path / "full", "--batch", "56", "--epochs", "2", "--warmup-iters", "1")) == 0
+    assert saves == [("last.pt", 3), ("last.pt", 6)]
+    saves.clear()
+    assert main(_args(sets, tmp_path / "part", "--batch", "56", "--epochs", "2", "--warmup-iters", "1",
+                      "--max-steps", "4")) == 0
+    assert saves == [("last.pt", 3), ("last.pt", 4)]
+
+
 def test_the_cli_gives_the_settings_defaults():
     # `refpose train` with only the required arguments runs with TrainSettings' own defaults,
     # flags included (--no-augment, --scale-lr, --amp, --resume, --deterministic, --no-progress)

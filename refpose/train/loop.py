@@ -318,6 +318,7 @@ def train(s: TrainSettings) -> TrainResult:
                 "settings": s.recipe(), "world": dd.world, "best": best}
 
     stopped = "finished"
+    saved_step = None                     # the step last.pt holds, once this run has written it
     max_steps = total_steps if s.max_steps is None else min(s.max_steps, total_steps)
     model.train()
     with _StopFlag() as stop:
@@ -386,6 +387,7 @@ def train(s: TrainSettings) -> TrainResult:
                 validate_now = s.val_ann is not None and epoch_done and (
                     (step // steps_per_epoch) % s.val_every == 0 or step == total_steps)
                 _save(last_path, checkpoint())
+                saved_step = step
                 if validate_now:
                     stats = log.validate(last_path, step / steps_per_epoch)
                     if stats["AP"] is not None and (not best or stats["AP"] > best["AP"]):
@@ -403,7 +405,8 @@ def train(s: TrainSettings) -> TrainResult:
         if stopped != "interrupted" and step < total_steps:
             stopped = "max-steps"
     if log is not None:
-        _save(last_path, checkpoint())
+        if saved_step != step:            # stopped inside an epoch: its end saved nothing yet
+            _save(last_path, checkpoint())
         if not best:
             log.write_model(last_path, step, best)
         log.finish(step, stopped, best)
