@@ -256,13 +256,19 @@ def predict_images(ann: "str | os.PathLike", images: "str | os.PathLike", *, wei
     """Run the model on every entry of `mpii_val.json` (its image in `images`, the box from its
     centre and scale), flip test on: one record per entry, in order, with `image` and `keypoints`
     16 x [x, y, score] in 0-based image pixels."""
+    return _predict_entries(load_annotations(ann), images, weights=weights, config=config, dtype=dtype,
+                            flip=flip, progress=progress)
+
+
+def _predict_entries(entries: list[dict], images, *, weights=None, config: str | None = None,
+                     dtype: str = "float32", flip: bool = True, progress: bool | None = None) -> list[dict]:
+    """`predict_images` on annotations already read (`load_annotations`)."""
     from tqdm import tqdm
 
     from .evaluate import check_image_folder
     from .imageio import read_image
     from .topdown import default_model, estimate
 
-    entries = load_annotations(ann)
     images = str(images)
     check_image_folder(images)
     model = default_model(weights=weights, config=config if config is not None or weights is not None
@@ -293,6 +299,6 @@ def evaluate_images(ann, gt, images, *, results_out: "str | os.PathLike" = "pred
     if len(entries) != truth.num_persons:
         raise DataError(f"{ann} has {len(entries)} persons but {gt} has {truth.num_persons}: "
                         "they must be the same validation set, in the same order")
-    records = predict_images(ann, images, **run)
+    records = _predict_entries(entries, images, **run)
     write_atomic(results_out, json.dumps(records, allow_nan=False).encode())
     return pckh(load_predictions(records), truth)
