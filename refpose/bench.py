@@ -491,6 +491,8 @@ def _result(cfg, shape, threads, runs, warmup, aa, cands, sgemm, macs, diffs, ca
             skipped) -> dict:
     import numba
 
+    from .ops import simd
+
     fast_median = float(np.median(cands[0].times))
     sgemm_median = float(np.median(sgemm.times))
     sgemm_macs_per_s = SGEMM_N ** 3 / sgemm_median
@@ -508,6 +510,7 @@ def _result(cfg, shape, threads, runs, warmup, aa, cands, sgemm, macs, diffs, ca
         "sgemm": {"n": SGEMM_N, "median_ms": 1e3 * sgemm_median, "gmacs_per_s": sgemm_macs_per_s / 1e9,
                   "gflops": 2 * sgemm_macs_per_s / 1e9},
         "blas": blas, "numba": {"version": numba.__version__, "threading_layer": layer, "threads": threads},
+        "fast_path": {"vector_bits": 8 * simd.VECTOR_BYTES, "tile_rows": simd.TILE_ROWS},
         "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT",
                                                "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
         "fast_first_run_s": cands[0].first_s, "kernel_cache": cache,
@@ -548,7 +551,9 @@ def format_result(r: dict) -> str:
                  f"({s['gflops']:.0f} GFLOP/s), same run")
     blas = "; ".join(f"{b['internal_api']} {b['version']} ({b['architecture']}, {b['threading_layer']}, "
                      f"{b['num_threads']} threads)" for b in r["blas"]) or "unknown (threadpoolctl not installed)"
-    lines.append(f"BLAS: {blas}; Numba {r['numba']['version']}, threading layer {r['numba']['threading_layer']}")
+    tile = r["fast_path"]
+    lines.append(f"BLAS: {blas}; Numba {r['numba']['version']}, threading layer {r['numba']['threading_layer']}; "
+                 f"fast-path matmul tiles of {tile['tile_rows']} rows x 3 vectors of {tile['vector_bits']} bits")
     cache = r["kernel_cache"]
     how = ("compiled" if cache["misses"] else "loaded from the on-disk cache" if cache["hits"]
            else "already loaded in this process")

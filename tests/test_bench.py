@@ -5,6 +5,7 @@ Timings themselves are machine-dependent and not asserted; what is tested is the
 agreement check, skipped candidates) and the command's handling of bad input.
 """
 import json
+import os
 
 import numba
 import numpy as np
@@ -113,6 +114,18 @@ def test_run_bench_reports_the_blas_in_use(tiny_result):
     pytest.importorskip("threadpoolctl", reason="the BLAS report comes from threadpoolctl")
     assert tiny_result["blas"], "no BLAS library reported"
     assert all(b["internal_api"] and "num_threads" in b for b in tiny_result["blas"])
+
+
+def test_run_bench_reports_the_fast_paths_vector_width(tiny_result):
+    # the figures of the fast path depend on it: 512-bit tiles of 8 rows with AVX-512, else 256-bit of 4
+    from llvmlite import binding
+
+    if os.environ.get("NUMBA_CPU_FEATURES"):
+        pytest.skip("the kernels are compiled for NUMBA_CPU_FEATURES, not for this CPU")
+    avx512 = "+avx512f" in binding.get_host_cpu_features().flatten().split(",")
+    want = {"vector_bits": 512, "tile_rows": 8} if avx512 else {"vector_bits": 256, "tile_rows": 4}
+    assert tiny_result["fast_path"] == want
+    assert f"tiles of {want['tile_rows']} rows x 3 vectors of {want['vector_bits']} bits" in bench.format_result(tiny_result)
 
 
 def test_table_has_the_columns_of_the_issue(tiny_result):
