@@ -643,7 +643,6 @@ def test_vector_width_follows_the_target_features():
     assert simd.vector_bytes("+avx,+avx2,+fma,-avx512f,-avx512bw") == 32
     assert simd.vector_bytes("+avx,+avx2,+fma,+avx512vnni") == 32        # no AVX-512F, no zmm arithmetic
     assert simd.vector_bytes("") == 32
-    assert simd.TILE_ROWS == (8 if simd.VECTOR_BYTES == 64 else 4)
 
 
 def _avx2_features() -> str:

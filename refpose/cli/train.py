@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from ..config import CONFIGS
-from ..train.settings import DEFAULTS as D
-from ..train.settings import TrainSettings
+from ..train.settings import DEFAULTS as D, TrainSettings
 
 PAPER = "paper section 4.2"
 MMPOSE = "MMPose td-hm_hrnet-w32_8xb64-210e_coco-256x192"
