@@ -675,20 +675,28 @@ def test_the_forward_has_the_same_bits_for_every_vector_width(tmp_path):
 
 
 @njit
-def _matmul_rows(a, b, out):
-    kernels._matmul_rows(a, b, np.zeros(b.shape[1], out.dtype), out)
+def _unpacked_matmul(a, a0, lda, ka, R, K, b, b0, N, out):
+    kernels._tiles(a, a0, lda, ka, R, K, b, b0, False, out, 0, N, np.zeros(N, out.dtype), False, out, False,
+                   0, kernels._n_panels(N, simd.vector_lanes(out)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("R, K, N", [(1, 1, 1), (3, 5, 7), (4, 4, 4), (9, 13, 6), (32, 48, 48)])
-def test_matmul_rows_matches_numpy(dtype, R, K, N):
-    # The attention kernel's in-cache matmul (the tiles read b in place), tiles and edges, against
-    # float64 numpy; TOL covers float32 rounding of sums of at most 48 terms.
+@pytest.mark.parametrize("R, K, N", [(1, 1, 1), (3, 5, 7), (4, 4, 4), (9, 13, 6), (32, 48, 48), (19, 32, 53)])
+@pytest.mark.parametrize("a_transposed", [False, True])
+def test_tiles_read_a_through_its_strides_and_b_in_place(dtype, R, K, N, a_transposed):
+    # The attention's in-cache matmuls: B read in place from an offset into a flat buffer, and A
+    # either row-major or transposed (the keys' block of the scores, the heads' output for the
+    # projection), also from an offset. Against float64 numpy over tiles and edges; TOL covers
+    # float32 rounding of sums of at most 48 terms.
     rng = np.random.default_rng(R * 100 + K * 10 + N)
     a, b = rng.standard_normal((R, K)), rng.standard_normal((K, N))
-    out = np.full((R, N), np.nan, dtype)
-    _matmul_rows(a.astype(dtype), b.astype(dtype), out)
-    np.testing.assert_allclose(out, a @ b, rtol=TOL[dtype], atol=TOL[dtype])
+    a_block = a.T if a_transposed else a                       # as stored: (K, R) or (R, K)
+    a_flat = np.concatenate([np.full(5, np.nan), a_block.ravel()]).astype(dtype)
+    b_flat = np.concatenate([np.full(3, np.nan), b.ravel(), np.full(2, np.nan)]).astype(dtype)
+    lda, ka = (1, R) if a_transposed else (K, 1)
+    out = np.full(R * N, np.nan, dtype)
+    _unpacked_matmul(a_flat, 5, lda, ka, R, K, b_flat, 3, N, out)
+    np.testing.assert_allclose(out.reshape(R, N), a @ b, rtol=TOL[dtype], atol=TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import weakref
 
+import numba
 import numpy as np
 
-from . import geometry, kernels, reference
+from . import geometry, kernels, reference, simd
 from .reference import squeeze_excite  # noqa: F401  (not hot: a mean and two tiny matmuls)
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -185,12 +186,20 @@ def attention_block(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarra
                     proj_w: np.ndarray, proj_b: np.ndarray) -> np.ndarray:
     """x + Proj(MHSA(Group(LN(x)))) (NHWC): one kernel over the groups (`kernels._attention_block`),
     so the qkv and attention maps stay in cache. It gives the bits of `layer_norm`, `linear`,
-    `grouped_attention` and `linear` with the residual run one by one."""
+    `grouped_attention` and `linear` with the residual run one by one, and those ops run instead
+    where the kernel would be slow: with fewer groups than threads (the smallest map is one
+    window), as each op splits its work finer than by group; and with a token count that is not
+    a whole number of vectors, which the kernel's transposed blocks hold along their rows."""
     N, H, W, C = x.shape
     dtype = _dtype(x, qkv_w)
     pix = _c(geometry.token_pixels(N, H, W, kind, window, patch), np.intp)   # (G, T)
+    G, T = pix.shape
+    if G < numba.get_num_threads() or T % simd.lanes(dtype):
+        qkv = linear(layer_norm(x, norm_weight, norm_bias, eps), qkv_w, qkv_b)
+        return linear(grouped_attention(qkv, heads, kind, window, patch), proj_w, proj_b, residual=x)
     y = np.empty((N * H * W, C), dtype)
     kernels._attention_block(_c(x, dtype).reshape(N * H * W, C), pix, _vector(norm_weight, dtype),
-                             _vector(norm_bias, dtype), dtype.type(eps), _panels(qkv_w, "oi", qkv_w, dtype),
+                             _vector(norm_bias, dtype), dtype.type(eps),
+                             _kept(qkv_w, "rows" + dtype.str, lambda: _c(qkv_w, dtype).reshape(-1)),
                              _vector(qkv_b, dtype), heads, _panels(proj_w, "oi", proj_w, dtype), _vector(proj_b, dtype), y)
     return y.reshape(N, H, W, C)

@@ -162,13 +162,13 @@ MIN_ITEMS = 8                  # fewer row chunks than this: split the panels be
 B_IN_L1 = 32 * 1024            # bytes of B below which `_tiles` goes row by row (see there)
 # Constants passed to the helpers that are compiled apart (`_tiles`, `_dw_row`): a literal 0 or
 # True there would compile one more copy of the helper for that literal.
-ZERO, YES, NO = np.intp(0), np.bool_(True), np.bool_(False)
+ZERO, ONE, YES, NO = np.intp(0), np.intp(1), np.bool_(True), np.bool_(False)
 
 
 @njit(**JIT)
-def _edge_tile(rows, cols, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res):
+def _edge_tile(rows, cols, K, a, a0, lda, ka, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res):
     """A tile at the edge of a matmul (see `_tiles`; flat arrays): c[c0 + r*ldc + j] = bias[bias0 + j] +
-    sum_k a[a0 + r*lda + k] b[b0 + k*ldb + j] for r < rows, j < cols, clipped to [0, 6] if
+    sum_k a[a0 + r*lda + k*ka] b[b0 + k*ldb + j] for r < rows, j < cols, clipped to [0, 6] if
     `relu6`, plus res[c0 + r*ldc + j] if `add_res`. Blocks of 4 rows of whole vectors go to
     `simd.tile_fma`, anything else (the rows and columns left over) to a plain loop that does
     the same arithmetic: `simd.fma` from zero in k order, then the bias, the clip and the sum."""
@@ -178,18 +178,18 @@ def _edge_tile(rows, cols, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, r
     while nvec and r + 4 <= rows:
         ar, cr = a0 + r * lda, c0 + r * ldc
         if nvec == 3:
-            simd.tile_fma(4, 3, K, a, ar, lda, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
+            simd.tile_fma(4, 3, K, a, ar, lda, ka, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
         elif nvec == 2:
-            simd.tile_fma(4, 2, K, a, ar, lda, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
+            simd.tile_fma(4, 2, K, a, ar, lda, ka, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
         else:
-            simd.tile_fma(4, 1, K, a, ar, lda, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
+            simd.tile_fma(4, 1, K, a, ar, lda, ka, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
         r += 4
     lo, hi = c.dtype.type(0), c.dtype.type(6)
     for r in range(r, rows):
         for j in range(cols):
             acc = c.dtype.type(0)
             for k in range(K):
-                acc = simd.fma(a[a0 + r * lda + k], b[b0 + k * ldb + j], acc)
+                acc = simd.fma(a[a0 + r * lda + k * ka], b[b0 + k * ldb + j], acc)
             v = bias[bias0 + j] + acc
             if relu6:
                 v = _clip(v, lo, hi)
@@ -233,12 +233,13 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
 
 
 @njit(**JIT)
-def _tiles(a, a0, R, K, b, packed, c, c0, N, bias, relu6, res, add_res, p_lo, p_hi):
-    """c = a B + bias, clipped to [0, 6] if `relu6`, plus res if `add_res`, over the columns of
+def _tiles(a, a0, lda, ka, R, K, b, b0, packed, c, c0, N, bias, relu6, res, add_res, p_lo, p_hi):
+    """c = A B + bias, clipped to [0, 6] if `relu6`, plus res if `add_res`, over the columns of
     panels p_lo .. p_hi - 1, in this thread. a, b, c, res are flat arrays (one signature per
-    dtype, so this compiles once): a holds R rows of K from a0, c and res R rows of N from c0;
-    B (K, N) is b itself (row stride N) or, when `packed`, the panels of `pack_weights`
-    (w (N, K) with B = w^T).
+    dtype, so this compiles once): A (R, K) is a[a0 + r*lda + k*ka] (lda = K, ka = 1 for rows in
+    place; lda = 1 for a transposed block), c and res hold R rows of N from c0; B (K, N) is b
+    from b0 (row stride N) or, when `packed`, the panels of `pack_weights` (w (N, K) with
+    B = w^T; b0 = 0).
 
     Whole TILE_ROWS x PANEL tiles go to `simd.tile_fma` from a loop that calls nothing else
     (with the edge cases in the same loop it ran at half speed), then the short panel's tiles of
@@ -258,13 +259,13 @@ def _tiles(a, a0, R, K, b, packed, c, c0, N, bias, relu6, res, add_res, p_lo, p_
             for t in range(r0, r1, TILE_ROWS):
                 for p in range(p_lo, full):
                     n0 = p * width
-                    simd.tile_fma(TILE_ROWS, PANEL, K, a, a0 + t * K, K, b, n0 * K if packed else n0,
+                    simd.tile_fma(TILE_ROWS, PANEL, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
                                   width if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
         else:
             for p in range(p_lo, full):
                 n0 = p * width
                 for t in range(r0, r1, TILE_ROWS):
-                    simd.tile_fma(TILE_ROWS, PANEL, K, a, a0 + t * K, K, b, n0 * K if packed else n0,
+                    simd.tile_fma(TILE_ROWS, PANEL, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
                                   width if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
     # the short panel of whole vectors (1 or 2 of them: PANEL is 3), if there is one in range
     s = N // width
@@ -273,15 +274,15 @@ def _tiles(a, a0, R, K, b, packed, c, c0, N, bias, relu6, res, add_res, p_lo, p_
     if short:
         for t in range(0, whole, TILE_ROWS):
             if cols == 2 * L:
-                simd.tile_fma(TILE_ROWS, 2, K, a, a0 + t * K, K, b, n0 * K if packed else n0, cols if packed else N,
-                              c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+                simd.tile_fma(TILE_ROWS, 2, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
+                              cols if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
             else:
-                simd.tile_fma(TILE_ROWS, 1, K, a, a0 + t * K, K, b, n0 * K if packed else n0, cols if packed else N,
-                              c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+                simd.tile_fma(TILE_ROWS, 1, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
+                              cols if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
     for p in range(p_lo, p_hi):                        # the edges: the columns left over, the last rows
         n0, cols = _panel(p, N, L)
         for t in range(whole if p < full or (short and p == s) else 0, R, TILE_ROWS):
-            _edge_tile(min(TILE_ROWS, R - t), cols, K, a, a0 + t * K, K, b, n0 * K if packed else n0,
+            _edge_tile(min(TILE_ROWS, R - t), cols, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
                        cols if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
 
 
@@ -304,8 +305,8 @@ def _matmul_bias_act(x, wp, b, relu6, res, y):
     for item in prange(chunks * groups):
         c, g = item // groups, item % groups
         r0, r1 = c * ROW_CHUNK, min(M, c * ROW_CHUNK + ROW_CHUNK)
-        _tiles(x.reshape(-1), r0 * K, r1 - r0, K, wp, YES, y.reshape(-1), r0 * N, N, b, relu6, res.reshape(-1), add_res,
-               g * per_group, min(n_panels, g * per_group + per_group))
+        _tiles(x.reshape(-1), r0 * K, K, ONE, r1 - r0, K, wp, ZERO, YES, y.reshape(-1), r0 * N, N, b, relu6,
+               res.reshape(-1), add_res, g * per_group, min(n_panels, g * per_group + per_group))
 
 
 @njit(inline="always")
@@ -425,41 +426,21 @@ def _conv_transpose_scatter(t, b, relu6, y):
 
 
 # --- grouped attention ---------------------------------------------------------------------
-# One kernel per attention: each prange iteration takes one (group, head), gathers its q, k, v
-# from the pixel rows, computes the scores, the softmax and the weighted values in private
-# buffers (a T x T block: 147 kB at T = 192 in float32, so it stays in L2), and writes its
-# d channels of its T pixels. No score tensor for the whole map, no BLAS call per group and
-# one parallel region per attention instead of one BLAS and Numba hand-over per chunk.
-# The blocks are kept transposed (key-major: sT[j, i] is key j against query i), so that every
-# innermost loop runs along the T queries: long, contiguous and free of reductions, which LLVM
-# vectorises without `reassoc` (sums stay in one fixed order, the same in every build).
+# One head's attention (`_attend`) works on q, k and v held transposed, each a d x T block with
+# the T tokens along its rows, and keeps the T x T scores in a private buffer (147 kB at T = 192
+# in float32, so it stays in L2): no score tensor for the whole map, no BLAS call per group.
+# The scores are kept transposed too (key-major: sT[j, i] is key j against query i), so that
+# every innermost loop runs along the T queries: long, contiguous and free of reductions, which
+# LLVM vectorises without `reassoc` (sums stay in one fixed order, the same in every build).
+# The fused block computes q, k and v transposed in the first place (W_qkv times the normalised
+# group transposed), so its heads are row blocks of one buffer and nothing is gathered; the
+# unfused kernel gathers a head's q, k, v from the pixel rows. Both give the same bits: every
+# element is the same sum in the same order.
 # `pix[g, t]` is the flat pixel (n*H*W + h*W + w) of token t of group g, from
-# `geometry.partition`, so the kernel serves window and global grouping alike.
+# `geometry.partition`, so the kernels serve window and global grouping alike.
 @njit(inline="always")
 def _larger(a, b):
     return a if a > b else b
-
-
-@njit(inline="always")
-def _gather_head(qkv, pix, c0, C, scale, qT, k, vT):
-    """One head's q (scaled) and v transposed, and k, for the tokens `pix` (T,): qT, vT (d, T), k (T, d)."""
-    d = k.shape[1]
-    for t in range(pix.size):
-        row = qkv[pix[t]]
-        for c in range(d):
-            qT[c, t] = row[c0 + c] * scale
-            k[t, c] = row[C + c0 + c]
-            vT[c, t] = row[2 * C + c0 + c]
-
-
-@njit(inline="always")
-def _matmul_rows(a, b, zero, out):
-    """out (R, N) = a (R, K) b (K, N) for contiguous arrays in cache (`_tiles`, b read in place);
-    zero is N zeros (the bias). Each element is accumulated from zero by fused multiply-adds in k
-    order, as in `_matmul_bias_act`."""
-    R, N = out.shape
-    _tiles(a.reshape(-1), ZERO, R, a.shape[1], b.reshape(-1), NO, out.reshape(-1), ZERO, N, zero, NO,
-           out.reshape(-1), NO, ZERO, _n_panels(N, simd.vector_lanes(out)))
 
 
 @njit(inline="always")
@@ -488,72 +469,97 @@ def _softmax_columns(sT, peak, total):
 
 
 @njit(**JIT)
-def _attend(qkv, rows, h, d, C, out, out_rows):
-    """Head h of the attention among the tokens at rows `rows` (T,) of qkv (., 3C), written to
-    channels h*d .. h*d + d of the rows `out_rows` of out (., C):
-    out[out_rows[i], h*d + c] = sum_j softmax_j(q_i . k_j / sqrt(d)) v[j, c] (Vaswani et al. 2017,
-    Eq. 1), the scores and their softmax in private buffers."""
-    T = rows.size
-    dtype = qkv.dtype
-    scale = dtype.type(1 / math.sqrt(d))
-    qT, vT, oT = np.empty((d, T), dtype), np.empty((d, T), dtype), np.empty((d, T), dtype)
-    k, sT = np.empty((T, d), dtype), np.empty((T, T), dtype)
+def _attend(x, q0, k0, v0, T, d, out, o0):
+    """One head's attention among T tokens (Vaswani et al. 2017, Eq. 1), all blocks transposed:
+    q (already scaled by 1/sqrt(d)), k and v are the d x T blocks of the flat array x at q0, k0,
+    v0 (x[q0 + c*T + i] is channel c of token i), and out[o0 + c*T + i] = sum_j softmax_j(q_i . k_j)
+    v[j, c]."""
+    dtype = x.dtype
+    sT = np.empty(T * T, dtype)
     peak, total, zero = np.empty(T, dtype), np.empty(T, dtype), np.zeros(T, dtype)
-    _gather_head(qkv, rows, h * d, C, scale, qT, k, vT)
-    _matmul_rows(k, qT, zero, sT)        # sT[j, i] = k_j . q_i / sqrt(d)
-    _softmax_columns(sT, peak, total)
-    _matmul_rows(vT, sT, zero, oT)       # oT[c, i] = sum_j v[j, c] p[j, i], not yet divided
+    n = _n_panels(T, simd.vector_lanes(x))
+    # sT[j, i] = k_j . q_i: A = k, read from its transposed block (row j at k0 + j, step T along c)
+    _tiles(x, k0, ONE, T, T, d, x, q0, NO, sT, ZERO, T, zero, NO, sT, NO, ZERO, n)
+    _softmax_columns(sT.reshape((T, T)), peak, total)
+    _tiles(x, v0, T, ONE, d, T, sT, ZERO, NO, out, o0, T, zero, NO, out, NO, ZERO, n)   # sum_j v[j, c] p[j, i]
     for i in range(T):
-        dst = out[out_rows[i]]
         inv = 1 / total[i]
         for c in range(d):
-            dst[h * d + c] = oT[c, i] * inv
+            out[o0 + c * T + i] = out[o0 + c * T + i] * inv
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
 def _grouped_attention(qkv, pix, heads, out):
     """Multi-head attention in groups: qkv (P, 3C) pixel rows, pix (G, T) -> out (P, C).
 
-    Every pixel is one token of one group, so each output element is written by exactly one
-    iteration, the one of its (group, head).
+    Each iteration takes one (group, head): it gathers the head's q (scaled), k and v from the
+    pixel rows into transposed blocks, attends (`_attend`), and writes its d channels of the T
+    pixels. Every pixel is one token of one group, so each output element is written by exactly
+    one iteration.
     """
     G, T = pix.shape
     C = out.shape[1]
+    d = C // heads
+    dtype = qkv.dtype
+    scale = dtype.type(1 / math.sqrt(d))
     for gh in prange(G * heads):
         g, h = gh // heads, gh % heads
-        _attend(qkv, pix[g], h, C // heads, C, out, pix[g])
+        rows = pix[g]
+        buf = np.empty(4 * d * T, dtype)                    # q, k, v, then the output, each d x T
+        for t in range(T):
+            row = qkv[rows[t]]
+            for c in range(d):
+                buf[c * T + t] = row[h * d + c] * scale
+                buf[(d + c) * T + t] = row[C + h * d + c]
+                buf[(2 * d + c) * T + t] = row[2 * C + h * d + c]
+        _attend(buf, ZERO, d * T, 2 * d * T, T, d, buf, 3 * d * T)
+        for t in range(T):
+            dst = out[rows[t]]
+            for c in range(d):
+                dst[h * d + c] = buf[(3 * d + c) * T + t]
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
 def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bproj, y):
     """A whole attention sub-block, y = x + proj(MHSA(qkv(LayerNorm(x)))), one group per
-    iteration: x, y (P, C) pixel rows, pix (G, T), wqkv, wproj packed (`pack_weights`).
+    iteration: x, y (P, C) pixel rows, pix (G, T), wqkv (3C, C) flat and row-major, wproj packed
+    (`pack_weights`).
 
-    The group's rows are normalised, projected to q, k, v, attended head by head and projected
-    back in buffers of T rows (in cache), and only y is written: the (P, 3C) and (P, C) maps
-    between the steps never reach memory. Each step is the code of the unfused ops
-    (`_norm_row`, the tiles, `_attend`), and a tile computes an element the same wherever it
-    lies, so the result is the unfused ops' bit for bit.
+    The group's rows are normalised into a transposed block, from which one matmul gives q, k
+    and v transposed (3C x T: W_qkv times it), so each head's blocks are rows of that buffer;
+    the heads write their outputs transposed too, and the projection reads them as a transposed
+    A. All in buffers of T columns (in cache): only y is written, and the (P, 3C) and (P, C)
+    maps between the steps never reach memory. Each element is the sum the unfused ops compute,
+    in the same order (`_norm_row`, the tiles, `_attend`; the bias of q, k, v is added after the
+    sum, as the tiles do), so the result is theirs bit for bit.
     """
     G, T = pix.shape
     C = x.shape[1]
+    d = C // heads
     dtype = x.dtype
-    local = np.arange(T)
-    n_qkv, n_proj = _n_panels(3 * C, simd.vector_lanes(y)), _n_panels(C, simd.vector_lanes(y))
+    scale = dtype.type(1 / math.sqrt(d))
+    n_tok, n_proj = _n_panels(T, simd.vector_lanes(y)), _n_panels(C, simd.vector_lanes(y))
     for g in prange(G):
         rows = pix[g]
-        xg, xn = np.empty((T, C), dtype), np.empty((T, C), dtype)
+        xg, xnT = np.empty((T, C), dtype), np.empty((C, T), dtype)
         for t in range(T):
             xg[t] = x[rows[t]]
-            _norm_row(xg[t], norm_w, norm_b, eps, xn[t])
-        qkv = np.empty((T, 3 * C), dtype)
-        _tiles(xn.reshape(-1), ZERO, T, C, wqkv, YES, qkv.reshape(-1), ZERO, 3 * C, bqkv, NO, qkv.reshape(-1), NO,
-               ZERO, n_qkv)
-        att = np.empty((T, C), dtype)
+            _norm_row(xg[t], norm_w, norm_b, eps, xnT[:, t])
+        qkvT, zero = np.empty(3 * C * T, dtype), np.zeros(T, dtype)
+        _tiles(wqkv, ZERO, C, ONE, 3 * C, C, xnT.reshape(-1), ZERO, NO, qkvT, ZERO, T, zero, NO, qkvT, NO, ZERO, n_tok)
+        for o in range(3 * C):                              # the bias; q scaled as the unfused kernel does
+            bo = bqkv[o]
+            if o < C:
+                for i in range(T):
+                    qkvT[o * T + i] = (qkvT[o * T + i] + bo) * scale
+            else:
+                for i in range(T):
+                    qkvT[o * T + i] = qkvT[o * T + i] + bo
+        attT = np.empty(C * T, dtype)
         for h in range(heads):
-            _attend(qkv, local, h, C // heads, C, att, local)
+            _attend(qkvT, h * d * T, (C + h * d) * T, (2 * C + h * d) * T, T, d, attT, h * d * T)
         yg = np.empty((T, C), dtype)
-        _tiles(att.reshape(-1), ZERO, T, C, wproj, YES, yg.reshape(-1), ZERO, C, bproj, NO, xg.reshape(-1), YES,
+        _tiles(attT, ZERO, ONE, T, T, C, wproj, ZERO, YES, yg.reshape(-1), ZERO, C, bproj, NO, xg.reshape(-1), YES,
                ZERO, n_proj)
         for t in range(T):
             y[rows[t]] = yg[t]

@@ -57,11 +57,12 @@ def _vector_lanes_impl(a):
 
 
 @intrinsic
-def tile_fma(typingctx, rows, nvec, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res):
-    """c[c0 + r*ldc + j] = bias[bias0 + j] + sum_{k < K} a[a0 + r*lda + k] * b[b0 + k*ldb + j]
+def tile_fma(typingctx, rows, nvec, K, a, a0, lda, ka, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res):
+    """c[c0 + r*ldc + j] = bias[bias0 + j] + sum_{k < K} a[a0 + r*lda + k*ka] * b[b0 + k*ldb + j]
     for r < rows and j < nvec * lanes, then clipped to [0, 6] when `relu6` (NaN stays NaN, as
     np.clip), then added to res[c0 + r*ldc + j] when `add_res` (a residual sum: res has c's
-    layout); `rows` and `nvec` are compile-time constants.
+    layout); `rows` and `nvec` are compile-time constants. a is read one element at a time
+    (broadcast), so its strides are free: ka = 1 reads a row-major, lda = 1 a transposed.
 
     a, b, c, bias, res are contiguous arrays of one float dtype addressed by flat element
     offsets (the caller checks the bounds); the k loop keeps rows x nvec accumulators in
@@ -74,7 +75,7 @@ def tile_fma(typingctx, rows, nvec, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias,
     if any(t.dtype != dtype for t in (a, b, bias, res)) or dtype not in (types.float32, types.float64):
         return None
     R, V = rows.literal_value, nvec.literal_value
-    sig = types.void(rows, nvec, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
+    sig = types.void(rows, nvec, K, a, a0, lda, ka, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
 
     def codegen(context, builder, signature, args):
         tys = signature.args
@@ -90,8 +91,8 @@ def tile_fma(typingctx, rows, nvec, K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias,
             return context.make_array(tys[i])(context, builder, value=args[i]).data
 
         fn = _tile_function(builder.module, context.get_value_type(dtype), dtype.bitwidth, R, V, intp)
-        builder.call(fn, [index(2), data(3), index(4), index(5), data(6), index(7), index(8), data(9), index(10),
-                          index(11), data(12), index(13), flag(14), data(15), flag(16)])
+        builder.call(fn, [index(2), data(3), index(4), index(5), index(6), data(7), index(8), index(9), data(10),
+                          index(11), index(12), data(13), index(14), flag(15), data(16), flag(17)])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -101,18 +102,18 @@ def _tile_function(module, ft, bits: int, R: int, V: int, intp):
     """The tile as a function of its own in the module (one per shape and dtype), so that each
     call site only passes pointers and offsets: a loop that calls tiles of several shapes keeps
     each tile's accumulators in registers (inlined side by side, they were spilled and the loop
-    ran at half speed). Arguments: K, a, a0, lda, b, b0, ldb, c, c0, ldc, bias, bias0, relu6,
+    ran at half speed). Arguments: K, a, a0, lda, ka, b, b0, ldb, c, c0, ldc, bias, bias0, relu6,
     res, add_res (pointers to the first element, offsets in elements, flags as i8)."""
     name = f"refpose_tile_{R}x{V}_f{bits}"
     fp, i8 = ft.as_pointer(), ir.IntType(8)
-    fnty = ir.FunctionType(ir.VoidType(), [intp, fp, intp, intp, fp, intp, intp, fp, intp, intp, fp, intp, i8, fp, i8])
+    fnty = ir.FunctionType(ir.VoidType(), [intp, fp, intp, intp, intp, fp, intp, intp, fp, intp, intp, fp, intp, i8, fp, i8])
     fn = cgutils.get_or_insert_function(module, fnty, name)
     if not fn.is_declaration:
         return fn
     fn.linkage = "internal"
     fn.attributes.add("noinline")
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    K_, pa, a_base, lda_, pb, b_base, ldb_, pc, c_base, ldc_, pbias, bias_base, relu6, pres, add_res = fn.args
+    K_, pa, a_base, lda_, ka_, pb, b_base, ldb_, pc, c_base, ldc_, pbias, bias_base, relu6, pres, add_res = fn.args
     n_lanes = VECTOR_BYTES * 8 // bits
     vt = ir.VectorType(ft, n_lanes)
     align = bits // 8
@@ -131,7 +132,7 @@ def _tile_function(module, ft, bits: int, R: int, V: int, intp):
         b_row = builder.add(b_base, builder.mul(k, ldb_))
         bv = [builder.load(vector_at(pb, b_row, v), align=align) for v in range(V)]
         for r in range(R):
-            at = builder.add(builder.add(a_base, builder.mul(ir.Constant(intp, r), lda_)), k)
+            at = builder.add(builder.add(a_base, builder.mul(ir.Constant(intp, r), lda_)), builder.mul(k, ka_))
             s = builder.load(builder.gep(pa, [at]), align=align)
             xv = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, ir.Undefined), s,
                                                                ir.Constant(ir.IntType(32), 0)),
