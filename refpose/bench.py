@@ -15,8 +15,13 @@ Fair timing:
   switched off in the session options and OpenMP's by OMP_WAIT_POLICY=PASSIVE (read when the
   runtime loads, see `quiet_spinning`); OpenVINO's threads are not pinned to cores; OpenBLAS, loaded with NumPy before any of this, spins
   ~0.1 s after a call, so every timed call waits until the process is idle (`wait_until_idle`);
-- candidates alternate inside each round and the order rotates from round to round, so drift
-  in the machine's load hits all alike; warm-up runs are not timed; medians over the rounds;
+- candidates alternate inside each round, so drift in the machine's load hits all alike, and
+  the rounds' orders follow a Williams design (`balanced_orders`): over its rows, every
+  candidate runs right after every other one equally often. A call can leave a cost to the
+  next one that waiting does not remove (on the test machine the first fast-path forward after
+  a two-thread sgemm took 1.3-1.6x its usual time, even a second later), and with the order only rotated,
+  each candidate always had the same predecessor. Warm-up runs are not timed; medians over the
+  rounds;
 - the yardstick, numpy float32 matmul (sgemm) throughput, is timed as one more candidate of
   every round; the BLAS library in use is reported (threadpoolctl);
 - `aa=True` times the fast path against a second copy of itself: the ratio must read 1.00 +- 0.05.
@@ -367,9 +372,27 @@ def wait_until_idle(window: float = 0.012, timeout: float = 0.5) -> bool:
     return False
 
 
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of n candidates in which each one follows every other one equally often (a Williams
+    design, balanced for first-order carry-over: Williams 1949): the first order is
+    0, 1, n-1, 2, n-2, ..., the next ones add 1, 2, ... (mod n); for odd n the reversed orders
+    follow, as n orders alone cannot balance. n orders for even n, 2n for odd n."""
+    first = [0]
+    lo, hi = 1, n - 1
+    while len(first) < n:
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    orders = [[(c + i) % n for c in first] for i in range(n)]
+    return orders if n % 2 == 0 else orders + [order[::-1] for order in orders]
+
+
 def time_rounds(cands: list[Candidate], runs: int, warmup: int = 2,
                 progress: Callable[[str], None] = lambda s: None, idle: bool = True) -> int:
-    """Warm up, then `runs` rounds; round r runs the candidates in the order rotated by r.
+    """Warm up, then `runs` rounds; round r runs the candidates in order r of
+    `balanced_orders` (cyclically).
 
     With `idle`, every call starts once the process is idle again (`wait_until_idle`).
     Returns how many of those waits timed out.
@@ -377,7 +400,7 @@ def time_rounds(cands: list[Candidate], runs: int, warmup: int = 2,
     for c in cands:
         for _ in range(warmup):
             c.forward()
-    n = len(cands)
+    orders = balanced_orders(len(cands))
     busy = 0
     gc.collect()
     gc_was_enabled = gc.isenabled()
@@ -385,8 +408,8 @@ def time_rounds(cands: list[Candidate], runs: int, warmup: int = 2,
     try:
         for r in range(runs):
             progress(f"round {r + 1}/{runs}")
-            for i in range(n):
-                c = cands[(r + i) % n]
+            for i in orders[r % len(orders)]:
+                c = cands[i]
                 if idle and not wait_until_idle():
                     busy += 1
                 t = time.perf_counter()
@@ -529,7 +552,7 @@ def format_result(r: dict) -> str:
 
     N, _, H, W = r["input"]
     lines = [f"refpose bench: config {r['config']}, input {N}x3x{H}x{W}, {r['threads']} thread(s), "
-             f"{r['runs']} rounds (candidates alternate, order rotated each round)"]
+             f"{r['runs']} rounds (candidates alternate, in balanced orders)"]
     def mb(v):
         return "-" if v is None else f"{v:.0f}"
 

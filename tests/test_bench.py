@@ -6,6 +6,7 @@ agreement check, skipped candidates) and the command's handling of bad input.
 """
 import json
 import os
+from collections import Counter
 
 import numba
 import numpy as np
@@ -44,14 +45,26 @@ def test_cli_bad_input_is_one_line_and_status_2(argv, words, capsys):
 
 
 # --- protocol --------------------------------------------------------------------------------------
-def test_rounds_rotate_the_order_after_an_untimed_warm_up():
+def test_rounds_run_each_candidate_once_after_an_untimed_warm_up():
     calls = []
     cands = [bench.Candidate(name, lambda name=name: calls.append(name)) for name in "abc"]
     bench.time_rounds(cands, runs=4, warmup=2)
-    # warm-up: each candidate twice, in list order; then round r starts at candidate r mod 3
-    assert calls[:6] == list("aabbcc")
-    assert calls[6:] == list("abc" "bca" "cab" "abc")
+    assert calls[:6] == list("aabbcc")                  # warm-up: each candidate twice, in list order
+    rounds = [calls[6 + 3 * r:9 + 3 * r] for r in range(4)]
+    assert all(sorted(r) == list("abc") for r in rounds)
+    assert len({"".join(r) for r in rounds}) > 1        # the order changes between rounds
     assert [len(c.times) for c in cands] == [4, 4, 4]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7])
+def test_every_candidate_follows_every_other_equally_often(n):
+    # A call may leave a cost to the next one (a cache, a sleeping pool): over the design's
+    # orders, each ordered pair (x right before y) occurs the same number of times.
+    orders = bench.balanced_orders(n)
+    assert all(sorted(o) == list(range(n)) for o in orders)
+    pairs = Counter((o[i], o[i + 1]) for o in orders for i in range(n - 1))
+    if n > 1:
+        assert len(pairs) == n * (n - 1) and len(set(pairs.values())) == 1, pairs
 
 
 def test_rel_diff_by_hand():

@@ -310,13 +310,20 @@ def _matmul_bias_act(x, wp, b, relu6, res, y):
 
 
 @njit(inline="always")
-def _norm_row(row, weight, bias, eps, out):
-    """LayerNorm of one row (torch's biased variance): two passes (mean, then the centred second
-    moment), which stays accurate where E[x^2] - E[x]^2 would cancel."""
+def _norm_stats(row, eps):
+    """The mean of a row and 1 / its standard deviation (torch's biased variance, + eps), in two
+    passes (mean, then the centred second moment), which stays accurate where E[x^2] - E[x]^2
+    would cancel."""
     C = row.size
     mean = _sum(row) / C
-    inv = 1 / np.sqrt(_sum_sq_dev(row, mean) / C + eps)
-    for c in range(C):
+    return mean, 1 / np.sqrt(_sum_sq_dev(row, mean) / C + eps)
+
+
+@njit(inline="always")
+def _norm_row(row, weight, bias, eps, out):
+    """LayerNorm of one row (`_norm_stats`)."""
+    mean, inv = _norm_stats(row, eps)
+    for c in range(row.size):
         out[c] = (row[c] - mean) * inv * weight[c] + bias[c]
 
 
@@ -482,10 +489,12 @@ def _attend(x, q0, k0, v0, T, d, out, o0):
     _tiles(x, k0, ONE, T, T, d, x, q0, NO, sT, ZERO, T, zero, NO, sT, NO, ZERO, n)
     _softmax_columns(sT.reshape((T, T)), peak, total)
     _tiles(x, v0, T, ONE, d, T, sT, ZERO, NO, out, o0, T, zero, NO, out, NO, ZERO, n)   # sum_j v[j, c] p[j, i]
+    inv = np.empty(T, np.float64)
     for i in range(T):
-        inv = 1 / total[i]
-        for c in range(d):
-            out[o0 + c * T + i] = out[o0 + c * T + i] * inv
+        inv[i] = 1 / total[i]
+    for c in range(d):
+        for i in range(T):
+            out[o0 + c * T + i] = out[o0 + c * T + i] * inv[i]
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
@@ -519,6 +528,9 @@ def _grouped_attention(qkv, pix, heads, out):
                 dst[h * d + c] = buf[(3 * d + c) * T + t]
 
 
+NORM_BLOCK = 16       # tokens normalised together into the transposed block: their rows stay in L1
+
+
 @njit(parallel=PRANGE_ONLY, **JIT)
 def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bproj, y):
     """A whole attention sub-block, y = x + proj(MHSA(qkv(LayerNorm(x)))), one group per
@@ -542,9 +554,14 @@ def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bpro
     for g in prange(G):
         rows = pix[g]
         xg, xnT = np.empty((T, C), dtype), np.empty((C, T), dtype)
+        mean, inv = np.empty(T, np.float64), np.empty(T, np.float64)    # as `_norm_stats` gives them
         for t in range(T):
             xg[t] = x[rows[t]]
-            _norm_row(xg[t], norm_w, norm_b, eps, xnT[:, t])
+            mean[t], inv[t] = _norm_stats(xg[t], eps)
+        for t0 in range(0, T, NORM_BLOCK):          # `_norm_row`'s values, written a block of tokens at a time
+            for c in range(C):
+                for t in range(t0, min(T, t0 + NORM_BLOCK)):
+                    xnT[c, t] = (xg[t, c] - mean[t]) * inv[t] * norm_w[c] + norm_b[c]
         qkvT, zero = np.empty(3 * C * T, dtype), np.zeros(T, dtype)
         _tiles(wqkv, ZERO, C, ONE, 3 * C, C, xnT.reshape(-1), ZERO, NO, qkvT, ZERO, T, zero, NO, qkvT, NO, ZERO, n_tok)
         for o in range(3 * C):                              # the bias; q scaled as the unfused kernel does
