@@ -310,21 +310,61 @@ def _matmul_bias_act(x, wp, b, relu6, res, y):
 
 
 @njit(inline="always")
-def _norm_stats(row, eps):
-    """The mean of a row and 1 / its standard deviation (torch's biased variance, + eps), in two
-    passes (mean, then the centred second moment), which stays accurate where E[x^2] - E[x]^2
-    would cancel."""
+def _norm_row(row, weight, bias, eps, out):
+    """LayerNorm of one row (torch's biased variance): two passes (mean, then the centred second
+    moment), which stays accurate where E[x^2] - E[x]^2 would cancel."""
     C = row.size
     mean = _sum(row) / C
-    return mean, 1 / np.sqrt(_sum_sq_dev(row, mean) / C + eps)
+    inv = 1 / np.sqrt(_sum_sq_dev(row, mean) / C + eps)
+    for c in range(C):
+        out[c] = (row[c] - mean) * inv * weight[c] + bias[c]
 
 
 @njit(inline="always")
-def _norm_row(row, weight, bias, eps, out):
-    """LayerNorm of one row (`_norm_stats`)."""
-    mean, inv = _norm_stats(row, eps)
-    for c in range(row.size):
-        out[c] = (row[c] - mean) * inv * weight[c] + bias[c]
+def _norm_columns(xT, weight, bias, eps, out):
+    """LayerNorm of every column of xT (C, T) into out (C, T): column t gets the bits `_norm_row`
+    gives the row xT[:, t], as the same sums in the same order (`_sum`'s and `_sum_sq_dev`'s
+    eight lanes, the left-over terms in lane 0, the same pairwise total), but for all T tokens
+    at once, so every loop runs along the tokens, contiguous and vectorised."""
+    C, T = xT.shape
+    main = C // 8 * 8
+    lanes, sq = np.zeros((8, T), xT.dtype), np.zeros((8, T), np.float64)   # the types `_sum`, `_sum_sq_dev` use
+    mean, inv = np.empty(T, np.float64), np.empty(T, np.float64)
+    for j in range(C):
+        lane, xj = lanes[j % 8 if j < main else 0], xT[j]
+        for t in range(T):
+            lane[t] += xj[t]
+    for t in range(T):
+        mean[t] = (((lanes[0, t] + lanes[1, t]) + (lanes[2, t] + lanes[3, t]))
+                   + ((lanes[4, t] + lanes[5, t]) + (lanes[6, t] + lanes[7, t]))) / C
+    for j in range(C):
+        lane, xj = sq[j % 8 if j < main else 0], xT[j]
+        for t in range(T):
+            dev = xj[t] - mean[t]
+            lane[t] += dev * dev
+    for t in range(T):
+        total = ((sq[0, t] + sq[1, t]) + (sq[2, t] + sq[3, t])) + ((sq[4, t] + sq[5, t]) + (sq[6, t] + sq[7, t]))
+        inv[t] = 1 / np.sqrt(total / C + eps)
+    for c in range(C):
+        xc, oc, w, b = xT[c], out[c], weight[c], bias[c]
+        for t in range(T):
+            oc[t] = (xc[t] - mean[t]) * inv[t] * w + b
+
+
+@njit(inline="always")
+def _transpose(a, out):
+    """out (C, T) = a (T, C)^T, eight rows of a at a time (each read once per column block)."""
+    T, C = a.shape
+    t0 = 0
+    while t0 + 8 <= T:
+        for c in range(C):
+            o = out[c]
+            o[t0], o[t0 + 1], o[t0 + 2], o[t0 + 3] = a[t0, c], a[t0 + 1, c], a[t0 + 2, c], a[t0 + 3, c]
+            o[t0 + 4], o[t0 + 5], o[t0 + 6], o[t0 + 7] = a[t0 + 4, c], a[t0 + 5, c], a[t0 + 6, c], a[t0 + 7, c]
+        t0 += 8
+    for t in range(t0, T):
+        for c in range(C):
+            out[c, t] = a[t, c]
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
@@ -528,9 +568,6 @@ def _grouped_attention(qkv, pix, heads, out):
                 dst[h * d + c] = buf[(3 * d + c) * T + t]
 
 
-NORM_BLOCK = 16       # tokens normalised together into the transposed block: their rows stay in L1
-
-
 @njit(parallel=PRANGE_ONLY, **JIT)
 def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bproj, y):
     """A whole attention sub-block, y = x + proj(MHSA(qkv(LayerNorm(x)))), one group per
@@ -554,14 +591,10 @@ def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bpro
     for g in prange(G):
         rows = pix[g]
         xg, xnT = np.empty((T, C), dtype), np.empty((C, T), dtype)
-        mean, inv = np.empty(T, np.float64), np.empty(T, np.float64)    # as `_norm_stats` gives them
         for t in range(T):
             xg[t] = x[rows[t]]
-            mean[t], inv[t] = _norm_stats(xg[t], eps)
-        for t0 in range(0, T, NORM_BLOCK):          # `_norm_row`'s values, written a block of tokens at a time
-            for c in range(C):
-                for t in range(t0, min(T, t0 + NORM_BLOCK)):
-                    xnT[c, t] = (xg[t, c] - mean[t]) * inv[t] * norm_w[c] + norm_b[c]
+        _transpose(xg, xnT)
+        _norm_columns(xnT, norm_w, norm_b, eps, xnT)            # in place: each column is read before it is written
         qkvT, zero = np.empty(3 * C * T, dtype), np.zeros(T, dtype)
         _tiles(wqkv, ZERO, C, ONE, 3 * C, C, xnT.reshape(-1), ZERO, NO, qkvT, ZERO, T, zero, NO, qkvT, NO, ZERO, n_tok)
         for o in range(3 * C):                              # the bias; q scaled as the unfused kernel does
