@@ -96,6 +96,25 @@ def matmul(x, w, b, relu6=False):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", [1, 5, 17, 2 * kernels.PANEL * 16 + 3])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_columns_padded_to_whole_vectors_change_no_bit(dtype, N, with_residual):
+    # fast.linear pads the weights' columns to whole vectors (the head's 17 joints run as 2
+    # vectors, not 1 and a scalar column): the result is the unpadded kernel's, bit for bit,
+    # with and without a residual sum, and the float64 reference's within TOL.
+    rng = np.random.default_rng(N)
+    x, w, b = uniform(rng, (37, 24), dtype), uniform(rng, (N, 24), dtype), uniform(rng, N, dtype)
+    res = uniform(rng, (37, N), dtype) if with_residual else None
+    got = fast.linear(x, w, b, residual=res)
+    want = np.full((37, N), np.nan, dtype)
+    kernels._matmul_bias_act(x, kernels.pack_weights(w), b, False, fast.NONE[np.dtype(dtype)] if res is None else res,
+                             want)
+    np.testing.assert_array_equal(got, want)
+    f64 = x.astype(np.float64) @ w.astype(np.float64).T + b + (0 if res is None else res)
+    np.testing.assert_allclose(got, f64, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 # rows (whole tiles are simd.TILE_ROWS = 8 or 4 rows, edges go by blocks of 4, then row by row):
 # a row alone, a 4-row block and one row, tiles and their edges, several 64-row chunks
 @pytest.mark.parametrize("M", [1, 5, 9, 13, 70, 135])

@@ -65,10 +65,21 @@ def _bias(b, n: int, dtype: np.dtype) -> np.ndarray:
     return np.zeros(n, dtype) if b is None else _vector(b, dtype)
 
 
+def _whole_vectors(n: int, dtype: np.dtype) -> int:
+    """n rounded up to whole vectors of `dtype`."""
+    L = simd.lanes(dtype)
+    return -(-n // L) * L
+
+
 def _panels(owner: np.ndarray, layout: str, w: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """`kernels.pack_weights` of w (N, K), which is `owner` in `layout`, kept with a read-only
-    owner (`_kept`)."""
-    return _kept(owner, layout + dtype.str, lambda: kernels.pack_weights(_c(w, dtype)))
+    owner (`_kept`). N is padded with zero rows to whole vectors: a column left over from the
+    vectors runs scalar code (the head's 17 joints: 16 + 1), a padded one is one more lane."""
+    def make():
+        wc = _c(w, dtype)
+        pad = _whole_vectors(len(wc), dtype) - len(wc)
+        return kernels.pack_weights(np.concatenate([wc, np.zeros((pad, wc.shape[1]), dtype)]) if pad else wc)
+    return _kept(owner, layout + dtype.str, make)
 
 
 NONE = {dtype: np.empty((0, 0), dtype) for dtype in DTYPES}   # "no residual"
@@ -76,12 +87,20 @@ NONE = {dtype: np.empty((0, 0), dtype) for dtype in DTYPES}   # "no residual"
 
 def _matmul(x: np.ndarray, panels: np.ndarray, N: int, b, relu6: bool, residual=None) -> np.ndarray:
     """x (M, K) @ w (N, K)^T + b, then ReLU6 if asked, then + residual (M, N) if given, for
-    panels = `_panels(... w ...)`: one kernel, bias, clip and sum fused."""
-    dtype = x.dtype
-    res = NONE[dtype] if residual is None else _c(residual, dtype).reshape(x.shape[0], N)
-    y = np.empty((x.shape[0], N), dtype)
-    kernels._matmul_bias_act(x, panels, _bias(b, N, dtype), relu6, res, y)
-    return y
+    panels = `_panels(... w ...)`: one kernel, bias, clip and sum fused. Computed over the
+    padded columns too (each element the same sum, wherever it lies), which the result leaves
+    out: then it is a view of every row's first N columns."""
+    dtype, M = x.dtype, x.shape[0]
+    Np = _whole_vectors(N, dtype)
+    bias = _bias(b, N, dtype)
+    res = NONE[dtype] if residual is None else _c(residual, dtype).reshape(M, N)
+    if Np != N:
+        bias = np.concatenate([bias, np.zeros(Np - N, dtype)])
+        if residual is not None:
+            res = np.concatenate([res, np.zeros((M, Np - N), dtype)], axis=1)
+    y = np.empty((M, Np), dtype)
+    kernels._matmul_bias_act(x, panels, bias, relu6, res, y)
+    return y if Np == N else y[:, :N]
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int = 1,
@@ -188,13 +207,14 @@ def attention_block(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarra
     so the qkv and attention maps stay in cache. It gives the bits of `layer_norm`, `linear`,
     `grouped_attention` and `linear` with the residual run one by one, and those ops run instead
     where the kernel would be slow: with fewer groups than threads (the smallest map is one
-    window), as each op splits its work finer than by group; and with a token count that is not
-    a whole number of vectors, which the kernel's transposed blocks hold along their rows."""
+    window), as each op splits its work finer than by group; and with token or channel counts
+    that are not whole vectors (the transposed blocks hold the tokens along their rows; the
+    projection's panels are padded to whole vectors, see `_panels`)."""
     N, H, W, C = x.shape
     dtype = _dtype(x, qkv_w)
     pix = _c(geometry.token_pixels(N, H, W, kind, window, patch), np.intp)   # (G, T)
     G, T = pix.shape
-    if G < numba.get_num_threads() or T % simd.lanes(dtype):
+    if G < numba.get_num_threads() or T % simd.lanes(dtype) or C % simd.lanes(dtype):
         qkv = linear(layer_norm(x, norm_weight, norm_bias, eps), qkv_w, qkv_b)
         return linear(grouped_attention(qkv, heads, kind, window, patch), proj_w, proj_b, residual=x)
     y = np.empty((N * H * W, C), dtype)
