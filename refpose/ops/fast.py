@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import weakref
 
-import numba
 import numpy as np
 
 from . import geometry, kernels, reference, simd
@@ -206,15 +205,14 @@ def attention_block(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarra
     """x + Proj(MHSA(Group(LN(x)))) (NHWC): one kernel over the groups (`kernels._attention_block`),
     so the qkv and attention maps stay in cache. It gives the bits of `layer_norm`, `linear`,
     `grouped_attention` and `linear` with the residual run one by one, and those ops run instead
-    where the kernel would be slow: with fewer groups than threads (the smallest map is one
-    window), as each op splits its work finer than by group; and with token or channel counts
-    that are not whole vectors (the transposed blocks hold the tokens along their rows; the
-    projection's panels are padded to whole vectors, see `_panels`)."""
+    where the kernel would be slow: with token or channel counts that are not whole vectors
+    (the transposed blocks hold the tokens along their rows; the projection's panels are padded
+    to whole vectors, see `_panels`)."""
     N, H, W, C = x.shape
     dtype = _dtype(x, qkv_w)
     pix = _c(geometry.token_pixels(N, H, W, kind, window, patch), np.intp)   # (G, T)
-    G, T = pix.shape
-    if G < numba.get_num_threads() or T % simd.lanes(dtype) or C % simd.lanes(dtype):
+    T = pix.shape[1]
+    if T % simd.lanes(dtype) or C % simd.lanes(dtype):
         qkv = linear(layer_norm(x, norm_weight, norm_bias, eps), qkv_w, qkv_b)
         return linear(grouped_attention(qkv, heads, kind, window, patch), proj_w, proj_b, residual=x)
     y = np.empty((N * H * W, C), dtype)
