@@ -664,6 +664,24 @@ def test_vector_width_follows_the_target_features():
     assert simd.vector_bytes("") == 32
 
 
+@njit
+def _wide_loop(x):
+    simd.full_width_loops()
+    for i in range(x.size):
+        x[i] = x[i] * 2 + 1
+
+
+def test_full_width_loops_marks_its_function_only_where_vectors_are_512_bits():
+    # The softmax's and the attention block's loops may use 512-bit vectors (a function
+    # attribute read by LLVM's vectoriser); on a 256-bit target the attribute is left out. That
+    # it changes no result is the vector-width bit test below (AVX2 build against this one).
+    x = np.arange(40, dtype=np.float32)
+    _wide_loop(x)
+    np.testing.assert_array_equal(x, np.arange(40, dtype=np.float32) * 2 + 1)
+    ir = _wide_loop.inspect_llvm(_wide_loop.signatures[0])
+    assert ('"prefer-vector-width"="512"' in ir) == (simd.VECTOR_BYTES == 64)
+
+
 def _avx2_features() -> str:
     """This CPU's features with every AVX-512 extension switched off: an AVX2-only CPU."""
     from llvmlite import binding

@@ -521,6 +521,7 @@ def _attend(x, q0, k0, v0, T, d, out, o0):
     q (already scaled by 1/sqrt(d)), k and v are the d x T blocks of the flat array x at q0, k0,
     v0 (x[q0 + c*T + i] is channel c of token i), and out[o0 + c*T + i] = sum_j softmax_j(q_i . k_j)
     v[j, c]."""
+    simd.full_width_loops()
     dtype = x.dtype
     sT = np.empty(T * T, dtype)
     peak, total, zero = np.empty(T, dtype), np.empty(T, dtype), np.zeros(T, dtype)
@@ -589,6 +590,7 @@ def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bpro
     scale = dtype.type(1 / math.sqrt(d))
     n_tok, n_proj = _n_panels(T, simd.vector_lanes(y)), _n_panels(C, simd.vector_lanes(y))
     for g in prange(G):
+        simd.full_width_loops()             # in the loop's body: the function its loops are in
         rows = pix[g]
         xg, xnT = np.empty((T, C), dtype), np.empty((C, T), dtype)
         for t in range(T):

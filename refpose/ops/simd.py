@@ -160,6 +160,26 @@ def _tile_function(module, ft, bits: int, R: int, V: int, intp):
 
 
 @intrinsic
+def full_width_loops(typingctx):
+    """Let LLVM's loop vectoriser use vectors of VECTOR_BYTES in the function that calls this.
+
+    On AVX-512 machines LLVM vectorises plain loops with 256-bit vectors by default
+    ("prefer-256-bit": 512-bit code lowers the clock of some CPUs). The tiles already run
+    512-bit code, so for the loops that follow them (the softmax's exps) the wider vectors are
+    nearly free speed: the function gets the attribute "prefer-vector-width"="512". Vector
+    width changes no result: those loops are elementwise, and each element takes the same
+    operations either way.
+    """
+    def codegen(context, builder, signature, args):
+        if VECTOR_BYTES == 64:
+            # a string attribute, which llvmlite's list of known attributes does not hold
+            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@intrinsic
 def fma(typingctx, a, b, c):
     """a * b + c rounded once (`llvm.fma`), the step `tile_fma` takes for each of its elements."""
     if not (a == b == c and a in (types.float32, types.float64)):
