@@ -320,12 +320,14 @@ def _norm_row(row, weight, bias, eps, out):
         out[c] = (row[c] - mean) * inv * weight[c] + bias[c]
 
 
-@njit(inline="always")
+@njit(**JIT)
 def _norm_columns(xT, weight, bias, eps, out):
     """LayerNorm of every column of xT (C, T) into out (C, T): column t gets the bits `_norm_row`
     gives the row xT[:, t], as the same sums in the same order (`_sum`'s and `_sum_sq_dev`'s
     eight lanes, the left-over terms in lane 0, the same pairwise total), but for all T tokens
-    at once, so every loop runs along the tokens, contiguous and vectorised."""
+    at once, so every loop runs along the tokens, contiguous and vectorised. A function of its
+    own, not inlined into the attention block: that cost the block's compile 1.5 s."""
+    simd.full_width_loops()
     C, T = xT.shape
     main = C // 8 * 8
     lanes, sq = np.zeros((8, T), xT.dtype), np.zeros((8, T), np.float64)   # the types `_sum`, `_sum_sq_dev` use
@@ -351,7 +353,7 @@ def _norm_columns(xT, weight, bias, eps, out):
             oc[t] = (xc[t] - mean[t]) * inv[t] * w + b
 
 
-@njit(inline="always")
+@njit(**JIT)
 def _transpose(a, out):
     """out (C, T) = a (T, C)^T, eight rows of a at a time (each read once per column block)."""
     T, C = a.shape
