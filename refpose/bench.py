@@ -18,10 +18,10 @@ Fair timing:
 - candidates alternate inside each round, so drift in the machine's load hits all alike, and
   the rounds' orders follow a Williams design (`balanced_orders`): over its rows, every
   candidate runs right after every other one equally often. A call can leave a cost to the
-  next one that waiting does not remove (on the test machine the first fast-path forward after
-  a two-thread sgemm took 1.3-1.6x its usual time, even a second later), and with the order only rotated,
-  each candidate always had the same predecessor. Warm-up runs are not timed; medians over the
-  rounds;
+  next one that waiting does not remove (on the test machine the first fast-path forward
+  after a two-thread sgemm took 1.3-1.6x its usual time, even a second later); with the order
+  only rotated, each candidate always had the same predecessor. Warm-up runs are not timed;
+  medians over the rounds;
 - the yardstick, numpy float32 matmul (sgemm) throughput, is timed as one more candidate of
   every round; the BLAS library in use is reported (threadpoolctl);
 - `aa=True` times the fast path against a second copy of itself: the ratio must read 1.00 +- 0.05.

@@ -1,7 +1,7 @@
 """`refpose bench` (refpose/bench.py, refpose/cli/bench.py): arguments, timing protocol, results.
 
 Timings themselves are machine-dependent and not asserted; what is tested is the protocol
-(warm-up, rotation of the order, same input for all), the bookkeeping (ratios, MACs, the
+(warm-up, balanced orders of the candidates, same input for all), the bookkeeping (ratios, MACs, the
 agreement check, skipped candidates) and the command's handling of bad input.
 """
 import json
