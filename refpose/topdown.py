@@ -87,14 +87,19 @@ def affine_points(points: np.ndarray, M: np.ndarray) -> np.ndarray:
     return points @ M[:, :2].T + M[:, 2]
 
 
-def crop_person(image: np.ndarray, center, scale, input_size: tuple[int, int]) -> np.ndarray:
-    """The network's view (H, W, 3) of one person: bilinear affine crop, zeros outside the image."""
+def warp(image: np.ndarray, M: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """The crop (in_h, in_w, 3) that the affine M (image -> input) gives: OpenCV's bilinear warp,
+    zeros outside the image. Inference and training crop with it alike."""
     import cv2       # imported when used: `import refpose` does not need OpenCV
 
     in_h, in_w = input_size
-    M = get_affine_transform(center, scale, input_size)
     return cv2.warpAffine(image, M, (in_w, in_h), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def crop_person(image: np.ndarray, center, scale, input_size: tuple[int, int]) -> np.ndarray:
+    """The network's view (H, W, 3) of one person: bilinear affine crop, zeros outside the image."""
+    return warp(image, get_affine_transform(center, scale, input_size), input_size)
 
 
 def normalize(crops: np.ndarray, dtype=np.float32) -> np.ndarray:

@@ -12,8 +12,8 @@ import pytest
 
 from refpose.errors import DataError
 from refpose.keypoints import COCO
-from refpose.train.data import (Augment, Person, TrainDataError, load_train_set, make_sample,
-                                sample_transform, warp)
+from refpose.topdown import warp
+from refpose.train.data import Augment, Person, TrainDataError, load_train_set, make_sample, sample_transform
 from refpose.train.targets import heatmap_targets
 
 IN = (128, 96)          # tiny's input (H, W)

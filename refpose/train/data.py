@@ -16,12 +16,11 @@ import math
 import os
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from ..errors import DataError
 from ..keypoints import COCO, Keypoints
-from ..topdown import affine_points, box_to_center_scale, get_affine_transform, normalize
+from ..topdown import affine_points, box_to_center_scale, get_affine_transform, normalize, warp
 from .targets import SIGMA, heatmap_targets
 
 # joints of the upper body, per dataset (MMPose dataset meta `upper_body_ids`); the rest are lower
@@ -203,13 +202,6 @@ def sample_transform(person: Person, image_size: tuple[int, int], input_size: tu
     crop = np.vstack([get_affine_transform(center, scale, input_size), [0.0, 0.0, 1.0]])
     view = crop @ rotation_about(center, degrees)                    # (mirrored) image -> input
     return (view @ pre)[:2], affine_points(kp, view[:2]), visible, flipped
-
-
-def warp(image: np.ndarray, M: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
-    """The crop (in_h, in_w, 3): OpenCV bilinear warp with zeros outside, as `topdown.crop_person`."""
-    in_h, in_w = input_size
-    return cv2.warpAffine(image, M, (in_w, in_h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def make_sample(image: np.ndarray, person: Person, input_size: tuple[int, int], heatmap_size: tuple[int, int],
