@@ -68,10 +68,11 @@ def read_image(path: "str | os.PathLike", max_pixels: int = MAX_PIXELS) -> np.nd
     return decode_image(data, path, max_pixels)
 
 
-def path_problem(path: "str | os.PathLike", folder: bool = False) -> str | None:
+def path_problem(path: "str | os.PathLike", folder: bool = False, kind: str = "an image") -> str | None:
     """Why `path` is not a file (with `folder`, not a folder) that can be opened, in the words of
-    the real cause, or None. `os.path.exists` says "no" to a missing file, a broken link, a link
-    loop and a folder on the way that cannot be entered alike; a user needs to know which."""
+    the real cause, or None; `kind` names what the file should be ("an image", "a video"). `os.path.exists`
+    says "no" to a missing file, a broken link, a link loop and a folder on the way that cannot be
+    entered alike; a user needs to know which."""
     try:
         is_dir = stat.S_ISDIR(os.stat(path).st_mode)
     except OSError as e:
@@ -89,7 +90,7 @@ def path_problem(path: "str | os.PathLike", folder: bool = False) -> str | None:
     if folder and not os.access(path, os.R_OK | os.X_OK):
         return "permission denied: the folder cannot be read"
     if not folder and is_dir:
-        return "is a directory, not an image"
+        return f"is a directory, not {kind}"
     return None
 
 

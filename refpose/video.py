@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from .errors import RefposeError
-from .imageio import _quiet_stderr          # FFmpeg and OpenCV print their complaints on fd 2
+from .imageio import _quiet_stderr, path_problem      # _quiet_stderr: FFmpeg and OpenCV print on fd 2
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
                   ".ts", ".3gp", ".ogv")
@@ -61,10 +61,9 @@ class VideoInfo:
 def open_video(path: "str | os.PathLike") -> tuple[cv2.VideoCapture, VideoInfo]:
     """An opened cv2.VideoCapture and what the container says about the video; VideoError otherwise."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise VideoError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise VideoError(f"{path}: is a directory, not a video")
+    problem = path_problem(path, kind="a video")
+    if problem:
+        raise VideoError(f"{path}: {problem}")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
     with _quiet_stderr():

@@ -137,8 +137,12 @@ def test_bad_videos(tmp_path, model):
     (tmp_path / "text.mp4").write_text("not a video\n" * 20)
     (tmp_path / "empty.mp4").write_bytes(b"")
     no_frames = write_video(tmp_path / "none.mp4", frames=0)
+    (tmp_path / "folder.mp4").mkdir()
+    (tmp_path / "link.mp4").symlink_to(tmp_path / "gone.mp4")
     for path, message in ((tmp_path / "text.mp4", "cannot read"), (tmp_path / "empty.mp4", "empty file"),
-                          (tmp_path / "missing.mp4", "no such file")):
+                          (tmp_path / "missing.mp4", "no such file"),
+                          (tmp_path / "folder.mp4", "is a directory, not a video"),
+                          (tmp_path / "link.mp4", "broken symbolic link")):
         with pytest.raises(VideoError, match=message):
             run_video(path, model, tmp_path / "out", progress=False)
     with pytest.raises(VideoError):
