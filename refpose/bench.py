@@ -377,14 +377,7 @@ def balanced_orders(n: int) -> list[list[int]]:
     design, balanced for first-order carry-over: Williams 1949): the first order is
     0, 1, n-1, 2, n-2, ..., the next ones add 1, 2, ... (mod n); for odd n the reversed orders
     follow, as n orders alone cannot balance. n orders for even n, 2n for odd n."""
-    first = [0]
-    lo, hi = 1, n - 1
-    while len(first) < n:
-        first.append(lo)
-        lo += 1
-        if len(first) < n:
-            first.append(hi)
-            hi -= 1
+    first = [0] + [(j + 1) // 2 if j % 2 else n - j // 2 for j in range(1, n)]
     orders = [[(c + i) % n for c in first] for i in range(n)]
     return orders if n % 2 == 0 else orders + [order[::-1] for order in orders]
 
@@ -550,6 +543,8 @@ def format_result(r: dict) -> str:
     """The table `refpose bench` prints."""
     from tabulate import tabulate
 
+    from .ops.kernels import PANEL
+
     N, _, H, W = r["input"]
     lines = [f"refpose bench: config {r['config']}, input {N}x3x{H}x{W}, {r['threads']} thread(s), "
              f"{r['runs']} rounds (candidates alternate, in balanced orders)"]
@@ -576,7 +571,8 @@ def format_result(r: dict) -> str:
                      f"{b['num_threads']} threads)" for b in r["blas"]) or "unknown (threadpoolctl not installed)"
     tile = r["fast_path"]
     lines.append(f"BLAS: {blas}; Numba {r['numba']['version']}, threading layer {r['numba']['threading_layer']}; "
-                 f"fast-path matmul tiles of {tile['tile_rows']} rows x 3 vectors of {tile['vector_bits']} bits")
+                 f"fast-path matmul tiles of {tile['tile_rows']} rows x {PANEL} vectors of "
+                 f"{tile['vector_bits']} bits")
     cache = r["kernel_cache"]
     how = ("compiled" if cache["misses"] else "loaded from the on-disk cache" if cache["hits"]
            else "already loaded in this process")

@@ -197,14 +197,13 @@ def test_a_finished_run_writes_last_pt_once_per_epoch(sets, tmp_path, monkeypatc
 def test_the_cli_gives_the_settings_defaults():
     # `refpose train` with only the required arguments runs with TrainSettings' own defaults,
     # flags included (--no-augment, --scale-lr, --amp, --resume, --deterministic, --no-progress)
-    from dataclasses import fields
-
     from refpose.cli import build_parser
+    from refpose.cli.train import settings_from_args
     from refpose.train.settings import TrainSettings
 
     required = dict(config="tiny", train_ann="a.json", train_images="imgs", out="run")
     args = build_parser().parse_args(["train"] + [x for k, v in required.items() for x in (f"--{k.replace('_', '-')}", v)])
-    assert TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)}) == TrainSettings(**required)
+    assert settings_from_args(args) == TrainSettings(**required)
 
 
 def test_ctrl_c_on_an_epoch_boundary_still_validates(sets, tmp_path, capsys, monkeypatch):

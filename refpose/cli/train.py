@@ -85,14 +85,18 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run_train)
 
 
+def settings_from_args(args) -> TrainSettings:
+    """The run's settings from the parsed command line: one option per field."""
+    return TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)})
+
+
 def run_train(args) -> int:
     from ..train import require_torch
 
     require_torch()
     from ..train.loop import train
 
-    settings = TrainSettings(**{f.name: getattr(args, f.name) for f in fields(TrainSettings)})
-    result = train(settings)
+    result = train(settings_from_args(args))
     if result.out is not None:
         best = f"; best validation AP {result.best['AP']:.3f} at epoch {result.best['epoch']}" if result.best else ""
         print(f"wrote {result.out}/model.safetensors after {result.epoch:.2f} epochs ({result.stopped}){best}")

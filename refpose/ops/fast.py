@@ -61,7 +61,13 @@ def _vector(v: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _bias(b, n: int, dtype: np.dtype) -> np.ndarray:
-    return np.zeros(n, dtype) if b is None else _vector(b, dtype)
+    """A bias of n entries as the kernels take it: zeros for none; b followed by zeros for the
+    columns `_panels` pads (kept like `_vector(b)`, which it is when nothing is padded)."""
+    if b is None:
+        return np.zeros(n, dtype)
+    pad = n - len(b)
+    return _kept(b, dtype.str + (f"+{pad}" if pad else ""),
+                 lambda: _c(np.concatenate([b, np.zeros(pad, b.dtype)]) if pad else b, dtype))
 
 
 def _whole_vectors(n: int, dtype: np.dtype) -> int:
@@ -91,14 +97,11 @@ def _matmul(x: np.ndarray, panels: np.ndarray, N: int, b, relu6: bool, residual=
     out: then it is a view of every row's first N columns."""
     dtype, M = x.dtype, x.shape[0]
     Np = _whole_vectors(N, dtype)
-    bias = _bias(b, N, dtype)
     res = NONE[dtype] if residual is None else _c(residual, dtype).reshape(M, N)
-    if Np != N:
-        bias = np.concatenate([bias, np.zeros(Np - N, dtype)])
-        if residual is not None:
-            res = np.concatenate([res, np.zeros((M, Np - N), dtype)], axis=1)
+    if residual is not None and Np != N:
+        res = np.concatenate([res, np.zeros((M, Np - N), dtype)], axis=1)
     y = np.empty((M, Np), dtype)
-    kernels._matmul_bias_act(x, panels, bias, relu6, res, y)
+    kernels._matmul_bias_act(x, panels, _bias(b, Np, dtype), relu6, res, y)
     return y if Np == N else y[:, :N]
 
 

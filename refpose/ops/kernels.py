@@ -88,6 +88,12 @@ def _exp_nonpositive_impl(x):
 # (a float32 forward differed by ~1e-6 between the two). Eight explicit lanes give SIMD
 # without it, in one order for every build.
 @njit(inline="always")
+def _lanes_total(s0, s1, s2, s3, s4, s5, s6, s7):
+    """The eight lanes' partial sums added pairwise: the one order every lane sum ends with."""
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@njit(inline="always")
 def _sum(row):
     """sum(row) over 8 independent lanes, added pairwise at the end."""
     T = row.size
@@ -106,7 +112,7 @@ def _sum(row):
     while j < T:
         s0 += row[j]
         j += 1
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    return _lanes_total(s0, s1, s2, s3, s4, s5, s6, s7)
 
 
 @njit(inline="always")
@@ -131,7 +137,7 @@ def _sum_sq_dev(row, mean):
         t0 = row[j] - mean
         s0 += t0 * t0
         j += 1
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    return _lanes_total(s0, s1, s2, s3, s4, s5, s6, s7)
 
 
 # --- elementwise helpers and norms -------------------------------------------------------
@@ -324,7 +330,7 @@ def _norm_row(row, weight, bias, eps, out):
 def _norm_columns(xT, weight, bias, eps, out):
     """LayerNorm of every column of xT (C, T) into out (C, T): column t gets the bits `_norm_row`
     gives the row xT[:, t], as the same sums in the same order (`_sum`'s and `_sum_sq_dev`'s
-    eight lanes, the left-over terms in lane 0, the same pairwise total), but for all T tokens
+    eight lanes, the left-over terms in lane 0, `_lanes_total`), but for all T tokens
     at once, so every loop runs along the tokens, contiguous and vectorised. A function of its
     own, not inlined into the attention block: that cost the block's compile 1.5 s."""
     simd.full_width_loops()
@@ -337,15 +343,15 @@ def _norm_columns(xT, weight, bias, eps, out):
         for t in range(T):
             lane[t] += xj[t]
     for t in range(T):
-        mean[t] = (((lanes[0, t] + lanes[1, t]) + (lanes[2, t] + lanes[3, t]))
-                   + ((lanes[4, t] + lanes[5, t]) + (lanes[6, t] + lanes[7, t]))) / C
+        mean[t] = _lanes_total(lanes[0, t], lanes[1, t], lanes[2, t], lanes[3, t],
+                               lanes[4, t], lanes[5, t], lanes[6, t], lanes[7, t]) / C
     for j in range(C):
         lane, xj = sq[j % 8 if j < main else 0], xT[j]
         for t in range(T):
             dev = xj[t] - mean[t]
             lane[t] += dev * dev
     for t in range(T):
-        total = ((sq[0, t] + sq[1, t]) + (sq[2, t] + sq[3, t])) + ((sq[4, t] + sq[5, t]) + (sq[6, t] + sq[7, t]))
+        total = _lanes_total(sq[0, t], sq[1, t], sq[2, t], sq[3, t], sq[4, t], sq[5, t], sq[6, t], sq[7, t])
         inv[t] = 1 / np.sqrt(total / C + eps)
     for c in range(C):
         xc, oc, w, b = xT[c], out[c], weight[c], bias[c]
