@@ -154,8 +154,8 @@ def main(argv=None) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch loads its OpenMP runtime (README, Speed)
 
     import refpose
-    from refpose.detect import PersonDetector
-    from refpose.video import run_video
+    from refpose.pose.detector import PersonDetector
+    from refpose.pose.video import run_video
 
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)

@@ -7,16 +7,15 @@ they are first used.
 from . import threads as _threads  # noqa: F401  first: OpenMP runtimes loaded after this do not spin
 from .config import CONFIGS, StageConfig, WGNetConfig, get_config
 from .counting import count_ops
-from .errors import (BoxError, ConfigError, DataError, ImageError, InputShapeError, RefposeError,
-                     WeightsError)
+from .errors import BoxError, ConfigError, DataError, ImageError, InputShapeError, RefposeError, WeightsError
 from .model import TAPS, WGNet
 from .weights import build, init_weights, load, read_weights, save_weights
 
 __version__ = "0.1.0"
 
 # name -> module, imported on first access (PEP 562)
-_LAZY = {"read_image": "imageio", "estimate": "topdown", "predict": "topdown",
-         "evaluate_images": "evaluate", "score_results": "scoring"}
+_LAZY = {"read_image": "pose.imageio", "estimate": "pose.pipeline", "predict": "pose.pipeline",
+         "evaluate_images": "data.evaluate", "score_results": "data.coco"}
 
 __all__ = [
     "CONFIGS", "StageConfig", "WGNetConfig", "get_config", "count_ops", "TAPS", "WGNet",

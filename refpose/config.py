@@ -215,7 +215,7 @@ def _kind(v) -> str:
 
 def _check_size(cfg: "WGNetConfig") -> None:
     """Refuse a config whose weights alone would exceed MAX_PARAMS (before anything is allocated)."""
-    from .model import WGNet         # the layer tree knows every tensor's shape; it allocates nothing
+    from .model import WGNet  # the layer tree knows every tensor's shape; it allocates nothing
     n = sum(math.prod(shape) for shape in WGNet(cfg, impl="reference").tensor_shapes_all().values())
     if n > MAX_PARAMS:
         raise ConfigError(f"config {cfg.name!r}: {n:,} weights, more than the {MAX_PARAMS:,} refpose builds")

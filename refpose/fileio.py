@@ -1,7 +1,8 @@
-"""Output files are written whole or not at all."""
+"""Files in and out: outputs written whole or not at all; JSON inputs read and their numbers checked."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 from pathlib import Path
@@ -121,3 +122,28 @@ def read_json(path: "str | os.PathLike", what: str):
                         f"at line {e.lineno} column {e.colno}") from None
     except (ValueError, RecursionError) as e:    # an integer of thousands of digits; nesting too deep
         raise DataError(f"{path}: cannot read the {what} file: {e}") from None
+
+
+# --- JSON values -------------------------------------------------------------------------------
+def is_number(v) -> bool:
+    """A JSON number that is a finite float: bools, NaN, infinities and integers too large for a
+    float (JSON allows any number of digits) are not. Every reader of JSON numbers checks with it,
+    so that nothing downstream meets an OverflowError."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)       # an int beyond the float range raises OverflowError
+    except OverflowError:
+        return False
+
+
+def is_int(v) -> bool:
+    """A JSON integer within the float range (bools and larger integers are not), so that it can
+    be an id that NumPy and pycocotools take."""
+    return isinstance(v, int) and is_number(v)
+
+
+def brief(v, limit: int = 60) -> str:
+    """repr of a JSON value for a message, cut short (a 400-digit number stays readable)."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."

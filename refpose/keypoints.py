@@ -58,7 +58,7 @@ COCO = Keypoints(
 # annotations and of MMPose `TopDownMpiiDataset` / HRNet `lib/dataset/mpii.py` (0 = right ankle
 # ... 15 = left wrist); flip pairs as there. The skeleton follows MMPose's `mpii.py` dataset
 # info: legs to the pelvis, pelvis - thorax - upper neck - head top, arms to the thorax.
-# MPII is scored with PCKh (refpose.pckh), so there are no OKS sigmas.
+# MPII is scored with PCKh (refpose.data.mpii), so there are no OKS sigmas.
 MPII = Keypoints(
     name="mpii",
     names=("right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",

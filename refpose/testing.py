@@ -10,15 +10,15 @@
 Outputs are the heatmaps alone or a dict keyed by tap names (`stem, s1..s4, d1..d3`, and
 `heatmaps` or `head` for the output). On failure the AssertionError names the first tap
 beyond the tolerance and the index where its error is largest. Tolerances are stated and
-justified per dtype in `refpose.oracle` (float32 1e-4, float64 2e-13, relative to max|ref|).
+justified per dtype in `refpose.porting.oracle` (float32 1e-4, float64 2e-13, relative to max|ref|).
 Golden files written by `refpose oracle dump` are read with `load_golden`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .oracle import TOLERANCES, Golden, compare, make_inputs, reference_taps, tolerance
-from .oracle import load_dump as load_golden
+from .porting.oracle import TOLERANCES, Golden, compare, make_inputs, reference_taps, tolerance
+from .porting.oracle import load_dump as load_golden
 
 __all__ = ["TOLERANCES", "Golden", "make_inputs", "reference_outputs", "assert_matches_reference",
            "load_golden", "tolerance"]

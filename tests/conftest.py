@@ -41,3 +41,22 @@ def single_threaded_blas():
     from threadpoolctl import threadpool_limits
     with threadpool_limits(1):
         yield
+
+
+@pytest.fixture(scope="module")
+def run_files(tmp_path_factory):
+    """GT, its images (random pixels) and seeded tiny-config weights, in a folder."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("run")
+    from coco_files import run_gt, write
+
+    gt = run_gt()
+    write(root / "gt.json", gt)
+    (root / "images").mkdir()
+    rng = np.random.default_rng(7)
+    for img in gt["images"]:
+        pixels = rng.integers(0, 256, (img["height"], img["width"], 3), dtype=np.uint8)
+        cv2.imwrite(str(root / "images" / img["file_name"]), pixels)
+    refpose.save_weights(root / "tiny.safetensors", refpose.init_weights("tiny", seed=0), "tiny", trained=False)
+    return root

@@ -8,11 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from refpose.detections import is_int, is_number, load_detections
-from refpose.draw import draw_poses
+from refpose.fileio import is_int, is_number
+from refpose.pose.boxes import load_detections
+from refpose.pose.draw import draw_poses
 from refpose.errors import DataError
-from refpose.pckh import load_annotations as load_mpii_annotations, load_predictions
-from refpose.scoring import load_annotations, load_results
+from refpose.data.mpii import load_annotations as load_mpii_annotations, load_predictions
+from refpose.data.coco import load_annotations, load_results
 
 HUGE = 10 ** 400          # a valid JSON number that no float holds
 

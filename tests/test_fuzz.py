@@ -27,7 +27,7 @@ from safetensors.numpy import save
 import refpose
 from refpose.config import WGNetConfig
 from refpose.errors import RefposeError
-from refpose.imageio import decode_image
+from refpose.pose.imageio import decode_image
 
 FUZZ = settings(max_examples=int(os.environ.get("REFPOSE_FUZZ_EXAMPLES", "200")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -201,9 +201,9 @@ def test_image_with_a_mutated_header(data):
 
 
 # --- detections, results, annotations (JSON records) ---------------------------------------------
-from refpose.detections import load_detections                           # noqa: E402
-from refpose.pckh import load_annotations as load_mpii_annotations, load_predictions  # noqa: E402
-from refpose.scoring import coco_eval, load_annotations, load_results    # noqa: E402
+from refpose.pose.boxes import load_detections  # noqa: E402
+from refpose.data.mpii import load_annotations as load_mpii_annotations, load_predictions  # noqa: E402
+from refpose.data.coco import coco_eval, load_annotations, load_results  # noqa: E402
 
 KPTS = [10, 12, 2] * 17
 GT = {"images": [{"id": 1, "file_name": "1.jpg", "width": 100, "height": 100},

@@ -17,7 +17,7 @@ import pytest
 
 from refpose.cli.infer import collect_images
 from refpose.errors import ImageError
-from refpose.imageio import path_problem, read_image
+from refpose.pose.imageio import path_problem, read_image
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534
@@ -63,8 +63,8 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 from refpose.cli.infer import collect_images
 from refpose.errors import RefposeError
-from refpose.evaluate import check_image_folder
-from refpose.imageio import read_image
+from refpose.data.evaluate import check_image_folder
+from refpose.pose.imageio import read_image
 base = sys.argv[2]
 out = {"collect": collect_images([base + "/locked"])}
 for key, call in (("read", lambda: read_image(base + "/locked/a.png")),

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from refpose.config import StageConfig, get_config
-from refpose.layers import (Attention, ConvBN, DecoderStage, DWSep, InvertedResidual, SqueezeExcite, WNet,
-                            walk)
+from refpose.layers import Attention, ConvBN, DecoderStage, DWSep, InvertedResidual, SqueezeExcite, WNet, walk
 from refpose.ops import Ops, reference as ref
 
 OPS = Ops("reference")

@@ -17,7 +17,7 @@ def test_import_refpose_loads_no_opencv_torch_or_onnxruntime():
     code = ("import sys, numpy as np, refpose\n"
             "m = refpose.build('tiny', impl='reference')\n"
             "m(np.zeros((1, 3, 128, 96)))\n"
-            "import refpose.oracle, refpose.weights, refpose.topdown, refpose.evaluate\n"
+            "import refpose.porting.oracle, refpose.weights, refpose.pose.pipeline, refpose.data.evaluate\n"
             "print(__import__('json').dumps(sorted(k for k in ('cv2', 'torch', 'onnxruntime', 'pycocotools') "
             "if k in sys.modules)))")
     assert json.loads(run_python(code)) == []

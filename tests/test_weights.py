@@ -24,7 +24,7 @@ from refpose.weights import from_tensors
 TINY_JSON = refpose.get_config("tiny").to_json()
 BN_EPS = 1e-5        # torch.nn.BatchNorm2d default, DESIGN section 1
 # float64 parity of two implementations that round in different orders (measured ~1e-15
-# relative; see tests/test_parity.py)
+# relative; see tests/porting/test_parity.py)
 TOL64 = 1e-9
 
 
@@ -312,7 +312,7 @@ def test_info_macs_agree_with_torch_flop_counter(tmp_path, capsys):
     torch = pytest.importorskip("torch", reason="an independent MAC count needs torch's FlopCounterMode")
     from torch.utils.flop_counter import FlopCounterMode
 
-    from refpose.twin import WGNetTwin
+    from refpose.porting.twin import WGNetTwin
 
     _, info = init_then_info(tmp_path, capsys, "tiny", 3)
     twin = WGNetTwin("tiny").eval()
@@ -336,7 +336,7 @@ def test_init_is_deterministic_in_the_seed(tmp_path, capsys):
 # --- refpose export -------------------------------------------------------------------------------
 def test_export_round_trip(tmp_path, capsys, tiny_tensors):
     torch = pytest.importorskip("torch", reason="refpose export reads PyTorch checkpoints")
-    from refpose.twin import WGNetTwin
+    from refpose.porting.twin import WGNetTwin
 
     torch.manual_seed(0)
     twin = WGNetTwin("tiny")

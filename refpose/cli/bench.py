@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 
 
 def run_bench(args) -> int:
-    from ..bench import check_args, format_profile, format_result, run_bench as bench, run_profile
+    from ..porting.bench import check_args, format_profile, format_result, run_bench as bench, run_profile
     from ..config import get_config
 
     check_args(args.batch, args.threads, args.runs)

@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
 
 def run_pckh(args) -> int:
     """--metric pckh: score a predictions file, or run the model over the entries and score."""
-    from .. import pckh
+    from ..data import mpii as pckh
 
     if args.gt is None:
         args.parser.error("--metric pckh needs --gt GT.mat (the official MPII validation ground truth)")
@@ -88,8 +88,8 @@ def run_pckh(args) -> int:
 
 
 def run_eval(args) -> int:
-    from ..evaluate import PROGRESS_SUFFIX, ModelSpec, RunOptions, evaluate_images
-    from ..scoring import format_stats, score_results
+    from ..data.evaluate import PROGRESS_SUFFIX, ModelSpec, RunOptions, evaluate_images
+    from ..data.coco import format_stats, score_results
 
     if args.metric == "pckh":
         return run_pckh(args)

@@ -1,7 +1,7 @@
 """`refpose infer`: top-down pose estimation on image files (DESIGN section 5).
 
 For each image: person boxes (`--bbox`, `--boxes DETS.json`, or the whole image) ->
-`refpose.topdown.predict` -> `<name>.pose.json` (COCO keypoint results) and
+`refpose.pose.pipeline.predict` -> `<name>.pose.json` (COCO keypoint results) and
 `<name>.pose.png` (the skeleton drawn on the image) in `--out`. Files are written
 atomically. A bad image is reported on one line and the others go on; the exit status is
 0 when all went well, 1 when some failed, 2 when none could be processed.
@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import CONFIGS
 from ..errors import BoxError, RefposeError
 from ..fileio import write_files
-from ..video import is_video
+from ..pose.video import is_video
 from . import finite_float
 from .infer_video import add_video_options, infer_video, load_detector
 
@@ -72,8 +72,9 @@ def parse_bbox(text: str) -> list[float]:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..detections import boxes_for_image, load_detections
-    from ..topdown import IMAGES_PER_FORWARD, PoseOptions, default_model
+    from ..pose.boxes import boxes_for_image, load_detections
+    from ..pose.pipeline import IMAGES_PER_FORWARD, PoseOptions
+    from ..pretrained import default_model
 
     if args.bbox and args.boxes:
         raise BoxError("give person boxes with --bbox or with --boxes, not both")
@@ -152,12 +153,12 @@ def _claim(taken: dict, name: str, path: str) -> None:
 
 def run_images(paths: list[str], model, options, taken: dict, boxes_of, detector=None) -> list:
     """Read the images and run their persons through the network together
-    (`refpose.topdown.predict_images`); per path, (poses, records, image) or the error.
-    A `detector` (refpose.detect.PersonDetector) gives each image's boxes instead of `boxes_of`,
+    (`refpose.pose.pipeline.predict_images`); per path, (poses, records, image) or the error.
+    A `detector` (refpose.pose.detector.PersonDetector) gives each image's boxes instead of `boxes_of`,
     and its records carry the detector's `box_score`."""
-    from ..detect import add_box_scores
-    from ..imageio import read_image
-    from ..topdown import predict_images
+    from ..pose.detector import add_box_scores
+    from ..pose.imageio import read_image
+    from ..pose.pipeline import predict_images
 
     results, items, where = {}, [], []
     for path in paths:
@@ -185,7 +186,7 @@ def run_images(paths: list[str], model, options, taken: dict, boxes_of, detector
 def write_outputs(path: str, image, poses: list, records: list, out_dir: Path, kpt_thr: float,
                   input_size: tuple[int, int]) -> None:
     """`<name>.pose.json`, `<name>.pose.png` and, for poses with heatmaps, the heatmap montages."""
-    from ..draw import draw_poses, encode_png, heatmap_montage
+    from ..pose.draw import draw_poses, encode_png, heatmap_montage
 
     stem = Path(path).stem
     files = {out_dir / f"{stem}.pose.json": (json.dumps(records, indent=1, allow_nan=False) + "\n").encode(),
@@ -201,9 +202,9 @@ def collect_images(paths: list[str]) -> tuple[list[str], list[str]]:
 
     Every entry of a directory with an image or video name is run, except folders: a broken
     link, a link loop or an unreadable file is reported with its reason when it is read
-    (`refpose.imageio.path_problem`), never skipped in silence."""
-    from ..imageio import IMAGE_SUFFIXES, path_problem
-    from ..video import VIDEO_SUFFIXES
+    (`refpose.pose.imageio.path_problem`), never skipped in silence."""
+    from ..pose.imageio import IMAGE_SUFFIXES, path_problem
+    from ..pose.video import VIDEO_SUFFIXES
 
     jobs, problems = [], []
     for p in paths:

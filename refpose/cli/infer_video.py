@@ -1,7 +1,7 @@
 """`refpose infer`'s person detector and video inputs: their options, and one video's run.
 
 `refpose infer` registers these options and hands each video to `infer_video`; the work is done
-by `refpose.detect.PersonDetector` and `refpose.video.run_video`.
+by `refpose.pose.detector.PersonDetector` and `refpose.pose.video.run_video`.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from . import finite_float
 
 def add_video_options(p) -> None:
     """--detector (person boxes from an ONNX detector) and the options of video inputs."""
-    from ..detect import YOLOX_NMS_IOU, default_runtime
-    from ..smooth import BETA, MIN_CUTOFF
-    from ..video import FOURCC, VIDEO_SUFFIXES
+    from ..pose.detector import YOLOX_NMS_IOU, default_runtime
+    from ..pose.smooth import BETA, MIN_CUTOFF
+    from ..pose.video import FOURCC, VIDEO_SUFFIXES
 
     runtime = ("ONNX Runtime (installed)" if default_runtime() == "onnxruntime"
                else "OpenCV cv2.dnn (ONNX Runtime, the 'onnx' extra, is not installed)")
@@ -69,14 +69,14 @@ def load_detector(detector: str | None, box_thr: float, bbox, boxes, start: floa
         raise RefposeError(f"--end ({end:g} s) must come after --start ({start:g} s)")
     if not detector:
         return None
-    from ..detect import PersonDetector
+    from ..pose.detector import PersonDetector
 
     return PersonDetector(detector, box_thr)
 
 
 def infer_video(path: str, model, out_dir: Path, args, detector) -> None:
-    """Run one video (refpose.video.run_video) and say what was written."""
-    from ..video import run_video
+    """Run one video (refpose.pose.video.run_video) and say what was written."""
+    from ..pose.video import run_video
 
     if args.boxes:
         raise RefposeError(f"{path}: --boxes matches images by name; give a video's boxes with --detector or --bbox")

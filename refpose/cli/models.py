@@ -103,7 +103,7 @@ def run_export(args) -> int:
         import torch  # noqa: F401
     except ImportError:
         raise WeightsError("export needs PyTorch: pip install 'refpose[torch]'") from None
-    from ..twin import export_checkpoint
+    from ..porting.twin import export_checkpoint
 
     cfg = export_checkpoint(args.checkpoint, args.out, args.config)
     print(f"wrote {args.out}" + (f": config {cfg.name}" if cfg is not None else ""))

@@ -22,7 +22,7 @@ Check another backend against refpose float64, in one of two ways:
   refpose oracle dump WEIGHTS OUT.npz [--inputs N] [--seed S]
       Write golden data for a backend without Python (see `refpose oracle dump --help`).
 
-Tolerances (relative to max|ref|), justified in refpose.oracle: float32 1e-4, float64 2e-13.
+Tolerances (relative to max|ref|), justified in refpose.porting.oracle: float32 1e-4, float64 2e-13.
 """
 
 DUMP_HELP = """\
@@ -88,7 +88,7 @@ def _add_sampling(p, argparse_defaults: bool) -> None:
 
 
 def run_export_onnx(args) -> int:
-    from ..onnx_export import export_onnx
+    from ..porting.onnx_export import export_onnx
 
     cfg = export_onnx(args.weights, args.config, args.out, opset=args.opset, taps=args.taps)
     print(f"wrote {args.out}: config {cfg.name}, opset {args.opset}, input 'input' (N, 3, "
@@ -99,7 +99,7 @@ def run_export_onnx(args) -> int:
 def run_oracle(args) -> int:
     if not (args.onnx and args.weights):
         args.oracle_parser.error("give --onnx MODEL.onnx and --weights WEIGHTS, or use `refpose oracle dump`")
-    from ..oracle import oracle_onnx, parse_taps
+    from ..porting.oracle import oracle_onnx, parse_taps
 
     result = oracle_onnx(args.onnx, args.weights, n=args.inputs, seed=args.seed, rtol=args.rtol,
                          config=args.config, taps=parse_taps(args.tap))
@@ -111,7 +111,7 @@ def run_dump(args) -> int:
     if args.onnx or args.weights or args.rtol is not None or args.tap:
         args.oracle_parser.error("`oracle dump` takes WEIGHTS OUT.npz; --onnx, --weights, --rtol and --tap "
                                  "belong to the comparison")
-    from ..oracle import dump
+    from ..porting.oracle import dump
 
     cfg = dump(args.dump_weights, args.dump_out, n=args.inputs, seed=args.seed, config=args.config)
     print(f"wrote {args.dump_out}: config {cfg.name}, {args.inputs} input(s), seed {args.seed}; "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..synth import DEFAULT_PERSONS, DEFAULT_SIZE, JPEG_QUALITY
+from ..data.synth import DEFAULT_PERSONS, DEFAULT_SIZE, JPEG_QUALITY
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
 
 
 def run_synth(args) -> int:
-    from ..synth import synthesize
+    from ..data.synth import synthesize
 
     s = synthesize(args.out, args.images, args.seed, size=args.size, persons=args.persons, fmt=args.format,
                    force=args.force, progress=not args.quiet)

@@ -1,4 +1,4 @@
-"""The conformance suite: a port against refpose float64, stage by stage (refpose.conformance.suite).
+"""The conformance suite: a port against refpose float64, stage by stage (refpose.porting.conformance.suite).
 
 Test ids read `test_stage[CONFIG-PRECISION-bBATCH-INPUT-STAGE]`, e.g. `tiny-fp32-b2-photo-s3`:
 the float32 port on two photo inputs, checked at s3's output at the float32 tolerance. Within a
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from refpose.conformance.plugin import SUITE
-from refpose.conformance.suite import STAGES
+from refpose.porting.conformance.plugin import SUITE
+from refpose.porting.conformance.suite import STAGES
 
 NOT_ASKED = ("the conformance suite needs --refpose-backend SPEC and --refpose-weights FILE, or "
              "--refpose-golden GOLDEN.npz and --refpose-outputs THEIRS.npz (see pytest --help)")

@@ -1,6 +1,6 @@
 """COCO person keypoints for training: the persons, the augmentation and the crop.
 
-The crop is inference's (`refpose.topdown`): box -> centre and scale (aspect ratio of the
+The crop is inference's (`refpose.pose.pipeline`): box -> centre and scale (aspect ratio of the
 input, padding 1.25), the affine of `get_affine_transform`, OpenCV's bilinear warp with zeros
 outside the image, RGB / 255 with the ImageNet mean and std. Augmentation only changes the
 centre, scale and angle of that region before the warp, and may mirror it, so a network
@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..keypoints import COCO, Keypoints
-from ..topdown import affine_points, box_to_center_scale, get_affine_transform, normalize, warp
+from ..pose.crop import affine_points, box_to_center_scale, get_affine_transform, normalize, warp
 from .targets import SIGMA, heatmap_targets
 
 # joints of the upper body, per dataset (MMPose dataset meta `upper_body_ids`); the rest are lower
@@ -86,8 +86,8 @@ def load_train_set(ann: "str | os.PathLike", images_dir: "str | os.PathLike",
     Images that are not in the folder are listed; TrainDataError when none is found or no person
     is left.
     """
-    from ..evaluate import person_box
-    from ..scoring import load_annotations
+    from ..data.evaluate import person_box
+    from ..data.coco import load_annotations
 
     images_dir = str(images_dir)
     if not os.path.isdir(images_dir):

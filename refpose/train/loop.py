@@ -32,7 +32,7 @@ from ..config import get_config
 from ..errors import RefposeError
 from ..fileio import write_atomic
 from . import TrainError
-from ..imageio import read_image
+from ..pose.imageio import read_image
 from .data import Augment, load_train_set, make_sample, sample_rng
 from .settings import TrainSettings
 
@@ -208,7 +208,7 @@ def train(s: TrainSettings) -> TrainResult:
     """Run (or continue) a training run and write its folder; see the module docstring."""
     from tqdm import tqdm
 
-    from ..twin import WGNetTwin
+    from ..porting.twin import WGNetTwin
 
     device = resolve_device(s.device, s.amp)
     if s.epochs < 1 or s.batch < 1 or s.val_every < 1 or s.log_every < 1 or s.workers < 0:
@@ -460,7 +460,7 @@ class RunLog:
 
     def export(self, checkpoint: Path, path: Path, extra: dict) -> None:
         """The twin's weights in a checkpoint -> a refpose weights file (`refpose export`'s code)."""
-        from ..twin import read_checkpoint
+        from ..porting.twin import read_checkpoint
         from ..weights import save_weights
 
         tensors, cfg = read_checkpoint(checkpoint, self.cfg)
@@ -469,7 +469,7 @@ class RunLog:
     def validate(self, checkpoint: Path, epoch: float) -> dict:
         """COCO AP of the checkpoint's weights on the validation set, run by refpose's own
         NumPy pipeline exactly as `refpose eval --images` runs (flip test, OKS-NMS)."""
-        from ..evaluate import ModelSpec, RunOptions, evaluate_images
+        from ..data.evaluate import ModelSpec, RunOptions, evaluate_images
 
         weights = self.out / "val" / "weights.safetensors"
         self.export(checkpoint, weights, {"epoch": f"{epoch:g}"})

@@ -7,7 +7,7 @@ Run by hand (needs torch), from the repository root:
 The twin (refpose/twin.py, written independently from DESIGN.md) runs in float64 on the
 weights `refpose.init_weights("tiny", WEIGHTS_SEED)` and a seeded input that is not
 stored: the test regenerates it from INPUT_SEED. The file keeps a compact subset, so that
-`tests/test_parity.py` can check the NumPy model where torch is not installed:
+`tests/porting/test_parity.py` can check the NumPy model where torch is not installed:
 
 - head_index, head_value: 1024 fixed random positions of the flattened output (N, 17, H/4, W/4);
 - mean_<tap>, absmax_<tap>: per-channel means over (N, H, W) and max |value| of every tap;
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import refpose
-from refpose.twin import WGNetTwin
+from refpose.porting.twin import WGNetTwin
 
 CONFIG = "tiny"
 WEIGHTS_SEED = 0

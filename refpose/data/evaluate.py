@@ -1,0 +1,399 @@
+"""`refpose eval --images`: run the top-down pipeline over annotated images, resumably, and score it.
+
+The run follows MMPose 0.x `TopDownCocoDataset.evaluate` (and HRNet `lib/dataset/coco.py`):
+one pose per person box (ground-truth boxes, or detections), flip test, rescoring (box
+score x mean keypoint score above 0.2), then OKS-NMS per image at 0.9 — all done by
+`refpose.pose.pipeline.predict` — and COCOeval over the images that were run (`refpose.data.coco`).
+Each finished image is appended to a progress file, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..pose.boxes import find_detections, load_detections
+from ..fileio import is_number
+from ..errors import DataError, ImageError, RefposeError, WeightsError
+from ..fileio import check_output_path, write_atomic
+from ..pose.nms import OKS_NMS_THR
+from .coco import Annotations, coco_eval, load_annotations, load_results
+
+PROGRESS_SUFFIX = ".progress.jsonl"
+PROGRESS_FORMAT = "refpose-eval-progress/1"
+
+
+# --- what to run ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a worker needs to load the model itself (a model object does not cross processes)."""
+
+    weights: str | None = None
+    config: str | None = None
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: flip test, the first `limit` images only, worker processes, start over."""
+
+    flip: bool = True
+    limit: int | None = None
+    workers: int = 1
+    restart: bool = False
+
+    def check(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise DataError(f"limit must be a positive number of images, got {self.limit}")
+        if self.workers < 1:
+            raise DataError(f"workers must be at least 1, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to run: its id, its path, and the person boxes (K, 4) xywh with scores (K,)."""
+
+    image_id: int
+    path: str
+    boxes: np.ndarray
+    box_scores: np.ndarray
+
+
+@dataclass
+class EvalRun:
+    """What `evaluate_images` did: the figures and how they were obtained."""
+
+    stats: dict                        # the ten figures by name (None where pycocotools says -1)
+    results_path: str
+    records: int                       # poses written to the results file
+    images: int                        # images asked for (after `limit`)
+    scored: list                       # ids of the images the figures cover
+    resumed: int                       # images taken from the progress file of an earlier run
+    missing: list = field(default_factory=list)   # (path, problem) of images that could not be read
+    boxes: str = "ground-truth person boxes"
+
+
+# --- person boxes ------------------------------------------------------------------------------
+
+def gt_person_boxes(gt: Annotations) -> dict[int, np.ndarray]:
+    """Ground-truth person boxes per image id, (K, 4) xywh, as MMPose takes them (`use_gt_bbox`).
+
+    The persons are those with labelled keypoints and a positive area (MMPose 0.x
+    `_load_coco_keypoint_annotation_kernel`, HRNet `_load_coco_keypoint_annotation_kernal`),
+    so crowd regions, which have none, are left out. The box is clipped to the image,
+    x in [0, width - 1] and y in [0, height - 1], as MMPose 1.x `parse_data_info` does, and
+    dropped when nothing is left of it.
+    """
+    boxes = {image_id: [] for image_id in gt.images}
+    for a in gt.dataset["annotations"]:
+        box = person_box(a, gt.images[a["image_id"]])
+        if box is not None:
+            boxes[a["image_id"]].append(box)
+    return {k: np.array(v, dtype=np.float64).reshape(-1, 4) for k, v in boxes.items()}
+
+
+def person_box(a: dict, img: dict) -> list[float] | None:
+    """The box [x, y, w, h] of a checked annotation clipped to its image, or None when it is
+    not a person to take (no labelled keypoint, no area, nothing left after clipping); the
+    rules of `gt_person_boxes`, which training follows too."""
+    if a["num_keypoints"] == 0 or max(a["keypoints"]) == 0 or a["area"] <= 0:
+        return None
+    width, height = (img.get(k) if is_number(img.get(k)) else math.inf for k in ("width", "height"))
+    x, y, w, h = a["bbox"]
+    x1, y1 = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
+    x2, y2 = min(max(x + w, 0), width - 1), min(max(y + h, 0), height - 1)
+    return [x1, y1, x2 - x1, y2 - y1] if x2 > x1 and y2 > y1 else None
+
+
+def detections_per_image(path: str, gt: Annotations) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Person detections (boxes (K, 4), scores (K,)) per image id of the ground truth.
+
+    `load_detections` reads the file (persons, score >= 0, as HRNet evaluates) and
+    `find_detections` matches its records to each image (by image id, file name or numeric
+    stem). Detections of images the ground truth does not have are left out (a detection
+    file often covers a whole split), but a file that shares no image with it is refused.
+    """
+    detections = load_detections(path)
+    empty = (np.zeros((0, 4)), np.zeros(0))
+    per_image = {}
+    for image_id, img in gt.images.items():
+        found = find_detections(detections, img.get("file_name") or "", image_id)
+        per_image[image_id] = found[1] if found else empty
+    if not any(len(boxes) for boxes, _ in per_image.values()):
+        raise DataError(f"{path}: no detection belongs to an image of {gt.source}")
+    return per_image
+
+
+def check_image_folder(images: str) -> None:
+    """DataError with the real reason when the image folder of a run cannot be used."""
+    from ..pose.imageio import path_problem
+
+    problem = path_problem(images, folder=True)
+    if problem:
+        raise DataError(f"{images}: cannot use as the image directory: {problem}")
+
+
+def make_jobs(gt: Annotations, images: str, boxes: str | None, limit: int | None) -> tuple[list[ImageJob], str]:
+    """The images to run with their boxes, and where the boxes come from."""
+    for img in gt.images.values():
+        if not isinstance(img.get("file_name"), str):
+            raise DataError(f"{gt.source}: image {img['id']} has no file_name to find it by in {images}")
+    if boxes is None:
+        per_image = {k: (b, np.ones(len(b))) for k, b in gt_person_boxes(gt).items()}
+        source = "ground-truth person boxes"
+    else:
+        per_image, source = detections_per_image(boxes, gt), f"detections from {boxes}"
+    jobs = [ImageJob(image_id, os.path.join(images, img["file_name"]), *per_image[image_id])
+            for image_id, img in list(gt.images.items())[:limit]]
+    return jobs, source
+
+
+# --- running one image ---------------------------------------------------------------------------
+
+class Predictor:
+    """Runs images: top-down poses on their boxes, flip test, OKS-NMS; COCO records out."""
+
+    def __init__(self, spec: ModelSpec, flip: bool = True):
+        from ..pose.pipeline import PoseOptions
+        from ..pretrained import default_model
+
+        self.model = default_model(weights=spec.weights, config=spec.config, dtype=spec.dtype)
+        self.options = PoseOptions(flip=flip, oks_nms=OKS_NMS_THR)
+
+    def __call__(self, jobs: list[ImageJob]) -> list[tuple[int, list[dict] | None, str | None]]:
+        """Per job, (image id, records, None), or (image id, None, the problem) for a missing
+        image. The crops of all the jobs' images share forward passes (`predict_images`); the
+        fast path computes a crop the same wherever it lies in a batch, so the records are those
+        of the images run one by one."""
+        from ..pose.imageio import path_problem, read_image
+        from ..pose.pipeline import predict_images
+
+        out, items, where = {}, [], []
+        for job in jobs:
+            if len(job.boxes) == 0:
+                # nobody to look at: the image is not decoded, only its presence is checked
+                problem = path_problem(job.path)
+                out[job.image_id] = (job.image_id, None, problem) if problem else (job.image_id, [], None)
+                continue
+            try:
+                image = read_image(job.path)
+            except ImageError as e:
+                out[job.image_id] = (job.image_id, None, _strip_path(str(e), job.path))
+                continue
+            items.append((image, job.boxes, job.box_scores, job.image_id, None))
+            where.append(job)
+        for job, result in zip(where, predict_images(items, self.model, self.options, keep_going=True)):
+            if isinstance(result, RefposeError):   # a box the pipeline refuses: name its image
+                raise type(result)(f"{job.path}: {result}")
+            records = result[1]
+            for r in records:
+                # the COCO keypoint-results format has no box; with one, pycocotools' loadRes would
+                # take the box area for APm/APl (see scoring.load_results)
+                del r["bbox"]
+            out[job.image_id] = (job.image_id, records, None)
+        return [out[job.image_id] for job in jobs]
+
+
+def _strip_path(message: str, path: str) -> str:
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+class _Worker:
+    """The pool's initializer and task of one worker process: it builds its Predictor once.
+
+    An initializer that raises makes the pool respawn the worker forever, so a model that
+    cannot be built is kept as the error and raised by the first task instead.
+    """
+
+    predictor: "Predictor | RefposeError | None" = None     # one per worker process
+
+    @classmethod
+    def start(cls, spec: ModelSpec, flip: bool, threads: int) -> None:
+        from ..threads import single_threaded_blas, set_kernel_threads
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the group: the parent ends the pool
+        single_threaded_blas()                          # for the life of this worker process
+        set_kernel_threads(threads)                     # the workers share the cores
+        try:
+            cls.predictor = Predictor(spec, flip)
+        except RefposeError as e:
+            cls.predictor = e
+
+    @classmethod
+    def run(cls, jobs: list[ImageJob]):
+        if isinstance(cls.predictor, RefposeError):
+            raise cls.predictor
+        return cls.predictor(jobs)
+
+
+def run_jobs(jobs: list[ImageJob], spec: ModelSpec, flip: bool, workers: int):
+    """Yield (image id, records, problem) per job: in order in this process when `workers`
+    is 1, else as worker processes finish them (each loads the model once). The jobs go in
+    chunks of IMAGES_PER_FORWARD images whose crops share forward passes. BLAS runs on one
+    thread in every process, so the records do not depend on `workers`."""
+    from ..threads import single_threaded_blas
+    from ..pose.pipeline import IMAGES_PER_FORWARD
+
+    if not jobs:
+        return
+    chunks = [jobs[i:i + IMAGES_PER_FORWARD] for i in range(0, len(jobs), IMAGES_PER_FORWARD)]
+    if workers == 1:
+        predictor = Predictor(spec, flip)
+        with single_threaded_blas():
+            for chunk in chunks:
+                yield from predictor(chunk)
+        return
+    import multiprocessing
+
+    # spawn, not fork: a forked child would inherit the parent's BLAS and Numba thread pools
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ctx.Pool(min(workers, len(chunks)), _Worker.start, (spec, flip, threads)) as pool:
+        for results in pool.imap_unordered(_Worker.run, chunks):
+            yield from results
+
+
+# --- progress: resuming an interrupted run -------------------------------------------------------
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _weights_key(spec: ModelSpec) -> str:
+    """The digest of the weights file the model comes from, or how its weights were made."""
+    from ..pretrained import DEFAULT_CONFIG, default_weights_path
+
+    if spec.weights is not None and not os.path.isfile(spec.weights):
+        raise WeightsError(f"{spec.weights}: no such weights file")
+    path = spec.weights or default_weights_path(spec.config or DEFAULT_CONFIG)
+    return _file_digest(str(path)) if path is not None else "untrained, seed 0"
+
+
+def run_settings(gt: Annotations, spec: ModelSpec, flip: bool, boxes: str | None) -> dict:
+    """What the poses depend on: a progress file written with other settings is not reused."""
+    return {"annotations": _file_digest(gt.source) if os.path.isfile(gt.source) else None,
+            "weights": _weights_key(spec), "config": spec.config, "dtype": spec.dtype, "flip": bool(flip),
+            "boxes": "ground truth" if boxes is None else _file_digest(boxes)}
+
+
+def open_progress(path: str, settings: dict, gt: Annotations, restart: bool) -> dict[int, list[dict]]:
+    """Start a progress file (new, or `restart`), or read the finished images of an earlier run."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)   # as write_atomic does
+        if not restart and os.path.exists(path):
+            return _read_progress(path, settings, gt)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"format": PROGRESS_FORMAT, "settings": settings}, allow_nan=False) + "\n")
+        return {}
+    except OSError as e:
+        raise DataError(f"{path}: cannot write the progress file: {e.strerror or e}") from None
+
+
+def _read_progress(path: str, settings: dict, gt: Annotations) -> dict[int, list[dict]]:
+    """Finished images of an earlier run with the same settings: {image id: records}."""
+    with open(path, encoding="utf-8", errors="replace") as f:   # garbage fails the header check
+        lines = f.read().split("\n")
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != PROGRESS_FORMAT:
+        raise DataError(f"{path}: not a refpose eval progress file; delete it or pass --restart")
+    if header.get("settings") != settings:
+        diff = sorted(k for k in settings if header.get("settings", {}).get(k) != settings[k])
+        raise DataError(f"{path}: an earlier run with other settings ({', '.join(diff)}) left this "
+                        "progress file; pass --restart to start over")
+    done = {}
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            done[int(entry["image_id"])] = entry["records"]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            if n == len(lines):           # the last line of an interrupted write: redo that image
+                break
+            raise DataError(f"{path}: line {n} is damaged; pass --restart to start over") from None
+    unknown = [i for i in done if i not in gt.images]
+    if unknown:
+        raise DataError(f"{path}: image id {unknown[0]} is not an image of {gt.source}; "
+                        "pass --restart to start over")
+    return done
+
+
+def run_with_progress(todo: list[ImageJob], done: dict, progress_path: str, spec: ModelSpec,
+                      options: RunOptions, bar) -> list[tuple[str, str]]:
+    """Run the jobs, appending each finished image to the progress file and to `done`;
+    returns (path, problem) of the images that could not be read."""
+    paths, missing = {job.image_id: job.path for job in todo}, []
+    persons, start = 0, time.perf_counter()
+    with open(progress_path, "a", encoding="utf-8") as log:
+        for image_id, records, problem in run_jobs(todo, spec, options.flip, options.workers):
+            if problem is None:
+                done[image_id] = records
+                log.write(json.dumps({"image_id": image_id, "records": records}, allow_nan=False) + "\n")
+                log.flush()
+                persons += len(records)
+            else:
+                missing.append((paths[image_id], problem))
+            bar.set_postfix_str(f"{persons / (time.perf_counter() - start):.1f} persons/s", refresh=False)
+            bar.update()
+    return missing
+
+
+# --- the whole run ---------------------------------------------------------------------------------
+
+def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.PathLike" = "result_keypoints.json",
+                    *, boxes: "str | os.PathLike | None" = None, model: ModelSpec = ModelSpec(),
+                    options: RunOptions = RunOptions(), progress: bool | None = None) -> EvalRun:
+    """Run top-down pose estimation over the annotated images and score the results.
+
+    MMPose `TopDownCocoDataset` protocol: one pose per person box (the ground truth's when
+    `boxes` is None, else the detections of a COCO detection-results file), flip test,
+    rescoring, OKS-NMS per image at 0.9; then COCOeval over the images that were found.
+    Each finished image is appended to `<results_out>.progress.jsonl`, so an interrupted
+    run started again with the same settings skips them; the file is removed once every
+    image is done (kept after a `limit` run, which a longer one then continues).
+    `options.workers` > 1 spreads images over processes that each load the model once.
+    Images that are missing or unreadable are listed in `EvalRun.missing` and left out of
+    the figures (COCOeval's `imgIds` are the images that were run); images without a person
+    box are only looked for, not decoded.
+    """
+    from tqdm import tqdm
+
+    gt, images, results_out = load_annotations(ann), str(images), str(results_out)
+    boxes = None if boxes is None else str(boxes)
+    check_image_folder(images)
+    options.check()
+    jobs, box_source = make_jobs(gt, images, boxes, options.limit)
+    check_output_path(results_out)           # before the long run, not after it
+    progress_path = results_out + PROGRESS_SUFFIX
+    done = open_progress(progress_path, run_settings(gt, model, options.flip, boxes), gt, options.restart)
+    resumed = sum(job.image_id in done for job in jobs)
+    todo = [job for job in jobs if job.image_id not in done]
+    with tqdm(total=len(jobs), initial=resumed, desc="eval", unit="img",
+              disable=None if progress is None else not progress) as bar:
+        missing = sorted(run_with_progress(todo, done, progress_path, model, options, bar))
+
+    scored = [job.image_id for job in jobs if job.image_id in done]
+    if not scored:
+        raise DataError(f"{images}: none of the {len(jobs)} images of {gt.source} could be read "
+                        f"(first: {missing[0][0]}: {missing[0][1]})")
+    records = [r for image_id in scored for r in done[image_id]]
+    write_atomic(results_out, json.dumps(records, allow_nan=False).encode())
+    if not missing and len(jobs) == len(gt.images):
+        os.unlink(progress_path)      # kept after a --limit run, so that a longer one continues it
+    stats = coco_eval(gt, load_results(records, gt) if records else [], image_ids=scored)
+    return EvalRun(stats, results_out, len(records), len(jobs), scored, resumed, missing, box_source)

@@ -1,0 +1,209 @@
+"""Pose estimation on a video: frames in through OpenCV, a drawn video and a JSON-lines file out.
+
+For `clip.mp4` (any file OpenCV's video reader opens) `run_video` writes, in the output folder,
+
+- `clip.pose.mp4`: every frame of the range, with skeletons drawn on the processed ones; the
+  same width, height and frame rate as the input (codec MPEG-4 Part 2, fourcc `mp4v`, which
+  every OpenCV build with FFmpeg can write). OpenCV's FFmpeg writer takes even widths and heights
+  only, so an odd size loses its last column or row (`size_written` in the summary says so);
+- `clip.pose.jsonl`: one line per frame of the range, `{"frame": i, "time": i / fps,
+  "records": [...]}` with i the frame's index in the input and the records those of
+  `refpose infer` (COCO keypoint results, `image_id` = i) plus `box_score` and, when smoothing,
+  `track_id`. Frames left out by `every` get `"records": []`.
+
+Both are written under temporary names beside the final ones and renamed when the last frame is
+in, so a failed or interrupted run leaves nothing under the final names.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import RefposeError
+from .imageio import _quiet_stderr, path_problem  # _quiet_stderr: FFmpeg and OpenCV print on fd 2
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
+                  ".ts", ".3gp", ".ogv")
+FOURCC = "mp4v"
+DEFAULT_FPS = 30.0           # when the container does not give a frame rate
+
+
+class VideoError(RefposeError):
+    """A video that cannot be read (missing, not a video, no frames in range) or written."""
+
+
+def is_video(path: "str | os.PathLike") -> bool:
+    """Whether `refpose infer` treats this path as a video (by its suffix)."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def output_paths(path: "str | os.PathLike", out_dir: "str | os.PathLike") -> tuple[Path, Path]:
+    """`<out_dir>/<stem>.pose.mp4` and `<out_dir>/<stem>.pose.jsonl` for the video at `path`."""
+    stem = Path(path).stem
+    return Path(out_dir) / f"{stem}.pose.mp4", Path(out_dir) / f"{stem}.pose.jsonl"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    fps: float
+    frames: int              # the container's frame count (0 when it does not say; may be approximate)
+
+
+def open_video(path: "str | os.PathLike") -> tuple[cv2.VideoCapture, VideoInfo]:
+    """An opened cv2.VideoCapture and what the container says about the video; VideoError otherwise."""
+    path = os.fspath(path)
+    problem = path_problem(path, kind="a video")
+    if problem:
+        raise VideoError(f"{path}: {problem}")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+    with _quiet_stderr():
+        cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise VideoError(f"{path}: OpenCV cannot read this file as a video")
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    fps = fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS
+    info = VideoInfo(fps, max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))))
+    return cap, info
+
+
+def frame_range(fps: float, start: float = 0.0, end: float | None = None) -> tuple[int, int | None]:
+    """Indices [first, stop) of the frames whose time i / fps lies in [start, end); stop None = to the end."""
+    first = max(0, math.ceil(start * fps - 1e-9))
+    stop = None if end is None else max(first, math.ceil(end * fps - 1e-9))
+    return first, stop
+
+
+@contextlib.contextmanager
+def staged(paths: list[Path]):
+    """Temporary paths beside `paths` (same suffix, so that writers pick the same format); renamed onto
+    `paths` when the block completes, deleted when it does not."""
+    token = secrets.token_hex(6)
+    temps = [p.with_name(f".{p.stem}.{token}.tmp{p.suffix}") for p in paths]
+    try:
+        yield temps
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *, boxes=None, detector=None,
+              every: int = 1, start: float = 0.0, end: float | None = None, smooth: bool = False,
+              flip: bool = False, dark: bool = False, kpt_thr: float = 0.3, progress: bool = True,
+              fourcc: str = FOURCC) -> dict:
+    """Estimate poses on the frames of a video and write `<stem>.pose.mp4` and `<stem>.pose.jsonl`.
+
+    Person boxes per processed frame: `detector(rgb)` -> (boxes, scores) when given, else `boxes`
+    (K, 4) COCO x, y, w, h for every frame, else the whole frame. Every `every`-th frame of the range
+    [start, end) (seconds) is processed, the first one included; the others are copied. With `smooth`,
+    keypoints are smoothed over time per tracked person (refpose.pose.smooth). Returns a summary:
+    `frames` (written), `processed`, `persons` (summed over frames), `outputs` (the two paths).
+    """
+    from tqdm import tqdm
+
+    from .draw import draw_poses
+    from .smooth import PoseSmoother
+
+    path = os.fspath(path)
+    if int(every) < 1:
+        raise VideoError(f"--every must be at least 1, got {every}")
+    if start < 0 or (end is not None and end <= start):
+        raise VideoError(f"the range must have 0 <= start < end, got start {start}, end {end}")
+    cap, info = open_video(path)
+    smoother = PoseSmoother() if smooth else None
+    first, stop = frame_range(info.fps, start, end)
+    known = [n for n in (stop, info.frames or None) if n is not None]
+    total = min(known) - first if known else None              # for the progress bar only
+    outputs = list(output_paths(path, out_dir))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    written = processed = persons = 0
+    writer = None
+    try:
+        for _ in range(first):                                  # decode up to the range (seeking is not exact)
+            if not cap.grab():
+                break
+        with staged(outputs) as (tmp_video, tmp_lines):
+            with open(tmp_lines, "x", encoding="utf-8") as lines, \
+                    tqdm(total=total if total and total > 0 else None, unit="frame", desc=Path(path).name,
+                         file=sys.stderr, disable=None if progress else True, leave=False) as bar:
+                index = first
+                while stop is None or index < stop:
+                    ok, bgr = cap.read()
+                    if not ok or bgr is None:
+                        break
+                    if writer is None:
+                        size = (bgr.shape[1], bgr.shape[0])                  # (W, H) of the frames
+                        even = (bgr.shape[0] & ~1, bgr.shape[1] & ~1)       # (H, W) that the writer keeps
+                        writer = _open_writer(tmp_video, outputs[0], fourcc, info.fps, even[1], even[0])
+                    records = []
+                    if (index - first) % every == 0:
+                        rgb = np.ascontiguousarray(bgr[..., ::-1])
+                        poses, records = frame_poses(rgb, index, model, boxes=boxes, detector=detector,
+                                                     smoother=smoother, flip=flip, dark=dark)
+                        bgr = np.ascontiguousarray(draw_poses(rgb, poses, kpt_thr)[..., ::-1])
+                        processed += 1
+                        persons += len(poses)
+                    writer.write(np.ascontiguousarray(bgr[:even[0], :even[1]]))
+                    lines.write(json.dumps({"frame": index, "time": round(index / info.fps, 6),
+                                            "records": records}, allow_nan=False) + "\n")
+                    written += 1
+                    index += 1
+                    bar.update(1)
+            if writer is None:
+                until = "the end" if end is None else f"{end:g} s"
+                where = f" between {start:g} s and {until}" if (start or end) else ""
+                raise VideoError(f"{path}: no frames to read{where}")
+            writer.release()
+            writer = None
+            if not os.path.exists(tmp_video) or os.path.getsize(tmp_video) == 0:
+                raise VideoError(f"{outputs[0]}: OpenCV wrote no video (codec {fourcc})")
+    except RefposeError as e:
+        if not str(e).startswith(path):
+            raise type(e)(f"{path}: {e}") from None
+        raise
+    finally:
+        if writer is not None:
+            writer.release()
+        cap.release()
+    return {"frames": written, "processed": processed, "persons": persons, "fps": info.fps,
+            "size": size, "size_written": (even[1], even[0]),
+            "outputs": [str(p) for p in outputs]}
+
+
+def frame_poses(rgb: np.ndarray, index: int, model, *, boxes=None, detector=None, smoother=None,
+                flip: bool = False, dark: bool = False) -> tuple[list[dict], list[dict]]:
+    """Poses of one frame (see `refpose.pose.pipeline.estimate`) and their COCO records (`image_id` = the
+    frame index, with `box_score` and, when a smoother tracks them, `track_id`)."""
+    from .detector import add_box_scores
+    from .pipeline import estimate, keypoints_of, to_coco_records
+
+    frame_boxes, scores = detector(rgb) if detector is not None else (boxes, None)
+    poses = estimate(rgb, model, frame_boxes, box_scores=scores, flip=flip, dark=dark)
+    if smoother is not None:
+        poses = smoother(poses, index)
+    records = add_box_scores(to_coco_records(poses, image_id=index, category=keypoints_of(model).person_category),
+                             scores if scores is not None else np.ones(len(poses)))
+    for r, p in zip(records, poses):
+        if "track_id" in p:
+            r["track_id"] = int(p["track_id"])
+    return poses, records
+
+
+def _open_writer(tmp: Path, final: Path, fourcc: str, fps: float, width: int, height: int) -> cv2.VideoWriter:
+    with _quiet_stderr():
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    if not writer.isOpened():
+        raise VideoError(f"{final}: OpenCV cannot write a {width}x{height} video with codec {fourcc}")
+    return writer
