@@ -12,7 +12,7 @@ from refpose.fileio import is_int, is_number
 from refpose.pose.boxes import load_detections
 from refpose.pose.draw import draw_poses
 from refpose.errors import DataError
-from refpose.data.mpii import load_annotations as load_mpii_annotations, load_predictions
+from refpose.data.mpii import load_entries as load_mpii_annotations, load_predictions
 from refpose.data.coco import load_annotations, load_results
 
 HUGE = 10 ** 400          # a valid JSON number that no float holds

@@ -202,7 +202,7 @@ def test_image_with_a_mutated_header(data):
 
 # --- detections, results, annotations (JSON records) ---------------------------------------------
 from refpose.pose.boxes import load_detections  # noqa: E402
-from refpose.data.mpii import load_annotations as load_mpii_annotations, load_predictions  # noqa: E402
+from refpose.data.mpii import load_entries as load_mpii_annotations, load_predictions  # noqa: E402
 from refpose.data.coco import coco_eval, load_annotations, load_results  # noqa: E402
 
 KPTS = [10, 12, 2] * 17

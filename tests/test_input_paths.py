@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from refpose.cli.infer import collect_images
+from refpose.pose.files import collect_inputs as collect_images
 from refpose.errors import ImageError
 from refpose.pose.imageio import path_problem, read_image
 
@@ -61,7 +61,7 @@ def test_path_problem_names_each_cause(tmp_path, linked):
 PROBE = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from refpose.cli.infer import collect_images
+from refpose.pose.files import collect_inputs as collect_images
 from refpose.errors import RefposeError
 from refpose.data.evaluate import check_image_folder
 from refpose.pose.imageio import read_image

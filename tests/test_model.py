@@ -138,3 +138,17 @@ def test_batch_independence(tiny64):
         np.testing.assert_allclose(batch[i], tiny64(x[i:i + 1])[0], rtol=0, atol=1e-10 * scale)
     # and the images really differ (so a broadcast of one image's result would fail above)
     assert np.abs(batch[0] - batch[1]).max() > 1e-3 * scale
+
+
+@pytest.mark.parametrize("config", ["tiny", pytest.param("wgnet", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_images_heatmaps_do_not_depend_on_its_batch(config, dtype):
+    """The fast path computes an image the same wherever it lies in a batch and whatever else is
+    in it, bit for bit: the records of a run do not depend on how images were grouped."""
+    model = refpose.build(config, seed=0, dtype=dtype)
+    H, W = model.config.input_size
+    x = np.random.default_rng(5).standard_normal((3, 3, H, W))
+    together = model(x)
+    for i in range(3):
+        np.testing.assert_array_equal(model(x[i:i + 1]), together[i:i + 1])
+    np.testing.assert_array_equal(model(x[[2, 0]]), together[[2, 0]])

@@ -72,11 +72,11 @@ def run_pckh(args) -> int:
         used += ["--no-flip"] if not args.flip else []
         if used:
             args.parser.error(f"{', '.join(used)} only go with --images (a run), not with --results")
-        stats = pckh.score_results(args.ann, args.gt, args.results)
+        stats = pckh.score_pckh(args.ann, args.gt, args.results)
         title = f"{args.results} against {args.gt}"
     else:
         out = args.results_out or "pred_mpii.json"
-        stats = pckh.evaluate_images(args.ann, args.gt, args.images, results_out=out, weights=args.weights,
+        stats = pckh.evaluate_pckh(args.ann, args.gt, args.images, results_out=out, weights=args.weights,
                                      config=args.config, flip=args.flip)
         title = f"wrote {out}; flip test {'on' if args.flip else 'off'}"
     if args.json:

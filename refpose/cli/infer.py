@@ -1,14 +1,16 @@
 """`refpose infer`: top-down pose estimation on image files (DESIGN section 5).
 
-For each image: person boxes (`--bbox`, `--boxes DETS.json`, or the whole image) ->
-`refpose.pose.pipeline.predict` -> `<name>.pose.json` (COCO keypoint results) and
-`<name>.pose.png` (the skeleton drawn on the image) in `--out`. Files are written
+For each image: person boxes (`--bbox`, `--boxes DETS.json`, `--detector`, or the whole image)
+-> the image driver (`refpose.pose.driver.run_images`) -> `<name>.pose.json` (COCO keypoint
+results) and `<name>.pose.png` (the skeleton drawn on the image) in `--out`
+(`refpose.pose.files`); a video goes to `refpose.pose.video.run_video`. Files are written
 atomically. A bad image is reported on one line and the others go on; the exit status is
 0 when all went well, 1 when some failed, 2 when none could be processed.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -17,13 +19,10 @@ from pathlib import Path
 
 from ..config import CONFIGS
 from ..errors import BoxError, RefposeError
-from ..fileio import write_files
-from ..pose.video import is_video
 from . import finite_float
 from .infer_video import add_video_options, infer_video, load_detector
 
 PROGRESS_MIN = 4          # a progress bar from this many images on (and only on a terminal)
-OUTPUT_SUFFIXES = (".pose.png", ".heatmaps.png", ".pose.mp4")   # our own outputs, skipped when scanning a directory
 
 
 def add_parser(sub) -> None:
@@ -70,169 +69,112 @@ def parse_bbox(text: str) -> list[float]:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
-    from ..pose.boxes import boxes_for_image, load_detections
-    from ..pose.pipeline import IMAGES_PER_FORWARD, PoseOptions
+    from ..pose.boxes import load_detections
+    from ..pose.files import OutputNames, collect_inputs
+    from ..pose.pipeline import PoseOptions
+    from ..pose.video import is_video
     from ..pretrained import default_model
 
     if args.bbox and args.boxes:
         raise BoxError("give person boxes with --bbox or with --boxes, not both")
     detector = load_detector(args.detector, args.box_thr, args.bbox, args.boxes, args.start, args.end)
     detections = load_detections(args.boxes, args.box_thr) if args.boxes else None
-    no_box = f"no person box with score >= {args.box_thr} in {args.boxes}"
     options = PoseOptions(flip=args.flip, dark=args.dark, heatmaps=args.heatmaps)
     model = default_model(args.weights, args.config)
     out_dir = Path(args.out)         # created with the first output (write_files), not before
     if out_dir.exists() and not out_dir.is_dir():
         raise RefposeError(f"{args.out}: the output directory is a file")
 
-    jobs, failed = collect_images(args.images)
-    for message in failed:
+    jobs, problems = collect_inputs(args.images)
+    for message in problems:
         _err(f"refpose infer: error: {message}")
-    done, persons, records_all = 0, 0, []
-    taken: dict[str, str] = {}               # output name -> the input that claimed it
-    bar = tqdm(total=len(jobs), unit="image", file=sys.stderr, disable=True if len(jobs) < PROGRESS_MIN else None)
-    start = time.perf_counter()
-    for chunk in (jobs[i:i + IMAGES_PER_FORWARD] for i in range(0, len(jobs), IMAGES_PER_FORWARD)):
-        videos = [p for p in chunk if is_video(p)]
-        images = [p for p in chunk if not is_video(p)]
-        for path in videos:
-            bar.update()
-            try:
-                _claim(taken, Path(path).stem, path)
-                infer_video(path, model, out_dir, args, detector)
-            except (RefposeError, OSError) as e:
-                failed.append(str(e))
-                tqdm.write(f"refpose infer: error: {_one_line(e, path)}", file=sys.stderr)
-                continue
-            done += 1
-        for path, result in run_images(images, model, options, taken, lambda name: boxes_for_image(
-                name, args.bbox, detections), detector):
-            bar.update()
-            try:
-                if isinstance(result, Exception):
-                    raise result
-                poses, records, image = result
-                if detections is not None and not poses:
-                    _err(f"refpose infer: note: {path}: {no_box}")
-                write_outputs(path, image, poses, records, out_dir, args.kpt_thr, model.config.input_size)
-            except (RefposeError, OSError) as e:
-                failed.append(str(e))
-                tqdm.write(f"refpose infer: error: {_one_line(e, path)}", file=sys.stderr)
-                continue
-            done, persons, records_all = done + 1, persons + len(poses), records_all + records
-            bar.set_postfix_str(f"{persons / (time.perf_counter() - start):.1f} persons/s", refresh=False)
-            if not args.json:
-                name = Path(path).stem
-                tqdm.write(f"{path}: {len(poses)} person{'s' if len(poses) != 1 else ''} -> "
-                           f"{out_dir / (name + '.pose.json')}, {out_dir / (name + '.pose.png')}", file=sys.stdout)
-    bar.close()
+    tally = _Tally(len(jobs), len(problems))
+    names = OutputNames()
+    for video, group in itertools.groupby(jobs, key=is_video):
+        if video:
+            for path in group:
+                try:
+                    names.claim(path)
+                    infer_video(path, model, out_dir, args, detector)
+                except (RefposeError, OSError) as e:
+                    tally.failed(e, path)
+                else:
+                    tally.done([])
+        else:
+            _infer_images(list(group), model, options, names, detections, detector, out_dir, args, tally)
+    tally.close()
     if args.json:
         try:
-            print(json.dumps(records_all, allow_nan=False), flush=True)
+            print(json.dumps(tally.records, allow_nan=False), flush=True)
         except BrokenPipeError:             # `refpose infer --json ... | head`: the reader has gone
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    if done == 0:
+    if tally.done_count == 0:
         return 2
     if model.trained is False:      # said once, after the results, so that an error stays one line
         source = model.source or f"seeded initialisation of config {model.config.name}"
         _err(f"refpose infer: warning: untrained weights ({source}): the keypoints are not meaningful "
              "until trained weights are given with --weights")
-    return 1 if failed else 0
+    return 1 if tally.failures else 0
 
 
-def _claim(taken: dict, name: str, path: str) -> None:
-    """Refuse an input whose outputs would overwrite those of an earlier one."""
-    if name in taken:
-        if os.path.realpath(taken[name]) == os.path.realpath(path):
-            raise RefposeError(f"{path}: given more than once (its outputs are written already)")
-        raise RefposeError(f"{path}: its outputs {name}.pose.* would overwrite those of {taken[name]}")
-    taken[name] = path
+def _infer_images(paths, model, options, names, detections, detector, out_dir: Path, args, tally) -> None:
+    """Run images through the image driver and write each one's outputs."""
+    from ..pose.boxes import boxes_for_image
+    from ..pose.driver import ImageInput, run_images
+    from ..pose.files import output_paths, write_outputs
 
-
-def run_images(paths: list[str], model, options, taken: dict, boxes_of, detector=None) -> list:
-    """Read the images and run their persons through the network together
-    (`refpose.pose.pipeline.predict_images`); per path, (poses, records, image) or the error.
-    A `detector` (refpose.pose.detector.PersonDetector) gives each image's boxes instead of `boxes_of`,
-    and its records carry the detector's `box_score`."""
-    from ..pose.detector import add_box_scores
-    from ..pose.imageio import read_image
-    from ..pose.pipeline import predict_images
-
-    results, items, where = {}, [], []
+    inputs = []
     for path in paths:
         try:
-            _claim(taken, Path(path).stem, path)
-            image = read_image(path)
-            boxes, scores, image_id = boxes_of(os.path.basename(path))
-            if detector is not None:
-                boxes, scores = detector(image)
+            names.claim(path)
         except RefposeError as e:
-            results[path] = e
+            tally.failed(e, path)
             continue
-        items.append((image, boxes, scores, image_id, None if image_id is not None else os.path.basename(path)))
-        where.append(path)
-    for path, item, out in zip(where, items, predict_images(items, model, options, keep_going=True)):
-        if isinstance(out, RefposeError):
-            results[path] = type(out)(f"{path}: {out}")
-            continue
-        if detector is not None:
-            add_box_scores(out[1], item[2])
-        results[path] = (*out, item[0])
-    return [(path, results[path]) for path in paths]
-
-
-def write_outputs(path: str, image, poses: list, records: list, out_dir: Path, kpt_thr: float,
-                  input_size: tuple[int, int]) -> None:
-    """`<name>.pose.json`, `<name>.pose.png` and, for poses with heatmaps, the heatmap montages."""
-    from ..pose.draw import draw_poses, encode_png, heatmap_montage
-
-    stem = Path(path).stem
-    files = {out_dir / f"{stem}.pose.json": (json.dumps(records, indent=1, allow_nan=False) + "\n").encode(),
-             out_dir / f"{stem}.pose.png": encode_png(draw_poses(image, poses, kpt_thr))}
-    for i, pose in enumerate(poses):
-        if "heatmaps" in pose:
-            files[out_dir / f"{stem}.person{i}.heatmaps.png"] = encode_png(heatmap_montage(image, pose, input_size))
-    write_files(files)
-
-
-def collect_images(paths: list[str]) -> tuple[list[str], list[str]]:
-    """Image paths to run (a directory gives its image files, sorted) and problems found on the way.
-
-    Every entry of a directory with an image or video name is run, except folders: a broken
-    link, a link loop or an unreadable file is reported with its reason when it is read
-    (`refpose.pose.imageio.path_problem`), never skipped in silence."""
-    from ..pose.imageio import IMAGE_SUFFIXES, path_problem
-    from ..pose.video import VIDEO_SUFFIXES
-
-    jobs, problems = [], []
-    for p in paths:
-        if not os.path.isdir(p):
-            jobs.append(p)                 # a missing file is reported when it is read
-            continue
-        problem = path_problem(p, folder=True)
+        boxes, scores, image_id = boxes_for_image(os.path.basename(path), args.bbox, detections)
+        inputs.append(ImageInput(path=path, boxes=boxes, box_scores=scores, image_id=image_id,
+                                 file_name=None if image_id is not None else os.path.basename(path)))
+    no_box = f"no person box with score >= {args.box_thr} in {args.boxes}"
+    for result in run_images(inputs, model, options, detector=detector, keep_images=True):
+        path = result.input.path
         try:
-            with os.scandir(p) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            problem = problem or (e.strerror or str(e))
-        if problem:
-            problems.append(f"{p}: cannot list this directory: {problem}")
+            if result.error is not None:
+                raise result.error
+            if detections is not None and not result.poses:
+                _err(f"refpose infer: note: {path}: {no_box}")
+            write_outputs(path, result.image, result.poses, result.records, out_dir, args.kpt_thr,
+                          model.config.input_size)
+        except (RefposeError, OSError) as e:
+            tally.failed(e, path)
             continue
-        found = [e.path for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
-                 and not e.name.endswith(OUTPUT_SUFFIXES) and not _is_dir(e)]
-        if not found:
-            problems.append(f"{p}: no image files in this directory")
-        jobs += found
-    return jobs, problems
+        tally.done(result.records)
+        if not args.json:
+            n = len(result.poses)
+            tqdm_write(f"{path}: {n} person{'s' if n != 1 else ''} -> {', '.join(map(str, output_paths(path, out_dir)))}",
+                       sys.stdout)
 
 
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:                        # a link loop: not a folder; reading it says why
-        return False
+class _Tally:
+    """The run's progress bar (images, persons/s), its records and its failures."""
+
+    def __init__(self, total: int, failures: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="image", file=sys.stderr, disable=True if total < PROGRESS_MIN else None)
+        self.start, self.persons, self.done_count, self.failures, self.records = time.perf_counter(), 0, 0, failures, []
+
+    def done(self, records: list) -> None:
+        self.bar.update()
+        self.done_count, self.persons = self.done_count + 1, self.persons + len(records)
+        self.records += records
+        self.bar.set_postfix_str(f"{self.persons / (time.perf_counter() - self.start):.1f} persons/s", refresh=False)
+
+    def failed(self, e: Exception, path: str) -> None:
+        self.bar.update()
+        self.failures += 1
+        _err(f"refpose infer: error: {_one_line(e, path)}")
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _one_line(e: Exception, path: str) -> str:
@@ -242,7 +184,11 @@ def _one_line(e: Exception, path: str) -> str:
     return text
 
 
-def _err(line: str) -> None:
+def tqdm_write(line: str, file) -> None:
     from tqdm import tqdm
 
-    tqdm.write(line, file=sys.stderr)
+    tqdm.write(line, file=file)
+
+
+def _err(line: str) -> None:
+    tqdm_write(line, sys.stderr)

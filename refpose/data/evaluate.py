@@ -168,37 +168,27 @@ class Predictor:
         self.options = PoseOptions(flip=flip, oks_nms=OKS_NMS_THR)
 
     def __call__(self, jobs: list[ImageJob]) -> list[tuple[int, list[dict] | None, str | None]]:
-        """Per job, (image id, records, None), or (image id, None, the problem) for a missing
-        image. The crops of all the jobs' images share forward passes (`predict_images`); the
-        fast path computes a crop the same wherever it lies in a batch, so the records are those
-        of the images run one by one."""
-        from ..pose.imageio import path_problem, read_image
-        from ..pose.pipeline import predict_images
+        return list(self.run(jobs))
 
-        out, items, where = {}, [], []
-        for job in jobs:
-            if len(job.boxes) == 0:
-                # nobody to look at: the image is not decoded, only its presence is checked
-                problem = path_problem(job.path)
-                out[job.image_id] = (job.image_id, None, problem) if problem else (job.image_id, [], None)
+    def run(self, jobs: list[ImageJob]):
+        """Per job, as they are done: (image id, records, None), or (image id, None, the problem)
+        for a missing image. The image driver runs them (`refpose.pose.driver.run_images`); an
+        image without a person box is only looked for, not decoded."""
+        from ..pose.driver import ImageInput, run_images
+
+        inputs = (ImageInput(path=job.path, boxes=job.boxes, box_scores=job.box_scores, image_id=job.image_id)
+                  for job in jobs)
+        for job, result in zip(jobs, run_images(inputs, self.model, self.options)):
+            if isinstance(result.error, ImageError):
+                yield job.image_id, None, _strip_path(str(result.error), job.path)
                 continue
-            try:
-                image = read_image(job.path)
-            except ImageError as e:
-                out[job.image_id] = (job.image_id, None, _strip_path(str(e), job.path))
-                continue
-            items.append((image, job.boxes, job.box_scores, job.image_id, None))
-            where.append(job)
-        for job, result in zip(where, predict_images(items, self.model, self.options, keep_going=True)):
-            if isinstance(result, RefposeError):   # a box the pipeline refuses: name its image
-                raise type(result)(f"{job.path}: {result}")
-            records = result[1]
-            for r in records:
+            if result.error is not None:               # a box the pipeline refuses: the run stops
+                raise result.error
+            for r in result.records:
                 # the COCO keypoint-results format has no box; with one, pycocotools' loadRes would
-                # take the box area for APm/APl (see scoring.load_results)
+                # take the box area for APm/APl (see coco.load_results)
                 del r["bbox"]
-            out[job.image_id] = (job.image_id, records, None)
-        return [out[job.image_id] for job in jobs]
+            yield job.image_id, result.records, None
 
 
 def _strip_path(message: str, path: str) -> str:
@@ -236,21 +226,20 @@ class _Worker:
 
 def run_jobs(jobs: list[ImageJob], spec: ModelSpec, flip: bool, workers: int):
     """Yield (image id, records, problem) per job: in order in this process when `workers`
-    is 1, else as worker processes finish them (each loads the model once). The jobs go in
-    chunks of IMAGES_PER_FORWARD images whose crops share forward passes. BLAS runs on one
-    thread in every process, so the records do not depend on `workers`."""
+    is 1, else as worker processes finish them (each loads the model once; a task is as many
+    images as share forward passes). BLAS runs on one thread in every process, so the records
+    do not depend on `workers`."""
+    from ..pose.driver import IMAGES_PER_FORWARD
     from ..threads import single_threaded_blas
-    from ..pose.pipeline import IMAGES_PER_FORWARD
 
     if not jobs:
         return
-    chunks = [jobs[i:i + IMAGES_PER_FORWARD] for i in range(0, len(jobs), IMAGES_PER_FORWARD)]
     if workers == 1:
         predictor = Predictor(spec, flip)
         with single_threaded_blas():
-            for chunk in chunks:
-                yield from predictor(chunk)
+            yield from predictor.run(jobs)
         return
+    chunks = [jobs[i:i + IMAGES_PER_FORWARD] for i in range(0, len(jobs), IMAGES_PER_FORWARD)]
     import multiprocessing
 
     # spawn, not fork: a forked child would inherit the parent's BLAS and Numba thread pools

@@ -168,7 +168,7 @@ def format_pckh(stats: dict) -> str:
 
 
 # --- the files around the metric ----------------------------------------------------------
-def load_annotations(path: "str | os.PathLike") -> list[dict]:
+def load_entries(path: "str | os.PathLike") -> list[dict]:
     """MMPose's `mpii_val.json`: a list with one entry per person (`image`, `center`, `scale`;
     `joints` and `joints_vis` are not needed to score). Checked entry by entry."""
     path = str(path)
@@ -211,9 +211,9 @@ def load_predictions(path_or_records, num_joints: int = 16) -> np.ndarray:
     return out
 
 
-def score_results(ann: "str | os.PathLike", gt: "str | os.PathLike", results) -> dict:
+def score_pckh(ann: "str | os.PathLike", gt: "str | os.PathLike", results) -> dict:
     """PCKh of a predictions file (or list of records) against the .mat; `ann` fixes the count."""
-    entries = load_annotations(ann)
+    entries = load_entries(ann)
     truth = load_ground_truth(gt)
     if len(entries) != truth.num_persons:
         raise DataError(f"{ann} has {len(entries)} persons but {gt} has {truth.num_persons}: "
@@ -235,7 +235,7 @@ def entry_box(entry: dict) -> list[float]:
     """The square box [x, y, w, h] (0-based pixels) whose top-down crop is MMPose's for an entry.
 
     MMPose: centre (1-based) moved down by 15 x scale, scale x 1.25, centre - 1; the crop is
-    scale x 200 px wide. `topdown.estimate` pads a box by `topdown.PADDING`, so the box is that
+    scale x 200 px wide. The pipeline pads a box by `refpose.pose.crop.PADDING`, so the box is that
     crop divided by the padding (for a square input the aspect-ratio fix changes nothing).
     """
     from ..pose.crop import PADDING
@@ -250,25 +250,17 @@ def entry_box(entry: dict) -> list[float]:
     return [cx - side / 2, cy - side / 2, side, side]
 
 
-def predict_images(ann: "str | os.PathLike", images: "str | os.PathLike", *, weights=None,
-                   config: str | None = None, dtype: str = "float32", flip: bool = True,
-                   progress: bool | None = None) -> list[dict]:
-    """Run the model on every entry of `mpii_val.json` (its image in `images`, the box from its
-    centre and scale), flip test on: one record per entry, in order, with `image` and `keypoints`
-    16 x [x, y, score] in 0-based image pixels."""
-    return _predict_entries(load_annotations(ann), images, weights=weights, config=config, dtype=dtype,
-                            flip=flip, progress=progress)
-
-
-def _predict_entries(entries: list[dict], images, *, weights=None, config: str | None = None,
-                     dtype: str = "float32", flip: bool = True, progress: bool | None = None) -> list[dict]:
-    """`predict_images` on annotations already read (`load_annotations`)."""
+def predict_entries(entries: list[dict], images, *, weights=None, config: str | None = None,
+                    dtype: str = "float32", flip: bool = True, progress: bool | None = None) -> list[dict]:
+    """Run the model on every entry of `mpii_val.json` (`load_entries`; its image in `images`, the
+    box from its centre and scale) through the image driver: one record per entry, in order, with
+    `image` and `keypoints` 16 x [x, y, score] in 0-based image pixels. A missing image stops the run."""
     from tqdm import tqdm
 
-    from .evaluate import check_image_folder
-    from ..pose.imageio import read_image
+    from ..pose.driver import ImageInput, run_images
+    from ..pose.pipeline import PoseOptions
     from ..pretrained import default_model
-    from ..pose.pipeline import estimate
+    from .evaluate import check_image_folder
 
     images = str(images)
     check_image_folder(images)
@@ -280,26 +272,28 @@ def _predict_entries(entries: list[dict], images, *, weights=None, config: str |
     by_image: dict[str, list[int]] = {}
     for i, a in enumerate(entries):
         by_image.setdefault(a["image"], []).append(i)
+    inputs = (ImageInput(path=os.path.join(images, name), boxes=np.array([entry_box(entries[i]) for i in idx]),
+                         file_name=name) for name, idx in by_image.items())
     records: list = [None] * len(entries)
     with tqdm(total=len(entries), desc="pckh", unit="person", disable=None if progress is None else not progress) as bar:
-        for name, idx in by_image.items():
-            image = read_image(os.path.join(images, name))
-            poses = estimate(image, model, [entry_box(entries[i]) for i in idx], flip=flip)
-            for i, p in zip(idx, poses):
+        for (name, idx), result in zip(by_image.items(), run_images(inputs, model, PoseOptions(flip=flip))):
+            if result.error is not None:
+                raise result.error
+            for i, p in zip(idx, result.poses):
                 records[i] = {"image": name, "keypoints": np.asarray(p["keypoints"]).tolist()}
             bar.update(len(idx))
     return records
 
 
-def evaluate_images(ann, gt, images, *, results_out: "str | os.PathLike" = "pred_mpii.json", **run) -> dict:
-    """Predict every entry (`predict_images`), write the records to `results_out`, score them."""
+def evaluate_pckh(ann, gt, images, *, results_out: "str | os.PathLike" = "pred_mpii.json", **run) -> dict:
+    """Predict every entry (`predict_entries`), write the records to `results_out`, score them."""
     from ..fileio import write_atomic
 
     truth = load_ground_truth(gt)                    # fail on a bad .mat before the long run
-    entries = load_annotations(ann)
+    entries = load_entries(ann)
     if len(entries) != truth.num_persons:
         raise DataError(f"{ann} has {len(entries)} persons but {gt} has {truth.num_persons}: "
                         "they must be the same validation set, in the same order")
-    records = _predict_entries(entries, images, **run)
+    records = predict_entries(entries, images, **run)
     write_atomic(results_out, json.dumps(records, allow_nan=False).encode())
     return pckh(load_predictions(records), truth)

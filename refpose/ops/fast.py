@@ -18,7 +18,6 @@ import weakref
 import numpy as np
 
 from . import geometry, kernels, reference, simd
-from .reference import squeeze_excite  # noqa: F401  (not hot: a mean and two tiny matmuls)
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 PLANAR_BELOW = 8           # depthwise convs with fewer channels run on planar maps
@@ -224,3 +223,13 @@ def attention_block(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarra
                              _kept(qkv_w, "rows" + dtype.str, lambda: _c(qkv_w, dtype).reshape(-1)),
                              _vector(qkv_b, dtype), heads, _panels(proj_w, "oi", proj_w, dtype), _vector(proj_b, dtype), y)
     return y.reshape(N, H, W, C)
+
+
+def squeeze_excite(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> np.ndarray:
+    """SE as `reference.squeeze_excite`, its two small products on the matmul kernel: an image's gate
+    then does not depend on the other images of its batch (BLAS sums an N-row product in an order
+    that depends on N)."""
+    s = x.mean(axis=(1, 2))                                         # (N, C), image by image
+    s = reference.relu(linear(s, w1[:, :, 0, 0], b1))               # (N, C/r)
+    s = reference.sigmoid(linear(s, w2[:, :, 0, 0], b2))            # (N, C)
+    return x * s[:, None, None, :]

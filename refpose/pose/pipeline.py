@@ -25,7 +25,6 @@ from .decode import decode_heatmaps, flip_back, instance_score
 from .nms import OKS_NMS_THR, oks_nms
 
 MAX_BATCH = 16             # crops per forward pass (twice as many images with the flip test)
-IMAGES_PER_FORWARD = 8     # images whose crops `refpose infer` and `refpose eval` send through the network together
 
 
 
@@ -126,6 +125,7 @@ def poses_from_heatmaps(persons: Persons, heatmaps: np.ndarray, dark: bool = Fal
         pose = {"bbox": [float(v) for v in persons.boxes[i]],
                 "keypoints": np.concatenate([xy, scores[i][:, None]], axis=1),        # (17, 3)
                 "score": instance_score(scores[i], persons.box_scores[i]),
+                "box_score": float(persons.box_scores[i]),
                 "center": [float(v) for v in center], "scale": [float(v) for v in scale]}
         if keep_heatmaps:
             pose["heatmaps"] = heatmaps[i].astype(np.float32)
@@ -176,26 +176,36 @@ def predict_images(items, model, options: PoseOptions = PoseOptions(), *,
     MAX_BATCH crops), one (poses, records) per item. With `keep_going`, an image whose input is
     refused (a bad box) gives its RefposeError in place of its result and the others go on."""
     items = list(items)
+    category = keypoints_of(model).person_category
+    out = []
+    for (_, _, _, image_id, file_name), poses in zip(items, pose_images(
+            [item[:3] for item in items], model, options, keep_going=keep_going)):
+        out.append(poses if isinstance(poses, RefposeError) else
+                   (poses, to_coco_records(poses, image_id, file_name, category)))
+    return out
+
+
+def pose_images(items, model, options: PoseOptions = PoseOptions(), *, keep_going: bool = False) -> list:
+    """The poses of several images, their crops run through the network together: `items` are
+    (image, boxes, box_scores); one list of poses per item (after OKS-NMS if `options.oks_nms`),
+    or, with `keep_going`, the RefposeError of an image whose input is refused."""
     persons = []
-    for image, boxes, scores, _, _ in items:
+    for image, boxes, scores in items:
         try:
             persons.append(crop_persons(image, boxes, scores, model.config.input_size))
         except RefposeError as e:
             if not keep_going:
                 raise
             persons.append(e)
-    ok = [p for p in persons if isinstance(p, Persons)]
-    poses_of = iter(_run(model, ok, options))
-    keypoints = keypoints_of(model)
+    poses_of = iter(_run(model, [p for p in persons if isinstance(p, Persons)], options))
+    sigmas = keypoints_of(model).oks_sigmas if options.oks_nms is not None else None
     out = []
-    for (_, _, _, image_id, file_name), p in zip(items, persons):
+    for p in persons:
         if not isinstance(p, Persons):
             out.append(p)
             continue
         poses = next(poses_of)
-        if options.oks_nms is not None:
-            poses = suppress(poses, options.oks_nms, keypoints.oks_sigmas)
-        out.append((poses, to_coco_records(poses, image_id, file_name, keypoints.person_category)))
+        out.append(suppress(poses, options.oks_nms, sigmas) if options.oks_nms is not None else poses)
     return out
 
 
@@ -234,9 +244,11 @@ def _check_image(image) -> np.ndarray:
 
 
 def to_coco_records(poses: list[dict], image_id=None, file_name: str | None = None,
-                    category: int = COCO.person_category) -> list[dict]:
+                    category: int = COCO.person_category, box_scores: bool = False) -> list[dict]:
     """COCO keypoint-results records: `image_id` and/or `file_name`, `category_id` (person),
-    `bbox`, `keypoints` (51 floats: x, y, score per joint), `score`."""
+    `bbox`, `keypoints` (51 floats: x, y, score per joint), `score`; with `box_scores`, the
+    score of the box each pose was estimated in (`box_score`), and a pose's `track_id` when it
+    has one (refpose.pose.smooth)."""
     if image_id is None and file_name is None:
         raise DataError("a COCO keypoint record needs an image_id or a file_name")
     records = []
@@ -250,5 +262,9 @@ def to_coco_records(poses: list[dict], image_id=None, file_name: str | None = No
         r["bbox"] = [float(v) for v in p["bbox"]]
         r["keypoints"] = [float(v) for v in np.asarray(p["keypoints"], dtype=np.float64).reshape(-1)]
         r["score"] = float(p["score"])
+        if box_scores:
+            r["box_score"] = float(p["box_score"])
+        if "track_id" in p:
+            r["track_id"] = int(p["track_id"])
         records.append(r)
     return records

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from ..errors import RefposeError
+from .driver import IMAGES_PER_FORWARD
 from .imageio import _quiet_stderr, path_problem  # _quiet_stderr: FFmpeg and OpenCV print on fd 2
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
@@ -114,6 +115,8 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
     from tqdm import tqdm
 
     from .draw import draw_poses
+    from .driver import ImageInput, run_images
+    from .pipeline import PoseOptions
     from .smooth import PoseSmoother
 
     path = os.fspath(path)
@@ -128,8 +131,11 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
     total = min(known) - first if known else None              # for the progress bar only
     outputs = list(output_paths(path, out_dir))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    written = processed = persons = 0
     writer = None
+    counts = {"frames": 0, "processed": 0, "persons": 0}
+    options = PoseOptions(flip=flip, dark=dark)
+    frame_boxes = None if boxes is None or len(boxes) == 0 else np.asarray(boxes, dtype=np.float64)
+    refine = None if smoother is None else (lambda poses, inp: smoother(poses, inp.image_id))
     try:
         for _ in range(first):                                  # decode up to the range (seeking is not exact)
             if not cap.grab():
@@ -138,29 +144,30 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
             with open(tmp_lines, "x", encoding="utf-8") as lines, \
                     tqdm(total=total if total and total > 0 else None, unit="frame", desc=Path(path).name,
                          file=sys.stderr, disable=None if progress else True, leave=False) as bar:
-                index = first
-                while stop is None or index < stop:
-                    ok, bgr = cap.read()
-                    if not ok or bgr is None:
-                        break
+                for chunk in _frame_chunks(cap, first, stop, every):
                     if writer is None:
-                        size = (bgr.shape[1], bgr.shape[0])                  # (W, H) of the frames
-                        even = (bgr.shape[0] & ~1, bgr.shape[1] & ~1)       # (H, W) that the writer keeps
+                        size = (chunk[0][1].shape[1], chunk[0][1].shape[0])     # (W, H) of the frames
+                        even = (size[1] & ~1, size[0] & ~1)                     # (H, W) that the writer keeps
                         writer = _open_writer(tmp_video, outputs[0], fourcc, info.fps, even[1], even[0])
-                    records = []
-                    if (index - first) % every == 0:
-                        rgb = np.ascontiguousarray(bgr[..., ::-1])
-                        poses, records = frame_poses(rgb, index, model, boxes=boxes, detector=detector,
-                                                     smoother=smoother, flip=flip, dark=dark)
-                        bgr = np.ascontiguousarray(draw_poses(rgb, poses, kpt_thr)[..., ::-1])
-                        processed += 1
-                        persons += len(poses)
-                    writer.write(np.ascontiguousarray(bgr[:even[0], :even[1]]))
-                    lines.write(json.dumps({"frame": index, "time": round(index / info.fps, 6),
-                                            "records": records}, allow_nan=False) + "\n")
-                    written += 1
-                    index += 1
-                    bar.update(1)
+                    inputs = [ImageInput(image=np.ascontiguousarray(bgr[..., ::-1]), boxes=frame_boxes, image_id=index)
+                              for index, bgr, estimate in chunk if estimate]
+                    results = iter(run_images(inputs, model, options, detector=detector, keep_images=True,
+                                              box_scores=True, refine=refine, per_forward=len(inputs) or 1))
+                    for index, bgr, estimate in chunk:
+                        records = []
+                        if estimate:
+                            r = next(results)
+                            if r.error is not None:
+                                raise r.error
+                            records = r.records
+                            bgr = np.ascontiguousarray(draw_poses(r.image, r.poses, kpt_thr)[..., ::-1])
+                            counts["processed"] += 1
+                            counts["persons"] += len(r.poses)
+                        writer.write(np.ascontiguousarray(bgr[:even[0], :even[1]]))
+                        lines.write(json.dumps({"frame": index, "time": round(index / info.fps, 6),
+                                                "records": records}, allow_nan=False) + "\n")
+                        counts["frames"] += 1
+                        bar.update(1)
             if writer is None:
                 until = "the end" if end is None else f"{end:g} s"
                 where = f" between {start:g} s and {until}" if (start or end) else ""
@@ -177,28 +184,27 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
         if writer is not None:
             writer.release()
         cap.release()
-    return {"frames": written, "processed": processed, "persons": persons, "fps": info.fps,
-            "size": size, "size_written": (even[1], even[0]),
+    return {**counts, "fps": info.fps, "size": size, "size_written": (even[1], even[0]),
             "outputs": [str(p) for p in outputs]}
 
 
-def frame_poses(rgb: np.ndarray, index: int, model, *, boxes=None, detector=None, smoother=None,
-                flip: bool = False, dark: bool = False) -> tuple[list[dict], list[dict]]:
-    """Poses of one frame (see `refpose.pose.pipeline.estimate`) and their COCO records (`image_id` = the
-    frame index, with `box_score` and, when a smoother tracks them, `track_id`)."""
-    from .detector import add_box_scores
-    from .pipeline import estimate, keypoints_of, to_coco_records
-
-    frame_boxes, scores = detector(rgb) if detector is not None else (boxes, None)
-    poses = estimate(rgb, model, frame_boxes, box_scores=scores, flip=flip, dark=dark)
-    if smoother is not None:
-        poses = smoother(poses, index)
-    records = add_box_scores(to_coco_records(poses, image_id=index, category=keypoints_of(model).person_category),
-                             scores if scores is not None else np.ones(len(poses)))
-    for r, p in zip(records, poses):
-        if "track_id" in p:
-            r["track_id"] = int(p["track_id"])
-    return poses, records
+def _frame_chunks(cap, first: int, stop: int | None, every: int, per_forward: int = IMAGES_PER_FORWARD):
+    """The frames of the range as lists of (index, BGR frame, whether to estimate on it), each
+    list holding up to `per_forward` frames to estimate on (their crops share forward passes)."""
+    index, chunk, estimated = first, [], 0
+    while stop is None or index < stop:
+        ok, bgr = cap.read()
+        if not ok or bgr is None:
+            break
+        estimate = (index - first) % every == 0
+        chunk.append((index, bgr, estimate))
+        estimated += estimate
+        index += 1
+        if estimated == per_forward:
+            yield chunk
+            chunk, estimated = [], 0
+    if chunk:
+        yield chunk
 
 
 def _open_writer(tmp: Path, final: Path, fourcc: str, fps: float, width: int, height: int) -> cv2.VideoWriter:

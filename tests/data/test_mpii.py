@@ -1,4 +1,4 @@
-"""MPII PCKh (refpose/pckh.py) and `refpose eval --metric pckh`, against a PCKh written here
+"""MPII PCKh (refpose/data/mpii.py) and `refpose eval --metric pckh`, against a PCKh written here
 from the definition, on synthetic ground-truth files in the official .mat structure.
 
 The independent version works joint by joint with plain Python on the joints' *names*, so
@@ -118,7 +118,7 @@ def assert_same(got, want):
 def test_pckh_matches_the_definition(tmp_path, seed):
     mat, pred, gt, missing, diag = synthetic(seed=seed)
     mat_path, ann_path, res_path = write_files(tmp_path, mat, pred, len(diag))
-    got = P.score_results(ann_path, mat_path, res_path)
+    got = P.score_pckh(ann_path, mat_path, res_path)
     assert_same(got, expected(pred, gt, missing, diag))
     assert 0 < got["Mean@0.1"] < got["Mean"] < 100          # errors spread over 0 .. 1 head size
 
@@ -127,7 +127,7 @@ def test_joint_order_of_the_mat_is_read_by_name(tmp_path):
     shuffled = list(np.random.default_rng(5).permutation(OFFICIAL))
     mat, pred, gt, missing, diag = synthetic(seed=3, order=shuffled)
     mat_path, ann_path, res_path = write_files(tmp_path, mat, pred, len(diag), flat=True)
-    assert_same(P.score_results(ann_path, mat_path, res_path), expected(pred, gt, missing, diag))
+    assert_same(P.score_pckh(ann_path, mat_path, res_path), expected(pred, gt, missing, diag))
 
 
 def test_a_joint_never_visible_has_no_figure(tmp_path):
@@ -136,7 +136,7 @@ def test_a_joint_never_visible_has_no_figure(tmp_path):
     mat["jnt_missing"][row] = 1
     missing["lwri"][:] = True
     mat_path, ann_path, res_path = write_files(tmp_path, mat, pred, len(diag))
-    got = P.score_results(ann_path, mat_path, res_path)
+    got = P.score_pckh(ann_path, mat_path, res_path)
     assert got["Wrist"] is None
     assert_same(got, expected(pred, gt, missing, diag))
 
@@ -245,5 +245,5 @@ def test_a_coco_model_is_refused_for_mpii(tmp_path):
     mat_path, ann_path, _ = write_files(tmp_path, mat, pred, 2)
     (tmp_path / "images").mkdir()
     with pytest.raises(P.DataError, match="predicts 17 keypoints; MPII needs 16"):
-        P.evaluate_images(ann_path, mat_path, tmp_path / "images", config="tiny", results_out=tmp_path / "p.json")
+        P.evaluate_pckh(ann_path, mat_path, tmp_path / "images", config="tiny", results_out=tmp_path / "p.json")
     assert not (tmp_path / "p.json").exists()

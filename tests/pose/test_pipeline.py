@@ -1,8 +1,7 @@
-"""Tests of the top-down pipeline (refpose/topdown.py): boxes, affine crop, decoding, flip test.
+"""The top-down pipeline (refpose/pose/pipeline.py): the flip test, estimate and predict, records.
 
-Expected values are worked by hand from the conventions (HRNet / MMPose), come from closed
-forms (a Gaussian placed at a known sub-pixel position, the similarity transform of a box),
-or from a fake network whose answer is known by construction — never from the code under test.
+Expected values come from a fake network whose answer is known by construction, or from the
+pipeline's own steps run one image at a time — never from the code under test.
 """
 import json
 import types
@@ -13,178 +12,12 @@ import pytest
 import refpose
 from refpose.errors import BoxError, DataError, InputShapeError
 from refpose.keypoints import COCO
-from refpose.pose.crop import MEAN, STD, affine_points, box_to_center_scale, check_box, crop_person, get_affine_transform, normalize
+from refpose.pose.crop import MEAN, STD
 from refpose.pose.pipeline import PoseOptions, estimate, predict, predict_images, to_coco_records
-from refpose.pose.decode import decode_heatmaps, flip_back, instance_score
-from refpose.pretrained import default_model, default_weights_path
+
+from test_decode import gaussians
 
 COCO_KEYPOINTS, FLIP_INDEX = COCO.names, COCO.flip_index
-
-SIGMA = 2.0      # the Gaussian of MMPose's 256x192 COCO targets (and of DARK's blur for kernel 11)
-
-
-def gaussians(centres: np.ndarray, size=(64, 48), sigma=SIGMA) -> np.ndarray:
-    """Heatmaps (N, h, w) with a unit Gaussian at each (x, y) of `centres` (N, 2)."""
-    h, w = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    cx, cy = centres[:, 0, None, None], centres[:, 1, None, None]
-    return np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma ** 2))
-
-
-# --- boxes -----------------------------------------------------------------------------------------
-def test_box_to_center_scale_hand_worked():
-    # tall box: 30 < 0.75 * 80, so the width grows to 60; then x 1.25
-    c, s = box_to_center_scale([10, 20, 30, 80], 192 / 256)
-    np.testing.assert_allclose(c, [25, 60], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(s, [75, 100], rtol=0, atol=1e-12)
-    # wide box: 100 > 0.75 * 50, so the height grows to 100 / 0.75
-    c, s = box_to_center_scale([0, 0, 100, 50], 0.75)
-    np.testing.assert_allclose(c, [50, 25], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(s, [125, 125 / 0.75], rtol=0, atol=1e-12)
-
-
-@pytest.mark.parametrize("box, problem", [
-    ([10, 10, 0, 20], "zero area"), ([10, 10, 20, -1], "zero area"),
-    ([100, 10, 20, 20], "outside"), ([-30, 10, 30, 20], "outside"), ([10, 80, 5, 5], "outside"),
-    ([np.nan, 0, 5, 5], "not finite")])
-def test_check_box_rejects(box, problem):
-    with pytest.raises(BoxError, match=problem):
-        check_box(box, (80, 100))          # image 100 wide, 80 high
-
-
-def test_check_box_accepts_a_box_partly_outside():
-    np.testing.assert_array_equal(check_box([-5, -5, 20, 20], (80, 100)), [-5, -5, 20, 20])
-
-
-# --- affine crop -----------------------------------------------------------------------------------
-def test_affine_matches_the_similarity_of_the_box():
-    # closed form for rotation 0: x' = k (x - cx) + W/2, y' = k (y - cy) + H/2 with k = W / scale_w
-    center, scale = np.array([123.4, 567.8]), np.array([300.0, 400.0])
-    M = get_affine_transform(center, scale, (256, 192))
-    k = 192 / 300
-    expected = np.array([[k, 0, 96 - k * 123.4], [0, k, 128 - k * 567.8]])
-    np.testing.assert_allclose(M, expected, rtol=0, atol=1e-9)   # float64 solve of a 3x3 system
-
-
-def test_affine_round_trip_within_1e6_px():
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        center = rng.uniform(-100, 2000, 2)
-        scale = rng.uniform(5, 3000) * np.array([0.75, 1.0])
-        M = get_affine_transform(center, scale, (256, 192))
-        M_inv = get_affine_transform(center, scale, (256, 192), inv=True)
-        pts = rng.uniform(-500, 2500, (50, 2))
-        back = affine_points(affine_points(pts, M), M_inv)
-        assert np.abs(back - pts).max() < 1e-6          # the issue's bound; float64 gives ~1e-12
-
-
-def test_crop_moves_an_impulse_where_the_affine_says():
-    # scale equal to the output size: a pure integer translation, so warpAffine copies pixels exactly
-    image = np.zeros((300, 400, 3), np.uint8)
-    image[150, 230] = (255, 10, 20)
-    center, scale = (200.0, 140.0), (192.0, 256.0)      # output pixel (u, v) = image (u + 104, v + 12)
-    crop = crop_person(image, center, scale, (256, 192))
-    assert crop.shape == (256, 192, 3)
-    ys, xs = np.nonzero(crop.any(axis=2))
-    assert (ys.tolist(), xs.tolist()) == ([138], [126])
-    assert crop[138, 126].tolist() == [255, 10, 20]
-
-
-def test_crop_samples_the_image_at_the_inverse_affine():
-    # a linear ramp: bilinear sampling reproduces it, so crop(u, v) = ramp(M_inv (u, v))
-    H, W = 400, 500
-    yy, xx = np.mgrid[0:H, 0:W]
-    ramp = 20 + 0.3 * xx + 0.2 * yy                                  # 20 .. 249.5
-    image = np.repeat(np.round(ramp)[..., None], 3, axis=2).astype(np.uint8)
-    center, scale = np.array([251.3, 198.7]), np.array([213.0, 284.0])
-    crop = crop_person(image, center, scale, (256, 192)).astype(np.float64)
-    M_inv = get_affine_transform(center, scale, (256, 192), inv=True)
-    v, u = np.mgrid[0:256, 0:192]
-    x, y = np.moveaxis(affine_points(np.stack([u, v], axis=-1), M_inv), -1, 0)
-    inside = (x >= 1) & (x <= W - 2) & (y >= 1) & (y <= H - 2)
-    assert inside.mean() > 0.9
-    # 1 grey level: the stored ramp is rounded (0.5) and the crop is rounded again (0.5);
-    # OpenCV's 1/32-pixel sample positions add at most (0.3 + 0.2) / 32
-    assert np.abs(crop[..., 0][inside] - (20 + 0.3 * x + 0.2 * y)[inside]).max() <= 1.0 + 0.5 / 32
-
-
-def test_normalize_is_imagenet_statistics_in_nchw():
-    crops = np.zeros((1, 2, 3, 3), np.uint8)
-    crops[0, 1, 2] = (255, 128, 0)
-    x = normalize(crops)
-    assert x.shape == (1, 3, 2, 3) and x.dtype == np.float32
-    expected = [(1 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, (0 - 0.406) / 0.225]
-    np.testing.assert_allclose(x[0, :, 1, 2], expected, rtol=1e-6)   # float32
-    np.testing.assert_allclose(x[0, 0, 0, 0], -0.485 / 0.229, rtol=1e-6)
-
-
-# --- decoding ---------------------------------------------------------------------------------------
-def random_centres(n, rng, size=(64, 48), margin=4):
-    h, w = size
-    return np.stack([rng.uniform(margin, w - 1 - margin, n), rng.uniform(margin, h - 1 - margin, n)], axis=-1)
-
-
-def test_argmax_with_quarter_shift_within_quarter_pixel():
-    rng = np.random.default_rng(1)
-    centres = random_centres(17 * 20, rng)
-    hm = gaussians(centres).reshape(20, 17, 64, 48)
-    coords, scores = decode_heatmaps(hm)
-    err = np.abs(coords.reshape(-1, 2) - centres)
-    # the argmax is within 1/2 px of the centre and the shift of 1/4 px goes its way: |error| <= 1/4
-    assert err.max() <= 0.25 + 1e-12
-    # score = the heatmap's maximum = the Gaussian at the nearest pixel
-    nearest = np.round(centres)
-    expected = np.exp(-((nearest - centres) ** 2).sum(axis=1) / (2 * SIGMA ** 2))
-    np.testing.assert_allclose(scores.reshape(-1), expected, rtol=1e-12)
-
-
-def test_dark_within_005_pixel():
-    rng = np.random.default_rng(2)
-    centres = random_centres(17 * 20, rng)
-    hm = gaussians(centres).reshape(20, 17, 64, 48)
-    coords, _ = decode_heatmaps(hm, dark=True)
-    assert np.abs(coords.reshape(-1, 2) - centres).max() <= 0.05       # the issue's bound
-
-
-def test_quarter_shift_hand_worked():
-    hm = np.zeros((1, 2, 8, 8))
-    hm[0, 0, 3, 4], hm[0, 0, 3, 5], hm[0, 0, 2, 4] = 1.0, 0.5, 0.2      # higher neighbours right and up
-    hm[0, 1, 5, 1], hm[0, 1, 5, 2] = 1.0, 0.9                          # x = 1: MMPose does not move x
-    coords, scores = decode_heatmaps(hm)
-    np.testing.assert_array_equal(coords[0], [[4.25, 2.75], [1.0, 5.0]])
-    np.testing.assert_array_equal(scores[0], [1.0, 1.0])
-
-
-def test_non_positive_heatmap_has_no_location():
-    hm = -np.ones((1, 1, 6, 6))
-    hm[0, 0, 2, 3] = -0.5
-    coords, scores = decode_heatmaps(hm)
-    np.testing.assert_array_equal(coords[0, 0], [-1, -1])             # MMPose: location -1
-    assert scores[0, 0] == -0.5
-
-
-def test_flip_back_hand_worked():
-    hm = np.zeros((1, 17, 2, 5))
-    hm[0, 5, 1, 1] = 1.0          # left shoulder, column 1 of 5
-    hm[0, 0, 0, 4] = 2.0          # nose, last column
-    out = flip_back(hm)
-    expected = np.zeros_like(hm)
-    expected[0, 6, 1, 4] = 1.0    # right shoulder: column 5 - 1 - 1 = 3, shifted right to 4
-    expected[0, 0, 0, 0] = 2.0    # nose: column 0 after mirroring; the shift copies it to column 1 ...
-    expected[0, 0, 0, 1] = 2.0    # ... and column 0 keeps its value (HRNet's in-place shift)
-    np.testing.assert_array_equal(out, expected)
-
-
-def test_flip_index_swaps_left_and_right():
-    for k, name in enumerate(COCO_KEYPOINTS):
-        mirror = name.replace("left", "@").replace("right", "left").replace("@", "right")
-        assert COCO_KEYPOINTS[FLIP_INDEX[k]] == mirror
-
-
-def test_instance_score_hand_worked():
-    s = np.array([0.1, 0.2, 0.3, 0.5, 0.9] + [0.0] * 12)
-    assert instance_score(s, 0.8) == pytest.approx(0.8 * (0.3 + 0.5 + 0.9) / 3, rel=1e-15)
-    assert instance_score(np.full(17, 0.2)) == 0.0      # strictly above 0.2, as HRNet and MMPose
 
 
 # --- the flip test with a network whose answer is known ----------------------------------------------
@@ -405,17 +238,3 @@ def test_to_coco_records():
     json.dumps(r)                                        # plain Python types only
     with pytest.raises(DataError):
         to_coco_records(poses)
-
-
-# --- default model --------------------------------------------------------------------------------
-def test_default_model_prefers_the_weights_file_then_seeded_init(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    if default_weights_path("tiny") is not None:
-        pytest.skip("the source checkout has its own weights/tiny.safetensors")
-    model = default_model(config="tiny")
-    assert model.trained is False and model.config.name == "tiny"
-    refpose.save_weights(tmp_path / "weights" / "tiny.safetensors", refpose.init_weights("tiny", 5), "tiny",
-                         trained=True)
-    model = default_model(config="tiny")
-    assert model.trained is True and model.source.endswith("tiny.safetensors")
-    assert default_model(weights=tmp_path / "weights" / "tiny.safetensors").config.name == "tiny"

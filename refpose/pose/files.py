@@ -1,0 +1,88 @@
+"""The files of `refpose infer`: the inputs a list of paths and folders names, and the outputs of
+each image (`<name>.pose.json`, `<name>.pose.png`, heatmap montages), written together or not at all."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import RefposeError
+from ..fileio import write_files
+
+OUTPUT_SUFFIXES = (".pose.png", ".heatmaps.png", ".pose.mp4")   # our own outputs, skipped when scanning a folder
+
+
+def collect_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
+    """Image and video paths to run (a folder gives its image and video files, sorted) and the
+    problems found on the way.
+
+    Every entry of a folder with an image or video name is run, except folders: a broken
+    link, a link loop or an unreadable file is reported with its reason when it is read
+    (`refpose.pose.imageio.path_problem`), never skipped in silence."""
+    from .imageio import IMAGE_SUFFIXES, path_problem
+    from .video import VIDEO_SUFFIXES
+
+    jobs, problems = [], []
+    for p in paths:
+        if not os.path.isdir(p):
+            jobs.append(p)                 # a missing file is reported when it is read
+            continue
+        problem = path_problem(p, folder=True)
+        try:
+            with os.scandir(p) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            problem = problem or (e.strerror or str(e))
+        if problem:
+            problems.append(f"{p}: cannot list this directory: {problem}")
+            continue
+        found = [e.path for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
+                 and not e.name.endswith(OUTPUT_SUFFIXES) and not _is_dir(e)]
+        if not found:
+            problems.append(f"{p}: no image files in this directory")
+        jobs += found
+    return jobs, problems
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:                        # a link loop: not a folder; reading it says why
+        return False
+
+
+class OutputNames:
+    """The output names (`<stem>.pose.*`) the inputs of one run claim: an input whose outputs
+    would overwrite an earlier input's is refused, before anything of it runs."""
+
+    def __init__(self):
+        self.taken: dict[str, str] = {}          # stem -> the input that claimed it
+
+    def claim(self, path: str) -> None:
+        name = Path(path).stem
+        if name in self.taken:
+            if os.path.realpath(self.taken[name]) == os.path.realpath(path):
+                raise RefposeError(f"{path}: given more than once (its outputs are written already)")
+            raise RefposeError(f"{path}: its outputs {name}.pose.* would overwrite those of {self.taken[name]}")
+        self.taken[name] = path
+
+
+def output_paths(path: str, out_dir: Path) -> tuple[Path, Path]:
+    """`<out_dir>/<stem>.pose.json` and `<out_dir>/<stem>.pose.png` of an image."""
+    stem = Path(path).stem
+    return out_dir / f"{stem}.pose.json", out_dir / f"{stem}.pose.png"
+
+
+def write_outputs(path: str, image, poses: list, records: list, out_dir: Path, kpt_thr: float,
+                  input_size: tuple[int, int]) -> None:
+    """`<name>.pose.json`, `<name>.pose.png` and, for poses with heatmaps, the heatmap montages."""
+    from .draw import draw_poses, encode_png, heatmap_montage
+
+    json_path, png_path = output_paths(path, out_dir)
+    files = {json_path: (json.dumps(records, indent=1, allow_nan=False) + "\n").encode(),
+             png_path: encode_png(draw_poses(image, poses, kpt_thr))}
+    for i, pose in enumerate(poses):
+        if "heatmaps" in pose:
+            files[out_dir / f"{Path(path).stem}.person{i}.heatmaps.png"] = encode_png(
+                heatmap_montage(image, pose, input_size))
+    write_files(files)
