@@ -96,5 +96,16 @@ class WGNet(Layer):
         return f"WGNet(config={self.config.name!r}, dtype={self.dtype.name}, impl={self.ops.name!r})"
 
 
+def tap_shapes(config, batch: int | None = None) -> dict[str, tuple]:
+    """The NCHW shape of every tap for the config's input size (batch None: unknown)."""
+    cfg = get_config(config)
+    H, W = cfg.input_size
+    shapes = {"stem": (cfg.stem[1], H // 4, W // 4)}
+    for stage in cfg.encoder + cfg.decoder:
+        shapes[stage.name] = (stage.channels,) + cfg.map_size(stage.name)
+    shapes["head"] = (cfg.num_keypoints,) + cfg.output_size()
+    return {k: (batch,) + s for k, s in shapes.items()}
+
+
 def _nchw(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))      # (N, H, W, C) -> (N, C, H, W)

@@ -99,7 +99,8 @@ def run_export_onnx(args) -> int:
 def run_oracle(args) -> int:
     if not (args.onnx and args.weights):
         args.oracle_parser.error("give --onnx MODEL.onnx and --weights WEIGHTS, or use `refpose oracle dump`")
-    from ..porting.oracle import oracle_onnx, parse_taps
+    from ..porting.oracle import oracle_onnx
+    from ..porting.runtimes import parse_taps
 
     result = oracle_onnx(args.onnx, args.weights, n=args.inputs, seed=args.seed, rtol=args.rtol,
                          config=args.config, taps=parse_taps(args.tap))

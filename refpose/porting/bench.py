@@ -2,7 +2,7 @@
 
 Candidates, on the same seeded weights and the same input, in one process:
 - `refpose numpy`: the NumPy reference path (`impl="reference"`), float32;
-- `refpose fast`: the fast path (BLAS + Numba kernels), float32;
+- `refpose fast`: the fast path (Numba kernels, no BLAS call), float32;
 - `pytorch eager`: the PyTorch twin (`refpose.porting.twin`) under `torch.inference_mode()`, if torch is installed;
 - `onnxruntime`: the twin exported to ONNX (`refpose.porting.onnx_export`), if onnxruntime is installed;
 - `openvino`: the same ONNX file on OpenVINO's CPU plugin (latency hint, one stream, f32, no
@@ -25,7 +25,8 @@ Fair timing:
 - the yardstick, numpy float32 matmul (sgemm) throughput, is timed as one more candidate of
   every round; the BLAS library in use is reported (threadpoolctl);
 - `aa=True` times the fast path against a second copy of itself: the ratio must read 1.00 +- 0.05.
-Outputs are checked against the float64 NumPy reference (bound: 1e-4 x max |ref|).
+Outputs are checked against the float64 NumPy reference, at the oracle's float32 tolerance
+(`refpose.porting.oracle.TOLERANCES`: 1e-4 x max |ref|).
 
 Memory: the peak resident set (VmHWM in /proc/<pid>/status) of a child process that builds one
 candidate and runs two forwards, and how much of it the forwards added to the resident set
@@ -52,6 +53,7 @@ import numpy as np
 from ..config import get_config
 from ..counting import count_ops
 from ..errors import BenchError, RefposeError
+from .oracle import TOLERANCES
 
 FAST = "refpose fast"
 FAST_COPY = "refpose fast (copy)"
@@ -61,7 +63,6 @@ ORT = "onnxruntime"
 OPENVINO = "openvino"
 SGEMM = "sgemm"
 SGEMM_N = 512              # a square float32 matmul big enough to run BLAS near its peak
-AGREE = 1e-4               # max |out - ref| <= AGREE * max |ref| (issue 4)
 AA_BAND = 0.05             # an A/A ratio within 1 +- AA_BAND reads as fair
 
 
@@ -202,24 +203,9 @@ def export_twin(tensors, cfg, workdir: str) -> str:
     return path
 
 
-def ort_session(path: str, threads: int, profile_prefix: str | None = None):
-    """An ONNX Runtime CPU session with `threads` intra-op threads, one inter-op, spinning off."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-
-
 def ort_candidate(path: str, x: np.ndarray, threads: int) -> Candidate:
+    from .runtimes import ort_session
+
     session, setup = _timed(lambda: ort_session(path, threads))
     name = session.get_inputs()[0].name
     return Candidate(ORT, lambda: session.run(None, {name: x})[0], setup)
@@ -229,13 +215,10 @@ def openvino_candidate(path: str, x: np.ndarray, threads: int) -> Candidate:
     """OpenVINO's CPU plugin on the ONNX file: latency hint, one stream, `threads` threads,
     f32 inference, no pinning of threads to cores (pinned threads would fight the other
     candidates' threads for the same cores)."""
-    import openvino as ov
-
-    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": threads,
-              "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False, "ENABLE_HYPER_THREADING": False}
+    from .runtimes import openvino_compile
 
     def make():
-        return ov.Core().compile_model(path, "CPU", config).create_infer_request()
+        return openvino_compile(path, threads).create_infer_request()
 
     request, setup = _timed(make)
 
@@ -519,7 +502,7 @@ def _result(cfg, shape, threads, runs, warmup, aa, cands, sgemm, macs, diffs, ca
                      "ratio": med / fast_median, "ratio_interval": ratio_interval(c.times, cands[0].times),
                      "gmacs_per_s": macs / med / 1e9,
                      "of_sgemm": macs / med / sgemm_macs_per_s, "max_rel_diff": diffs[c.name],
-                     "agrees": diffs[c.name] <= AGREE, "setup_s": c.setup_s, "first_run_s": c.first_s})
+                     "agrees": diffs[c.name] <= TOLERANCES["float32"], "setup_s": c.setup_s, "first_run_s": c.first_s})
     result = {
         "config": cfg.name, "input": list(shape), "batch": shape[0], "threads": threads, "runs": runs, "warmup": warmup,
         "aa": aa, "macs": macs, "candidates": rows,
@@ -530,7 +513,7 @@ def _result(cfg, shape, threads, runs, warmup, aa, cands, sgemm, macs, diffs, ca
         "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT",
                                                "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
         "fast_first_run_s": cands[0].first_s, "kernel_cache": cache,
-        "skipped": skipped, "notes": notes, "agree_bound": AGREE,
+        "skipped": skipped, "notes": notes, "agree_bound": TOLERANCES["float32"],
     }
     if aa:
         result["aa_ratio"] = rows[1]["ratio"]
@@ -654,6 +637,8 @@ def profile_ort(path: str, x: np.ndarray, threads: int, runs: int, warmup: int, 
     by op type; ms per forward."""
     import json
     from collections import defaultdict
+
+    from .runtimes import ort_session
 
     session = ort_session(path, threads, profile_prefix=os.path.join(workdir, "ort-profile"))
     name = session.get_inputs()[0].name

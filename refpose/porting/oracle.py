@@ -57,9 +57,9 @@ import numpy as np
 
 from ..config import WGNetConfig, get_config
 from ..fileio import write_atomic
-from ..errors import BackendError, DataError, InputShapeError, WeightsError
-from ..model import TAPS
-from .onnx_export import INPUT_NAME, META_CONFIG, OUTPUT_NAME, TAP_OUTPUTS, resolve_weights
+from ..errors import BackendError, DataError, InputShapeError
+from ..model import TAPS, tap_shapes
+from .onnx_export import OUTPUT_NAME, TAP_OUTPUTS, resolve_weights
 
 TOLERANCES = {"float32": 1e-4, "float64": 2e-13}   # rel error vs the float64 reference; see above
 LOW_PRECISION_TOLERANCES = {"float16": 3e-2, "int8": 0.2}   # only when asked for; see above
@@ -118,17 +118,6 @@ def reference_taps(weights, inputs: np.ndarray, config=None) -> dict[str, np.nda
     """Every tap (stem, s1..s4, d1..d3, head) in float64 for these weights and inputs (NCHW)."""
     model = reference_model(weights, config)
     return model.taps(np.asarray(inputs, dtype=np.float64))
-
-
-def tap_shapes(config, batch: int | None = None) -> dict[str, tuple]:
-    """The NCHW shape of every tap for the config's input size (batch None: unknown)."""
-    cfg = get_config(config)
-    H, W = cfg.input_size
-    shapes = {"stem": (cfg.stem[1], H // 4, W // 4)}
-    for stage in cfg.encoder + cfg.decoder:
-        shapes[stage.name] = (stage.channels,) + cfg.map_size(stage.name)
-    shapes["head"] = (cfg.num_keypoints,) + cfg.output_size()
-    return {k: (batch,) + s for k, s in shapes.items()}
 
 
 # --- comparison -------------------------------------------------------------------------------
@@ -263,172 +252,12 @@ def compare(outputs, reference: dict[str, np.ndarray], rtol: float) -> Compariso
     return Comparison(output, errors, rtol, missing)
 
 
-# --- ONNX Runtime -----------------------------------------------------------------------------
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
-
-
-class OnnxBackend:
-    """An ONNX file run with ONNX Runtime on the CPU, checked against the interface of
-    `refpose export-onnx`: one input `input` (N, 3, H, W), output `heatmaps`.
-
-    The stage tensors are exposed as extra outputs of a copy of the model, whether or not the
-    file lists them as outputs: those named `stem, s1..s4, d1..d3` (refpose's exports name them
-    with or without --taps), or, for another model, those `taps` maps to our names
-    ({"s3": "their/tensor", "heatmaps": "their_output"}). Other outputs are ignored."""
-
-    def __init__(self, path: "str | os.PathLike", taps: "dict[str, str] | None" = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise BackendError("onnxruntime is not installed: pip install onnxruntime") from None
-        self.path = str(path)
-        self.name = f"ONNX Runtime ({self.path})"
-        if not os.path.isfile(self.path):
-            raise BackendError(f"{self.path}: no such ONNX file")
-        model, tensors = _expose_stages(self.path, dict(taps or {}))
-        options = ort.SessionOptions()
-        # no busy-waiting threads and one node at a time: the machine is shared, and the
-        # comparison needs no speed
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        except Exception as e:   # onnxruntime raises its own exception types for a bad file
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BackendError(f"{self.path}: not a loadable ONNX model ({reason})") from None
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
-            names = ", ".join(repr(i.name) for i in inputs)
-            raise BackendError(f"{self.path}: the model's inputs are {names}; expected one input named {INPUT_NAME!r}")
-        self.input = inputs[0]
-        if self.input.type not in _ORT_TYPES:
-            raise BackendError(f"{self.path}: input {INPUT_NAME!r} is {self.input.type}, expected a float tensor")
-        self.dtype = np.dtype(_ORT_TYPES[self.input.type])
-        outputs = {o.name: o for o in self.session.get_outputs()}
-        if tensors is None:                   # no onnx package: the file's own outputs only
-            tensors = {("head" if k == OUTPUT_NAME else k): k for k in outputs if k in TAP_OUTPUTS + (OUTPUT_NAME,)}
-        if "head" not in tensors:
-            raise BackendError(f"{self.path}: the model has no output named {OUTPUT_NAME!r} "
-                               f"(its outputs: {', '.join(outputs)}); map one with --tap {OUTPUT_NAME}=TENSOR")
-        self.tensors = {k: tensors[k] for k in TAPS if k in tensors}      # {tap: tensor}, network order
-        self.output_info = {k: outputs[t] for k, t in self.tensors.items()}
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.config: WGNetConfig | None = None
-        if meta.get(META_CONFIG):
-            try:
-                self.config = get_config(json.loads(meta[META_CONFIG]))
-            except ValueError as e:            # JSONDecodeError and ConfigError are ValueErrors
-                raise BackendError(f"{self.path}: the refpose config in its metadata is not valid: {e}") from None
-
-    @property
-    def batch(self) -> int | None:
-        """The fixed batch size of the input, or None when it is dynamic."""
-        n = self.input.shape[0] if self.input.shape else None
-        return n if isinstance(n, int) else None
-
-    def check(self, config, weights_name: str = "weights") -> None:
-        """Raise (WeightsError, BackendError) unless the model fits this config."""
-        cfg = get_config(config)
-        if self.config is not None and self.config != cfg:
-            raise WeightsError(f"{weights_name}: weights for config {cfg.name!r}, but {self.path} was "
-                               f"exported for config {self.config.name!r}")
-        want = tap_shapes(cfg)
-        want_input = (None, 3) + cfg.input_size
-        self._check_shape(INPUT_NAME, self.input.shape, want_input, cfg)
-        for tap, o in self.output_info.items():
-            self._check_shape(o.name, o.shape, want[tap], cfg)
-
-    def _check_shape(self, name: str, shape, want: tuple, cfg: WGNetConfig) -> None:
-        """Check the dimensions the file states; an unknown rank is checked when it runs."""
-        if not shape:
-            return
-        shown = tuple(d if isinstance(d, int) else (d or "?") for d in shape)
-        expected = ("N",) + tuple(want[1:])
-        fixed = [(d, w) for d, w in zip(shape, want) if isinstance(d, int) and w is not None]
-        if len(shape) != len(want) or any(d != w for d, w in fixed):
-            raise BackendError(f"{self.path}: {name!r} has shape {shown}, but config {cfg.name!r} "
-                               f"needs {expected}")
-
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Run on a batch (N, 3, H, W); returns {tap: array}, "heatmaps" as "head"."""
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        b = self.batch
-        if b is not None and len(x) % b:
-            raise InputShapeError(f"{self.path} takes batches of exactly {b}; "
-                                  f"{len(x)} inputs do not split into them")
-        chunks = [x] if b is None else [x[i:i + b] for i in range(0, len(x), b)]
-        try:
-            runs = [self.session.run(list(self.tensors.values()), {INPUT_NAME: c}) for c in chunks]
-        except Exception as e:   # onnxruntime's own exception types
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BackendError(f"{self.path}: ONNX Runtime failed on input {chunks[0].shape}: {reason}") from None
-        return {tap: np.concatenate([r[i] for r in runs]) for i, tap in enumerate(self.tensors)}
-
-
-def _expose_stages(path: str, taps: dict[str, str]) -> "tuple[bytes | str, dict[str, str] | None]":
-    """The model (serialised) with its stage tensors added to the outputs, and {tap: tensor}.
-
-    A stage's tensor is the one `taps` names for it, else the tensor named after the stage.
-    Without the onnx package the file is run as it is (None: its outputs name the taps)."""
-    try:
-        import onnx
-    except ImportError:
-        if taps:
-            raise BackendError("mapping tensors to stages (--tap) needs the onnx package: pip install onnx") from None
-        return path, None
-    try:
-        model = onnx.load(path)
-    except Exception as e:   # protobuf's DecodeError and others for a damaged file
-        raise BackendError(f"{path}: not a loadable ONNX model ({type(e).__name__})") from None
-    graph = model.graph
-    produced = {t for node in graph.node for t in node.output} | {o.name for o in graph.output}
-    tensors = stage_tensors(path, produced, taps)
-    outputs = {o.name for o in graph.output}
-    known = {v.name: v for v in graph.value_info}
-    for tensor in tensors.values():
-        if tensor not in outputs:   # an output's type may be left for ONNX Runtime to infer
-            graph.output.append(known.get(tensor) or onnx.helper.make_empty_tensor_value_info(tensor))
-    return model.SerializeToString(), tensors
-
-
-def parse_taps(items: "list[str]") -> dict[str, str]:
-    """["s3=their/tensor", ...] (--tap NAME=TENSOR, repeatable) -> {"s3": "their/tensor"}."""
-    taps = {}
-    for text in items:
-        name, sep, tensor = text.partition("=")
-        if not (sep and name and tensor):
-            raise BackendError(f"--tap {text!r}: expected NAME=TENSOR")
-        taps[name] = tensor
-    check_tap_names(taps)
-    return taps
-
-
-def check_tap_names(taps: dict[str, str]) -> None:
-    """Raise BackendError unless every key of a --tap mapping is a stage or the output."""
-    names = TAP_OUTPUTS + (OUTPUT_NAME,)
-    unknown = [k for k in taps if k not in names]
-    if unknown:
-        raise BackendError(f"--tap {unknown[0]}=...: not a stage; the names are {', '.join(names)}")
-
-
-def stage_tensors(path: str, available: "set[str]", taps: dict[str, str]) -> dict[str, str]:
-    """{tap: tensor} ("head" for the heatmaps, in network order): the tensor `taps` names for a
-    stage or the output, else the one named after it, among the model's `available` tensors."""
-    check_tap_names(taps)
-    tensors = {k: taps.get(k, k) for k in TAP_OUTPUTS + (OUTPUT_NAME,) if k in taps or k in available}
-    absent = [t for t in tensors.values() if t not in available]
-    if absent:
-        raise BackendError(f"{path}: no tensor named {absent[0]!r} in the graph (--tap)")
-    tensors = {("head" if k == OUTPUT_NAME else k): t for k, t in tensors.items()}
-    return {k: tensors[k] for k in TAPS if k in tensors}
-
-
 def oracle_onnx(onnx_path, weights, n: int = 2, seed: int = 0, rtol: float | None = None,
                 config=None, taps: "dict[str, str] | None" = None) -> Comparison:
     """Run an ONNX file with ONNX Runtime and refpose float64 on the same seeded inputs, and
     compare (`refpose oracle --onnx`); `taps` maps stage names to another model's tensors."""
+    from .runtimes import OnnxBackend
+
     backend = OnnxBackend(onnx_path, taps)
     tensors, cfg = resolve_weights(weights, config)
     backend.check(cfg, _source(weights))

@@ -277,13 +277,10 @@ def to_image_boxes(boxes: np.ndarray, ratio: float, image_size: tuple[int, int])
 # --- runtimes ---------------------------------------------------------------------------------------
 class _OrtRunner:
     def __init__(self, path: str, fmt: ExportFormat):
-        import onnxruntime as ort
+        from ..porting.runtimes import ort_session
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3                  # no warnings on stderr for every model
-        # idle threads sleep between frames instead of spinning: the pose model runs in between
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        # threads that sleep between frames instead of spinning: the pose model runs in between
+        self.session = ort_session(path)
         self.fmt = fmt
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:

@@ -4,7 +4,7 @@ A backend has a `name`, the `dtype` it takes its input in, `check(config)` (rais
 cannot run that config) and `run(x)`, which maps inputs (N, 3, H, W) to {tap: array}: the
 heatmaps as "head" and whichever stage outputs (stem, s1..s4, d1..d3) it exposes.
 
-    onnx:MODEL.onnx              ONNX Runtime; stage tensors exposed by refpose.porting.oracle.OnnxBackend
+    onnx:MODEL.onnx              ONNX Runtime (refpose.porting.runtimes.OnnxBackend, stage tensors exposed)
     openvino:MODEL.onnx|xml      OpenVINO on the CPU, float32 inference; the same stage tensors
     python:package.module:factory  factory(weights, config) (or factory()) returns a callable that
                                  maps float32 NCHW to heatmaps or to {stem, s1..d3, heatmaps}
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 
 import numpy as np
 
 from ...config import get_config
 from ...errors import BackendError
-from ..oracle import OnnxBackend, as_taps, stage_tensors
+from ..oracle import as_taps
+from ..runtimes import OnnxBackend, OpenVinoBackend
 
 KINDS = ("onnx", "openvino", "python")
 
@@ -44,50 +44,6 @@ def open_backend(spec: str, weights: str, config, taps: "dict[str, str] | None" 
     if kind == "openvino":
         return OpenVinoBackend(target, taps)
     return PythonBackend(target, weights, get_config(config).name)
-
-
-class OpenVinoBackend:
-    """An ONNX or OpenVINO IR file run by OpenVINO on the CPU in float32, with the stage tensors
-    (named as in `refpose export-onnx`, or mapped by `taps`) added as outputs."""
-
-    dtype = np.dtype(np.float32)
-
-    def __init__(self, path: str, taps: "dict[str, str] | None" = None):
-        try:
-            import openvino as ov
-        except ImportError:
-            raise BackendError("openvino is not installed: pip install openvino") from None
-        if not os.path.isfile(path):
-            raise BackendError(f"{path}: no such model file")
-        self.path, self.name = path, f"OpenVINO ({path})"
-        core = ov.Core()
-        try:
-            model = core.read_model(path)
-        except Exception as e:   # OpenVINO raises RuntimeError subclasses of its own
-            raise BackendError(f"{path}: OpenVINO cannot read it ({str(e).strip().splitlines()[0]})") from None
-        available = {n for op in model.get_ops() for out in op.outputs() for n in out.get_names()}
-        self.tensors = stage_tensors(path, available, dict(taps or {}))
-        if "head" not in self.tensors:
-            raise BackendError(f"{path}: the model has no tensor named 'heatmaps'; map one with "
-                               "--refpose-tap heatmaps=TENSOR")
-        outputs = {n for out in model.outputs for n in out.get_names()}
-        extra = [t for t in self.tensors.values() if t not in outputs]
-        if extra:
-            model.add_outputs(extra)
-        # f32 inference: the CPU plugin would otherwise run in bf16 where the hardware has it
-        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-
-    def check(self, config, weights_name: str = "weights") -> None:
-        """Nothing to check before running: OpenVINO reports a wrong input shape when it runs."""
-
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        try:
-            result = self.compiled(np.ascontiguousarray(x, dtype=np.float32))
-        except Exception as e:
-            raise BackendError(f"{self.path}: OpenVINO failed on input {x.shape}: "
-                               f"{str(e).strip().splitlines()[0]}") from None
-        by_name = {n: result[out] for out in self.compiled.outputs for n in out.get_names()}
-        return {tap: np.asarray(by_name[t]) for tap, t in self.tensors.items()}
 
 
 class PythonBackend:

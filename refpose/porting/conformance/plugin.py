@@ -39,7 +39,7 @@ def pytest_configure(config):
     if not any(values.values()):
         return
     from ...errors import RefposeError
-    from ..oracle import parse_taps
+    from ..runtimes import parse_taps
     from .suite import build_suite
 
     try:
