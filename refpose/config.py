@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -125,9 +124,7 @@ class WGNetConfig:
                 stages[part].append(StageConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()}))
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         check_input_pixels(fields["input_size"], f"{where}: field 'input_size'")
-        cfg = cls(**dict(fields, **stages))
-        _check_size(cfg)
-        return cfg
+        return cls(**dict(fields, **stages))
 
 
 # --- the dict (JSON) form: what each field may hold -------------------------------------------
@@ -211,14 +208,6 @@ def _kind(v) -> str:
     if isinstance(v, str):
         return f"the string {v[:20]!r}" + ("..." if len(v) > 20 else "")
     return {dict: "an object", list: "a list", tuple: "a list"}.get(type(v), type(v).__name__)
-
-
-def _check_size(cfg: "WGNetConfig") -> None:
-    """Refuse a config whose weights alone would exceed MAX_PARAMS (before anything is allocated)."""
-    from .model import WGNet  # the layer tree knows every tensor's shape; it allocates nothing
-    n = sum(math.prod(shape) for shape in WGNet(cfg, impl="reference").tensor_shapes_all().values())
-    if n > MAX_PARAMS:
-        raise ConfigError(f"config {cfg.name!r}: {n:,} weights, more than the {MAX_PARAMS:,} refpose builds")
 
 
 def validate(cfg: WGNetConfig, input_size: tuple[int, int] | None = None) -> None:

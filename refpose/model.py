@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import TAPS, WGNetConfig, get_config
+from .config import MAX_PARAMS, TAPS, WGNetConfig, get_config
 from .errors import ConfigError, InputShapeError
 from .layers import Conv1x1, DecoderStage, DWSep, EncoderStage, Layer, Sequential, walk
 from .ops import Ops
@@ -41,6 +41,7 @@ class WGNet(Layer):
         self.head = Conv1x1(ops, cin, cfg.num_keypoints)
         for path, layer in walk(self):
             layer.path = path
+        check_size(cfg, self.tensor_shapes_all())
 
     def tensor_shapes_all(self) -> dict[str, tuple]:
         """Every key of a weights file for this config, with its shape (PyTorch layouts)."""
@@ -94,6 +95,15 @@ class WGNet(Layer):
 
     def __repr__(self):
         return f"WGNet(config={self.config.name!r}, dtype={self.dtype.name}, impl={self.ops.name!r})"
+
+
+def check_size(cfg: WGNetConfig, shapes: "dict[str, tuple] | None" = None) -> None:
+    """Refuse a config whose weights alone would exceed MAX_PARAMS, before anything is allocated:
+    the layer tree knows every tensor's shape (`shapes`, else built here) and holds no weights."""
+    shapes = WGNet(cfg, impl="reference").tensor_shapes_all() if shapes is None else shapes
+    n = sum(int(np.prod(shape)) for shape in shapes.values())
+    if n > MAX_PARAMS:
+        raise ConfigError(f"config {cfg.name!r}: {n:,} weights, more than the {MAX_PARAMS:,} refpose builds")
 
 
 def tap_shapes(config, batch: int | None = None) -> dict[str, tuple]:

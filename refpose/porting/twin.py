@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import CONFIGS, TAPS, WGNetConfig, get_config
 from ..errors import WeightsError
+from ..model import check_size
 from ..ops.geometry import check_grouping, clamp_window
 from ..weights import IGNORED_SUFFIXES, check_tensors
 
@@ -272,6 +273,7 @@ class WGNetTwin(nn.Module):
     def __init__(self, config: "str | WGNetConfig | dict"):
         super().__init__()
         cfg = self.config = get_config(config)
+        check_size(cfg)                       # before torch allocates a weight of it
         c1, c2 = cfg.stem
         self.stem = nn.ModuleList([DWSep(3, c1, cfg.stem_kernel), DWSep(c1, c2, cfg.stem_kernel)])
         cin = c2
