@@ -11,7 +11,7 @@ the paper prints, as data, and the verdicts on it). The report builders below pu
 """
 from __future__ import annotations
 
-from refpose.config import PAPER_GFLOPS, PAPER_PARAMS_M, get_config
+from refpose.config import get_config, variant_of
 from refpose.errors import ConfigError
 
 from . import counted, formulas, paper
@@ -119,8 +119,7 @@ def network_report(config, input_size: tuple[int, int] | None = None) -> dict:
                                   heads=st["heads"], counted=got,
                                   formula={t: n * v for t, v in expect.items()},
                                   equal=all(got[t] == n * expect[t] for t in counted.TERMS)))
-    paper_params = PAPER_PARAMS_M.get(cfg.name)
-    paper_gflops = PAPER_GFLOPS.get(cfg.name)
+    paper_params, paper_gflops = variant_of(cfg.name).paper_params_m, variant_of(cfg.name).paper_gflops
     return {
         "note": FLOP_NOTE,
         **summary,

@@ -266,64 +266,85 @@ GEOMETRY = {
 }
 
 
-def _wgnet(name: str, window_attn: bool, global_attn: bool, dataset: str = "coco") -> WGNetConfig:
-    g = GEOMETRY[dataset]
+# The WGNet layout of DESIGN section 1: (stage, channels, WNet blocks, stride of the encoder
+# stage's leading inverted residual; decoder stages upsample by 2). s4's window is its whole map,
+# so it has no global attention in any variant.
+WGNET_STEM = (16, 32)
+WGNET_STAGES = (("s1", 96, 2, 1), ("s2", 160, 2, 2), ("s3", 192, 2, 2), ("s4", 256, 3, 2),
+                ("d1", 192, 1, 2), ("d2", 160, 1, 2), ("d3", 96, 1, 2))
+NO_GLOBAL = ("s4",)
 
-    def st(stage, C, n, stride=2, glob=global_attn):
-        return StageConfig(stage, C, n, window_attn, glob, g["windows"][stage], g["patch"], stride)
+# Small widths and input for fast tests, not a paper variant. It exercises multi-head attention,
+# a single global group (s3: the patch is the whole window), single-window maps (d1), a window
+# clamped to the map (s4) and the decoder's skip projection (d2: 64 -> 32).
+TINY = WGNetConfig(
+    name="tiny", input_size=(128, 96), stem=(8, 16),
+    encoder=(
+        StageConfig("s1", 32, 1, True, True, (8, 6), (4, 3), 1),    # 32x24
+        StageConfig("s2", 64, 1, True, True, (8, 6), (4, 3), 2),    # 16x12
+        StageConfig("s3", 64, 1, True, True, (4, 3), (4, 3), 2),    # 8x6
+        StageConfig("s4", 96, 1, True, False, (8, 6), (4, 3), 2),   # 4x3, window clamped
+    ),
+    decoder=(
+        StageConfig("d1", 64, 1, True, True, (8, 6), (4, 3)),       # 8x6
+        StageConfig("d2", 32, 1, True, True, (8, 6), (4, 3)),       # 16x12, skip 64 -> 32
+        StageConfig("d3", 32, 1, True, True, (16, 12), (4, 3)),     # 32x24
+    ),
+)
 
-    return WGNetConfig(
-        name=name, input_size=g["input_size"], stem=(16, 32),
-        encoder=(
-            st("s1", 96, 2, stride=1),
-            st("s2", 160, 2),
-            st("s3", 192, 2),
-            st("s4", 256, 3, glob=False),   # the window is the whole map
-        ),
-        decoder=(
-            st("d1", 192, 1),
-            st("d2", 160, 1),
-            st("d3", 96, 1),
-        ),
-        num_keypoints=DATASETS[dataset].num_joints, dataset=dataset,
-    )
-
-
-def _tiny() -> WGNetConfig:
-    """Small widths and input for fast tests. Exercises multi-head attention, a single
-    global group (s3: the patch is the whole window), single-window maps (d1), a window
-    clamped to the map (s4) and the decoder's skip projection (d2: 64 -> 32)."""
-    return WGNetConfig(
-        name="tiny", input_size=(128, 96), stem=(8, 16),
-        encoder=(
-            StageConfig("s1", 32, 1, True, True, (8, 6), (4, 3), 1),    # 32x24
-            StageConfig("s2", 64, 1, True, True, (8, 6), (4, 3), 2),    # 16x12
-            StageConfig("s3", 64, 1, True, True, (4, 3), (4, 3), 2),    # 8x6
-            StageConfig("s4", 96, 1, True, False, (8, 6), (4, 3), 2),   # 4x3, window clamped
-        ),
-        decoder=(
-            StageConfig("d1", 64, 1, True, True, (8, 6), (4, 3)),       # 8x6
-            StageConfig("d2", 32, 1, True, True, (8, 6), (4, 3)),       # 16x12, skip 64 -> 32
-            StageConfig("d3", 32, 1, True, True, (16, 12), (4, 3)),     # 32x24
-        ),
-    )
+IMAGENET_MEAN = (0.485, 0.456, 0.406)     # input normalisation, RGB in [0, 1] (DESIGN section 1; HRNet, MMPose)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-CONFIGS = {
-    "wgnet": lambda: _wgnet("wgnet", True, True),
-    "wgnet-a": lambda: _wgnet("wgnet-a", True, False),
-    "wgnet-b": lambda: _wgnet("wgnet-b", False, True),
-    "wgnet-c": lambda: _wgnet("wgnet-c", False, False),
-    "wgnet-mpii": lambda: _wgnet("wgnet-mpii", True, True, "mpii"),
-    "wgnet-mpii-a": lambda: _wgnet("wgnet-mpii-a", True, False, "mpii"),
-    "wgnet-mpii-b": lambda: _wgnet("wgnet-mpii-b", False, True, "mpii"),
-    "wgnet-mpii-c": lambda: _wgnet("wgnet-mpii-c", False, False, "mpii"),
-    "tiny": _tiny,
-}
+@dataclass(frozen=True)
+class Variant:
+    """One named config as data: which layers it has, and what travels with it (the input
+    normalisation, the paper's figures, its default weights file), as timm keeps `default_cfgs`."""
 
-# Paper figures, for tables printed beside ours (Table 2: GFLOPs; Table 4: params in M).
-PAPER_PARAMS_M = {"wgnet": 5.8, "wgnet-a": 4.9, "wgnet-b": 4.0, "wgnet-c": 3.2}
-PAPER_GFLOPS = {"wgnet": 3.6}
+    name: str
+    window_attn: bool = True
+    global_attn: bool = True
+    dataset: str = "coco"                 # keypoints, input size, windows and patches (GEOMETRY)
+    layout: str = "wgnet"                 # "wgnet" (WGNET_STAGES) or "tiny" (TINY)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    paper_params_m: float | None = None   # the paper's Table 4 (millions)
+    paper_gflops: float | None = None     # the paper's Table 2 (GMAC, 1 FLOP = 1 MAC)
+
+    @property
+    def weights_file(self) -> str:
+        """The file name `refpose infer` looks for in `weights/` when it is given no weights."""
+        return f"{self.name}.safetensors"
+
+    def config(self) -> WGNetConfig:
+        if self.layout == "tiny":
+            return TINY
+        g = GEOMETRY[self.dataset]
+        stages = [StageConfig(name, C, n, self.window_attn, self.global_attn and name not in NO_GLOBAL,
+                              g["windows"][name], g["patch"], stride) for name, C, n, stride in WGNET_STAGES]
+        return WGNetConfig(name=self.name, input_size=g["input_size"], stem=WGNET_STEM, encoder=tuple(stages[:4]),
+                           decoder=tuple(stages[4:]), num_keypoints=DATASETS[self.dataset].num_joints,
+                           dataset=self.dataset)
+
+
+VARIANTS = (
+    Variant("wgnet", paper_params_m=5.8, paper_gflops=3.6),
+    Variant("wgnet-a", global_attn=False, paper_params_m=4.9),       # Table 4: no global attention
+    Variant("wgnet-b", window_attn=False, paper_params_m=4.0),       # no window attention
+    Variant("wgnet-c", window_attn=False, global_attn=False, paper_params_m=3.2),   # neither
+    Variant("wgnet-mpii", dataset="mpii"),
+    Variant("wgnet-mpii-a", global_attn=False, dataset="mpii"),
+    Variant("wgnet-mpii-b", window_attn=False, dataset="mpii"),
+    Variant("wgnet-mpii-c", window_attn=False, global_attn=False, dataset="mpii"),
+    Variant("tiny", layout="tiny"),
+)
+CONFIGS = {v.name: v for v in VARIANTS}
+
+
+def variant_of(name: str) -> Variant:
+    """The record of the named config `name`; a config of another name gets the defaults
+    (ImageNet normalisation, no paper figures)."""
+    return CONFIGS.get(name) or Variant(name)
 
 
 def get_config(config: "str | WGNetConfig | dict") -> WGNetConfig:
@@ -335,5 +356,5 @@ def get_config(config: "str | WGNetConfig | dict") -> WGNetConfig:
     if isinstance(config, str):
         if config not in CONFIGS:
             raise ConfigError(f"unknown config {config!r}; known: {', '.join(CONFIGS)}")
-        return CONFIGS[config]()
+        return CONFIGS[config].config()
     raise ConfigError(f"a config is a name, a WGNetConfig or a dict, not {type(config).__name__}")

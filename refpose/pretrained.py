@@ -3,17 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import get_config
+from .config import get_config, variant_of
 
 DEFAULT_CONFIG = "wgnet"
 
 
 def default_weights_path(config=DEFAULT_CONFIG) -> Path | None:
-    """`weights/<config name>.safetensors` (e.g. `weights/wgnet.safetensors`), looked for in the
-    current directory, then in the source checkout beside the package; None when neither exists."""
-    name = get_config(config).name
+    """`weights/<the config's weights file>` (`weights/wgnet.safetensors` for wgnet: `Variant.weights_file`),
+    looked for in the current directory, then in the source checkout beside the package; None
+    when neither exists."""
+    name = variant_of(get_config(config).name).weights_file
     for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        path = root / "weights" / f"{name}.safetensors"
+        path = root / "weights" / name
         if path.is_file():
             return path
     return None

@@ -23,6 +23,9 @@ from .layers import walk
 from .model import WGNet
 
 FORMAT = "refpose-weights/1"
+ASSETS = Path(__file__).resolve().parent / "assets"
+# weights that ship inside the package, by name: `--weights tiny-synthetic` works from any folder
+SHIPPED = {"tiny-synthetic": "tiny-synthetic.safetensors"}     # the tiny config trained on `refpose synth` figures
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 # the largest file a config within MAX_PARAMS needs: every tensor in float64, plus the header
 MAX_WEIGHTS_BYTES = 8 * MAX_PARAMS + 2 ** 20
@@ -48,12 +51,23 @@ class WeightsFile:
         return self.config
 
 
+def weights_path(weights: "str | os.PathLike") -> str:
+    """The file `weights` names: a path, or the name of weights that ship with refpose (SHIPPED),
+    which works from any folder; a path that exists wins over a name."""
+    path = os.fspath(weights)
+    if path in SHIPPED and not os.path.lexists(path):
+        return str(ASSETS / SHIPPED[path])
+    return str(path)
+
+
 def read_weights(path: "str | os.PathLike") -> WeightsFile:
-    """Read tensors and metadata from a .safetensors or .npz file, checking nothing yet."""
-    path = str(path)
+    """Read tensors and metadata from a .safetensors or .npz file (a path, or the name of shipped
+    weights: `weights_path`), checking nothing yet."""
+    path = weights_path(path)
     if not os.path.isfile(path):
         reason = ("is a folder, not a weights file" if os.path.isdir(path) else
-                  "not a regular file" if os.path.exists(path) else "no such weights file")
+                  "not a regular file" if os.path.exists(path) else
+                  f"no such weights file (nor the name of weights shipped with refpose: {', '.join(SHIPPED)})")
         raise WeightsError(f"{path}: {reason}")
     try:
         with open(path, "rb") as f:

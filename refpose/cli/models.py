@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..config import CONFIGS, PAPER_GFLOPS, PAPER_PARAMS_M, get_config
+from ..config import CONFIGS, get_config, variant_of
 from ..errors import ConfigError, WeightsError
 
 FLOP_NOTE = "1 FLOP = 1 multiply-accumulate (MAC), as in the paper"
@@ -75,10 +75,10 @@ def run_info(args) -> int:
     if args.weights:
         state = {True: "trained", False: "untrained"}.get(trained, "trained or not: not stated")
         print(f"weights {args.weights} ({state})")
-    paper = ""
-    if cfg.name in PAPER_PARAMS_M:
-        paper = f"  (paper: {PAPER_PARAMS_M[cfg.name]} M"
-        paper += f", {PAPER_GFLOPS[cfg.name]} GFLOPs)" if cfg.name in PAPER_GFLOPS else ")"
+    paper, v = "", variant_of(cfg.name)
+    if v.paper_params_m is not None:
+        paper = f"  (paper: {v.paper_params_m} M"
+        paper += f", {v.paper_gflops} GFLOPs)" if v.paper_gflops is not None else ")"
     print(f"params {s['params']:,}   MACs {s['macs']:,} ({s['macs'] / 1e9:.3f} G){paper}")
     rows = [[r["stage"], r["map"], r["channels"], r["blocks"], r["attention"], r["window"], r["heads"] or "-",
              f"{r['params']:,}", f"{r['macs']:,}"] for r in s["stages"]]

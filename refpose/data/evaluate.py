@@ -263,10 +263,11 @@ def _file_digest(path: str) -> str:
 def _weights_key(spec: ModelSpec) -> str:
     """The digest of the weights file the model comes from, or how its weights were made."""
     from ..pretrained import DEFAULT_CONFIG, default_weights_path
+    from ..weights import weights_path
 
-    if spec.weights is not None and not os.path.isfile(spec.weights):
+    if spec.weights is not None and not os.path.isfile(weights_path(spec.weights)):
         raise WeightsError(f"{spec.weights}: no such weights file")
-    path = spec.weights or default_weights_path(spec.config or DEFAULT_CONFIG)
+    path = weights_path(spec.weights) if spec.weights else default_weights_path(spec.config or DEFAULT_CONFIG)
     return _file_digest(str(path)) if path is not None else "untrained, seed 0"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import BoxError
 
 PADDING = 1.25                                # box enlargement (HRNet, MMPose `padding=1.25`)
@@ -85,9 +86,10 @@ def crop_person(image: np.ndarray, center, scale, input_size: tuple[int, int]) -
     return warp(image, get_affine_transform(center, scale, input_size), input_size)
 
 
-def normalize(crops: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """RGB uint8 crops (N, H, W, 3) -> network input (N, 3, H, W): /255, then (x - mean) / std."""
-    x = (crops.astype(np.float64) / 255.0 - MEAN) / STD       # (N, H, W, 3)
+def normalize(crops: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=np.float32) -> np.ndarray:
+    """RGB uint8 crops (N, H, W, 3) -> network input (N, 3, H, W): /255, then (x - mean) / std with the
+    statistics of the config (`refpose.config.Variant`; ImageNet's for every named config)."""
+    x = (crops.astype(np.float64) / 255.0 - mean) / std       # (N, H, W, 3)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=dtype)   # (N, 3, H, W)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import variant_of
 from ..errors import BoxError, DataError, InputShapeError, RefposeError, WeightsError
 from ..keypoints import COCO, Keypoints
 from .crop import affine_points, box_to_center_scale, check_box, crop_person, get_affine_transform, normalize
@@ -214,7 +215,8 @@ def _run(model, persons: list[Persons], options: PoseOptions) -> list[list[dict]
     counts = [len(p.crops) for p in persons]
     if not sum(counts):
         return [[] for _ in persons]
-    x = normalize(np.concatenate([p.crops for p in persons]))                         # (sum K, 3, in_h, in_w)
+    variant = variant_of(getattr(model.config, "name", ""))
+    x = normalize(np.concatenate([p.crops for p in persons]), variant.mean, variant.std)   # (sum K, 3, in_h, in_w)
     with np.errstate(over="ignore", invalid="ignore"):    # an overflow is reported below, once
         heatmaps = predict_heatmaps(model, x, options.flip)                          # (sum K, K', h, w)
     check_finite_heatmaps(heatmaps, model)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import DataError
 from ..keypoints import COCO, Keypoints
 from ..pose.crop import affine_points, box_to_center_scale, get_affine_transform, normalize, warp
@@ -205,10 +206,12 @@ def sample_transform(person: Person, image_size: tuple[int, int], input_size: tu
 
 
 def make_sample(image: np.ndarray, person: Person, input_size: tuple[int, int], heatmap_size: tuple[int, int],
-                rng: np.random.Generator, aug: Augment, sigma: float = SIGMA, keypoints: Keypoints = COCO):
-    """Network input (3, in_h, in_w) float32, heatmaps (K, h, w) and target weights (K,) of one person."""
+                rng: np.random.Generator, aug: Augment, sigma: float = SIGMA, keypoints: Keypoints = COCO,
+                mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Network input (3, in_h, in_w) float32 (normalised with the config's `mean` and `std`), heatmaps
+    (K, h, w) and target weights (K,) of one person."""
     M, kp, visible, _ = sample_transform(person, image.shape[:2], input_size, rng, aug, keypoints)
-    x = normalize(warp(image, M, input_size)[None])[0]
+    x = normalize(warp(image, M, input_size)[None], mean, std)[0]
     stride = input_size[1] / heatmap_size[1]
     heatmaps, weights = heatmap_targets(kp, visible, heatmap_size, stride, sigma)
     return x, heatmaps, weights

@@ -28,7 +28,7 @@ import torch                       # after `import refpose`, which asked OpenMP 
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..config import get_config
+from ..config import get_config, variant_of
 from ..errors import RefposeError
 from ..fileio import write_atomic
 from . import TrainError
@@ -69,9 +69,9 @@ class PersonCrops(Dataset):
     """Training samples: item (epoch, index) is person `index` seen with the random stream
     of that epoch, so a sample does not depend on the worker or rank that makes it."""
 
-    def __init__(self, persons, input_size, heatmap_size, seed: int, aug: Augment, sigma: float):
+    def __init__(self, persons, input_size, heatmap_size, seed: int, aug: Augment, sigma: float, variant):
         self.persons, self.input_size, self.heatmap_size = persons, input_size, heatmap_size
-        self.seed, self.aug, self.sigma = seed, aug, sigma
+        self.seed, self.aug, self.sigma, self.variant = seed, aug, sigma, variant
 
     def __len__(self) -> int:
         return len(self.persons)
@@ -80,7 +80,8 @@ class PersonCrops(Dataset):
         epoch, index = item
         person = self.persons[index]
         x, heatmaps, weights = make_sample(read_image(person.image), person, self.input_size, self.heatmap_size,
-                                           sample_rng(self.seed, epoch, index), self.aug, self.sigma)
+                                           sample_rng(self.seed, epoch, index), self.aug, self.sigma,
+                                           mean=self.variant.mean, std=self.variant.std)
         return torch.from_numpy(x), torch.from_numpy(heatmaps), torch.from_numpy(weights)
 
 
@@ -257,7 +258,7 @@ def train(s: TrainSettings) -> TrainResult:
     in_h, in_w = cfg.input_size
     hm_h, hm_w = cfg.output_size()
     dataset = PersonCrops(data.persons, (in_h, in_w), (hm_h, hm_w), s.seed,
-                          Augment() if s.augment else Augment.off(), s.sigma)
+                          Augment() if s.augment else Augment.off(), s.sigma, variant_of(cfg.name))
     sampler = DistributedSampler(dataset, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=s.seed,
                                  drop_last=True)
     steps_per_epoch = len(sampler) // s.batch

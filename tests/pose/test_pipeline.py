@@ -12,7 +12,7 @@ import pytest
 import refpose
 from refpose.errors import BoxError, DataError, InputShapeError
 from refpose.keypoints import COCO
-from refpose.pose.crop import MEAN, STD
+from refpose.config import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD
 from refpose.pose.pipeline import PoseOptions, estimate, predict, predict_images, to_coco_records
 
 from test_decode import gaussians

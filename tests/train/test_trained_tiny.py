@@ -1,4 +1,4 @@
-"""The committed `weights/tiny-synthetic.safetensors` finds keypoints: refpose's whole inference
+"""The shipped `tiny-synthetic` weights (refpose/assets/) find keypoints: refpose's whole inference
 path (crop, network, flip test, decoding, OKS-NMS, pycocotools) checked against weights that
 detect something, on synthetic images committed under `tests/assets/synth_heldout/`.
 
@@ -16,7 +16,7 @@ from refpose.data.coco import load_annotations
 from refpose.pose.crop import box_to_center_scale, crop_person, normalize
 
 ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS = ROOT / "weights" / "tiny-synthetic.safetensors"
+WEIGHTS = "tiny-synthetic"      # the shipped weights, by name
 HELD = ROOT / "tests" / "assets" / "synth_heldout"
 
 # Floors, from the run that made the file (weights/README.md): on 511 held-out figures of
@@ -42,7 +42,7 @@ def test_the_file_says_it_is_trained_and_on_what():
     wf = refpose.read_weights(WEIGHTS)
     assert wf.trained is True and wf.config.name == "tiny"
     from safetensors import safe_open
-    with safe_open(str(WEIGHTS), framework="numpy") as f:
+    with safe_open(refpose.weights.weights_path(WEIGHTS), framework="numpy") as f:
         meta = f.metadata()
     assert "synth" in meta["dataset"] and float(meta["val_AP"]) > 0
 
