@@ -34,14 +34,14 @@ def check_request(alphas, C: int, h: int, w: int, patch: tuple[int, int]) -> Non
         if alpha <= 0:
             raise ConfigError(f"--alpha must be a positive integer, got {alpha}")
         try:
-            formulas.check_shapes(h, w, C, formulas.window_of(alpha), patch)
+            formulas.check_shapes(h, w, C, formulas.alpha_window(alpha), patch)
         except ConfigError as e:
             raise ConfigError(f"--alpha {alpha}: {e}") from None
 
 
 def _pair(alpha: int, C: int, h: int, w: int, patch: tuple[int, int], impl: str) -> dict:
     """Eq. (2), its terms, and the counted window + global pair for one alpha."""
-    window = formulas.window_of(alpha)
+    window = formulas.alpha_window(alpha)
     hp, wp = window
     ph, pw = patch
     got = counted.count_attention(h, w, C, window, patch, impl=impl)

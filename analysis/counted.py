@@ -73,14 +73,11 @@ def count_network(config, input_size: tuple[int, int] | None = None, impl: str =
     window, patch and the counted {qkv, qk, av, proj} of each attention kind, summed over
     its WNet blocks.
     """
-    from refpose.weights import build
+    from refpose.summary import counted_forward
 
     cfg = get_config(config)
     H, W = input_size or cfg.input_size
-    cfg.check_input_size((H, W))
-    model = build(cfg, impl=impl)
-    with count_ops() as counter:
-        model(np.zeros((1, 3, H, W), np.float32))
+    model, counter = counted_forward(cfg, (H, W), impl)
     stages = []
     for name in STAGES:
         st = cfg.stages[name]

@@ -52,7 +52,7 @@ class Cost:
         return Fraction(self.c1, N_UNIT)
 
 
-def window_of(alpha: int) -> tuple[int, int]:
+def alpha_window(alpha: int) -> tuple[int, int]:
     """The paper's window for a given alpha: 4*alpha x 3*alpha (section 3.2, Table 1)."""
     return 4 * alpha, 3 * alpha
 

@@ -23,7 +23,6 @@ from . import formulas as F
 
 # --- Table 1 (section 3.2) ---------------------------------------------------------------
 TABLE1_CAPTION = "Table 1. Comparison in Flop of WNet with MHSA"
-TABLE1_UNITS = "(attention: $M=1e^3C^2$, $N=1e^5C$)"
 TABLE1_MAP = F.PAPER_MAP
 TABLE1_PATCH = F.PAPER_PATCH
 COLUMNS = ("win", "glo", "wnet", "mhsa")
@@ -56,13 +55,6 @@ NOTES = {
 }
 MERGED_NOTE = "merged cell, printed once (see alpha = 4)"
 
-CLAIMS_TEXT = (
-    "When α is 1, the window size is (4, 3), which is greater than the calculation amount of MHSA. "
-    "When α is 2, 4, and 8, the calculation amount is smaller than the latter. When α is 16, the "
-    "method degenerates into MHSA. When α is 4, the amount of calculation is the smallest, and assume "
-    "the value of feature dimension C is 32, which can reduce the amount of calculation by 74% "
-    "compared with the ordinary attention mechanism."
-)
 CLAIM_GREATER = "When α is 1, the window size is (4, 3), which is greater than the calculation amount of MHSA."
 CLAIM_SMALLER = "When α is 2, 4, and 8, the calculation amount is smaller than the latter."
 CLAIM_DEGENERATES = "When α is 16, the method degenerates into MHSA."
@@ -134,7 +126,7 @@ def fmt_units(cost: F.Cost, decimals: int = 3) -> str:
 # --- Table 1 -----------------------------------------------------------------------------
 def table1_costs(alpha: int, h: int, w: int, patch: tuple[int, int]) -> dict[str, F.Cost]:
     """The four Table 1 quantities for one alpha, from the formulas."""
-    window = F.window_of(alpha)
+    window = F.alpha_window(alpha)
     return {"win": F.window_attention(h, w, window), "glo": F.global_attention(h, w, window, patch),
             "wnet": F.wnet_attention(h, w, window, patch), "mhsa": F.mhsa(h, w)}
 
@@ -172,7 +164,7 @@ def table1(C: int, h: int = TABLE1_MAP[0], w: int = TABLE1_MAP[1], patch: tuple[
     paper_rows = {r["alpha"]: r for r in TABLE1} if (h, w) == TABLE1_MAP and tuple(patch) == TABLE1_PATCH else {}
     rows = []
     for alpha in alphas:
-        window = F.window_of(alpha)
+        window = F.alpha_window(alpha)
         try:
             F.check_shapes(h, w, C, window, patch)
         except ConfigError:
@@ -234,7 +226,7 @@ def claims(C: int) -> list[dict]:
     h, w = TABLE1_MAP
     patch = TABLE1_PATCH
     full = F.mhsa(h, w)
-    wnet = {a: F.wnet_attention(h, w, F.window_of(a), patch) for a in F.PAPER_ALPHAS}
+    wnet = {a: F.wnet_attention(h, w, F.alpha_window(a), patch) for a in F.PAPER_ALPHAS}
     out = []
 
     # alpha = 1 costs more than MHSA: both coefficients at least as large, one larger
@@ -244,7 +236,7 @@ def claims(C: int) -> list[dict]:
                 "agrees": w1.c2 >= full.c2 and w1.c1 >= full.c1 and w1 != full})
 
     # alpha = 2, 4, 8 cost less than MHSA: true only below a C threshold
-    limits = {a: F.below_mhsa_until(h, w, F.window_of(a), patch) for a in (2, 4, 8)}
+    limits = {a: F.below_mhsa_until(h, w, F.alpha_window(a), patch) for a in (2, 4, 8)}
     at_C = {a: Fraction(wnet[a].at(C), full.at(C)) for a in (2, 4, 8)}
     out.append({"text": CLAIM_SMALLER,
                 "computed": "; ".join(f"alpha={a}: {_pct(at_C[a])} of Eq. (1) at C={C}, smaller while "
@@ -252,7 +244,7 @@ def claims(C: int) -> list[dict]:
                 "agrees": all(wnet[a].at(C) < full.at(C) for a in (2, 4, 8))})
 
     # alpha = 16: the one window is the whole map, so window attention is Eq. (1)
-    win16 = F.window_attention(h, w, F.window_of(16))
+    win16 = F.window_attention(h, w, F.alpha_window(16))
     out.append({"text": CLAIM_DEGENERATES,
                 "computed": f"window attention over one {h}x{w} window = Eq. (1) = {fmt_units(win16)}, exactly; "
                             f"Eq. (2) as written keeps the global half too: {fmt_units(wnet[16])}",
@@ -270,7 +262,7 @@ def claims(C: int) -> list[dict]:
 
     # 74% at C = 32
     Cr = REDUCTION_C
-    window = F.window_of(4)
+    window = F.alpha_window(4)
     bare = 1 - Fraction(F.eq2(h, w, Cr, window, patch), F.eq1(h, w, Cr))
     proj = F.projection(h, w).at(Cr)
     with_proj = 1 - Fraction(F.eq2(h, w, Cr, window, patch) + 2 * proj, F.eq1(h, w, Cr) + proj)
@@ -399,12 +391,6 @@ TABLE4 = {   # model: (window attention, global attention, #Params M, mAP %) as 
 }
 TABLE4_CONFIGS = {"Baseline": "wgnet", "Model-A": "wgnet-a", "Model-B": "wgnet-b", "Model-C": "wgnet-c"}
 MPII_CONFIG = "wgnet-mpii"
-
-ABSTRACT_CLAIM = ("this model reduces the number of parameters by 25%, computational complexity by 41%, and "
-                  "inference time by nearly two times, compared to Hrformer ... at the cost of only 3.5% accuracy")
-DATASET_CLAIMS = ("There are 163,961 data in the COCO training set, 149,813 data after cleaning and screening, "
-                  "and 5,000 data in the verification set. The MPIO data set has 16 key points marked, 14679 data "
-                  "in the training set, and 2,729 data in the verification set.")
 
 
 def _F(text: str) -> Fraction:

@@ -89,21 +89,27 @@ class WGNet(Layer):
 
     @property
     def num_params(self) -> int:
-        """Trainable parameters: BN weight and bias included, running statistics excluded."""
-        return sum(int(np.prod(s)) for k, s in self.tensor_shapes_all().items()
-                   if not k.endswith(("running_mean", "running_var")))
+        """Trainable parameters (`count_params`)."""
+        return count_params(self.tensor_shapes_all())
 
     def __repr__(self):
         return f"WGNet(config={self.config.name!r}, dtype={self.dtype.name}, impl={self.ops.name!r})"
 
 
+def count_params(shapes: "dict[str, tuple]") -> int:
+    """Parameters of a weight layout {key: shape}, as the paper's Table 4 counts them (DESIGN
+    section 1): trainable tensors only, BN weight and bias included, BN running statistics excluded."""
+    return sum(int(np.prod(shape)) for key, shape in shapes.items()
+               if not key.endswith(("running_mean", "running_var", "num_batches_tracked")))
+
+
 def check_size(cfg: WGNetConfig, shapes: "dict[str, tuple] | None" = None) -> None:
-    """Refuse a config whose weights alone would exceed MAX_PARAMS, before anything is allocated:
-    the layer tree knows every tensor's shape (`shapes`, else built here) and holds no weights."""
+    """Refuse a config with more than MAX_PARAMS parameters, before anything is allocated: the
+    layer tree knows every tensor's shape (`shapes`, else built here) and holds no weights."""
     shapes = WGNet(cfg, impl="reference").tensor_shapes_all() if shapes is None else shapes
-    n = sum(int(np.prod(shape)) for shape in shapes.values())
+    n = count_params(shapes)
     if n > MAX_PARAMS:
-        raise ConfigError(f"config {cfg.name!r}: {n:,} weights, more than the {MAX_PARAMS:,} refpose builds")
+        raise ConfigError(f"config {cfg.name!r}: {n:,} parameters, more than the {MAX_PARAMS:,} refpose builds")
 
 
 def tap_shapes(config, batch: int | None = None) -> dict[str, tuple]:

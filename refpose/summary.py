@@ -1,8 +1,8 @@
 """Sizes of a configuration: parameters and MACs, per stage and per op kind.
 
 MACs are counted by running the NumPy forward on a zero input (seeded weights) inside `count_ops()`
-(DESIGN section 2), never computed from a formula; parameters are the trainable
-tensors of the weight layout (BN weight and bias included, running statistics excluded).
+(DESIGN section 2), never computed from a formula; parameters are `model.count_params` of the
+weight layout (BN weight and bias included, running statistics excluded).
 """
 from __future__ import annotations
 
@@ -10,10 +10,24 @@ import numpy as np
 
 from .config import STAGES, check_input_pixels, get_config
 from .counting import count_ops
+from .model import count_params
 
 
-def _is_param(key: str) -> bool:
-    return not key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+def counted_forward(config, input_size: tuple[int, int] | None = None, impl: str = "reference"):
+    """The model of a config (seeded weights) and what its ops reported while it ran one forward
+    on a zero input of `input_size` (default: the config's) inside `count_ops()`: the one walk
+    that every per-stage count (this summary, the analyzer) reads. Sizes above
+    `config.MAX_INPUT_PIXELS` (the forward's memory) are refused before any allocation."""
+    from .weights import build
+
+    cfg = get_config(config)
+    H, W = input_size or cfg.input_size
+    check_input_pixels((H, W))
+    cfg.check_input_size((H, W))
+    model = build(cfg, impl=impl)
+    with count_ops() as counter:
+        model(np.zeros((1, 3, H, W), np.float32))
+    return model, counter
 
 
 def model_summary(config, input_size: tuple[int, int] | None = None, shapes: dict | None = None) -> dict:
@@ -25,16 +39,11 @@ def model_summary(config, input_size: tuple[int, int] | None = None, shapes: dic
     """
     cfg = get_config(config)
     H, W = input_size or cfg.input_size
-    check_input_pixels((H, W))
-    cfg.check_input_size((H, W))
-    from .weights import build
-    model = build(cfg, impl="reference")
+    model, counter = counted_forward(cfg, (H, W))
     shapes = model.tensor_shapes_all() if shapes is None else shapes
-    with count_ops() as counter:
-        model(np.zeros((1, 3, H, W), np.float32))
 
     def params_under(prefix):
-        return sum(int(np.prod(s)) for k, s in shapes.items() if _is_param(k) and k.startswith(prefix + "."))
+        return count_params({k: s for k, s in shapes.items() if k.startswith(prefix + ".")})
 
     rows = []
     for name in ("stem",) + STAGES + ("head",):
@@ -56,8 +65,7 @@ def model_summary(config, input_size: tuple[int, int] | None = None, shapes: dic
             h, w = cfg.output_size((H, W))
             row = dict(stage="head", map=f"{h}x{w}", channels=cfg.num_keypoints, blocks=1,
                        attention="-", window="-", heads=0)
-        row["params"] = params_under(name) if name != "head" else \
-            sum(int(np.prod(s)) for k, s in shapes.items() if k.startswith("head."))
+        row["params"] = params_under(name)
         row["macs"] = counter.macs_under(name)
         rows.append(row)
 
@@ -65,7 +73,7 @@ def model_summary(config, input_size: tuple[int, int] | None = None, shapes: dic
         "config": cfg.name,
         "input": [H, W],
         "output": [cfg.num_keypoints, *cfg.output_size((H, W))],
-        "params": sum(int(np.prod(s)) for k, s in shapes.items() if _is_param(k)),
+        "params": count_params(shapes),
         "macs": counter.macs,
         "macs_by_kind": dict(counter.by_kind),
         "elementwise": dict(counter.elementwise),

@@ -72,7 +72,7 @@ def test_a_bad_config_dict_is_a_config_error_naming_the_field(d, pattern):
 
 def test_a_config_too_large_is_refused_when_its_layer_tree_is_built(tmp_path, capsys, tiny_tensors):
     cfg = WGNetConfig.from_dict(HUGE)                     # a valid config ...
-    with pytest.raises(ConfigError, match=r"weights, more than the 200,000,000 refpose builds"):
+    with pytest.raises(ConfigError, match=r"parameters, more than the 200,000,000 refpose builds"):
         refpose.WGNet(cfg)                                # ... that refpose does not build
     path = write_safetensors(tmp_path / "huge.safetensors", tiny_tensors, config_json=json.dumps(HUGE))
     code, out, err = run(capsys, "info", "--weights", path)

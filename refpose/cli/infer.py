@@ -171,13 +171,14 @@ class _Tally:
     def failed(self, e: Exception, path: str) -> None:
         self.bar.update()
         self.failures += 1
-        _err(f"refpose infer: error: {_one_line(e, path)}")
+        _err(f"refpose infer: error: {_failure_line(e, path)}")
 
     def close(self) -> None:
         self.bar.close()
 
 
-def _one_line(e: Exception, path: str) -> str:
+def _failure_line(e: Exception, path: str) -> str:
+    """One line for an image or video that failed; an OSError is a failure to write its outputs."""
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
     if isinstance(e, OSError):
         text = f"{path}: cannot write the outputs: {e.strerror or text}"

@@ -98,10 +98,6 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e
 
 
-def relu6(x: np.ndarray) -> np.ndarray:
-    return np.clip(x, 0, 6)
-
-
 def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0)
 

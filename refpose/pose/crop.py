@@ -17,12 +17,6 @@ from ..errors import BoxError
 PADDING = 1.25                                # box enlargement (HRNet, MMPose `padding=1.25`)
 
 
-MEAN = (0.485, 0.456, 0.406)                  # ImageNet statistics, RGB (DESIGN section 1)
-
-
-STD = (0.229, 0.224, 0.225)
-
-
 def box_to_center_scale(box, aspect_ratio: float, padding: float = PADDING) -> tuple[np.ndarray, np.ndarray]:
     """COCO box [x, y, w, h] -> centre (2,) and scale (2,) = (w, h) of the region to crop, in pixels.
 

@@ -385,10 +385,3 @@ class PersonDetector:
         dets = dets[ok]
         order = np.argsort(-dets[:, 4], kind="stable")
         return dets[order, :4], dets[order, 4]
-
-
-def add_box_scores(records: list[dict], box_scores) -> list[dict]:
-    """Give each COCO record the score of the box it was estimated in (`box_score`), in place."""
-    for r, s in zip(records, box_scores):
-        r["box_score"] = float(s)
-    return records

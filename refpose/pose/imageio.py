@@ -104,7 +104,7 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
         _check_pixels(name, kind or "the header", declared, max_pixels)
     if kind == "JPEG" and _jpeg_truncated(data):
         raise ImageError(f"{name}: truncated JPEG file (no end-of-image marker after the last scan)")
-    with _quiet_stderr():
+    with quiet_stderr():
         try:
             raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         except cv2.error:
@@ -237,7 +237,7 @@ def _jpeg_truncated(data: bytes) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """Silence file descriptor 2 (libpng and OpenCV print there) for the duration."""
     fd = 2                                    # where C libraries write, whatever sys.stderr is now
     try:

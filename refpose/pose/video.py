@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import RefposeError
 from .driver import IMAGES_PER_FORWARD
-from .imageio import _quiet_stderr, path_problem  # _quiet_stderr: FFmpeg and OpenCV print on fd 2
+from .imageio import path_problem, quiet_stderr     # quiet_stderr: FFmpeg and OpenCV print on fd 2
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
                   ".ts", ".3gp", ".ogv")
@@ -67,7 +67,7 @@ def open_video(path: "str | os.PathLike") -> tuple[cv2.VideoCapture, VideoInfo]:
         raise VideoError(f"{path}: {problem}")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
-    with _quiet_stderr():
+    with quiet_stderr():
         cap = cv2.VideoCapture(path)
     if not cap.isOpened():
         raise VideoError(f"{path}: OpenCV cannot read this file as a video")
@@ -208,7 +208,7 @@ def _frame_chunks(cap, first: int, stop: int | None, every: int, per_forward: in
 
 
 def _open_writer(tmp: Path, final: Path, fourcc: str, fps: float, width: int, height: int) -> cv2.VideoWriter:
-    with _quiet_stderr():
+    with quiet_stderr():
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
     if not writer.isOpened():
         raise VideoError(f"{final}: OpenCV cannot write a {width}x{height} video with codec {fourcc}")

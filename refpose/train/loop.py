@@ -197,7 +197,7 @@ def _load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def _one_line(e: Exception) -> str:
+def _worker_error_line(e: Exception) -> str:
     """The last line of an error re-raised by a DataLoader worker (it carries the traceback)."""
     lines = [line for line in str(e).splitlines() if line.strip()]
     last = lines[-1] if lines else type(e).__name__
@@ -374,7 +374,7 @@ def train(s: TrainSettings) -> TrainResult:
             except RefposeError as e:
                 if isinstance(e, TrainError):
                     raise
-                raise type(e)(_one_line(e)) from None
+                raise type(e)(_worker_error_line(e)) from None
             finally:
                 bar.close()
             epoch_done = step % steps_per_epoch == 0
