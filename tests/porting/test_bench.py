@@ -172,7 +172,7 @@ def test_missing_frameworks_are_skipped_with_a_note(monkeypatch):
 
 
 def test_cli_prints_json_and_notes_skipped_candidates(monkeypatch, capsys):
-    monkeypatch.setattr(bench, "optional_candidates", lambda *a: ([], ["onnxruntime: skipped (test)"], None))
+    monkeypatch.setattr(bench.timing, "optional_candidates", lambda *a: ([], ["onnxruntime: skipped (test)"], None))
     assert main(["bench", "--config", "tiny", "--threads", "1", "--runs", "2", "--json"]) == 0
     out, _ = capsys.readouterr()
     r = json.loads(out)

@@ -219,13 +219,13 @@ def test_mmdeploy_pipeline_json_gives_the_preprocessing(graphs, tmp_path):
 @pytest.mark.torch
 def test_yolox_nano_shaped_network_on_both_runtimes(tmp_path):
     """A real convolutional graph of YOLOX-nano's shape (random weights, two persons planted in its
-    objectness; analysis/video_speed.py) exported as YOLOX does: both runtimes find the two persons,
+    objectness; refpose/porting/bench/video.py) exported as YOLOX does: both runtimes find the two persons,
     at the same places. Tolerance 0.05 px: float32 convolutions summed in different orders by two
     runtimes differ by ~1e-5 relative, and box sizes pass through exp()."""
     pytest.importorskip("torch", reason="the network is exported from PyTorch")
     if not HAVE_ORT:
         pytest.skip("onnxruntime not installed")
-    from analysis.video_speed import export_detector
+    from refpose.porting.bench.video import export_detector
 
     path = export_detector(tmp_path / "nano.onnx")
     frame = np.random.default_rng(0).integers(0, 256, (360, 640, 3), dtype=np.uint8)

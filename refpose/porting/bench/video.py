@@ -1,4 +1,4 @@
-"""`python -m analysis.video_speed`: frames per second of `refpose infer` on a video, with and without a detector.
+"""`python -m refpose.porting.bench.video`: frames per second of `refpose infer` on a video, with and without a detector.
 
 The clip is made here (640x360, moving shapes on a gradient, MPEG-4). The detector is a
 randomly initialised network of YOLOX-nano's shape (Ge et al. 2021, YOLOX `yolox_nano.py`:
@@ -147,7 +147,7 @@ def export_detector(path: Path) -> Path:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m analysis.video_speed", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m refpose.porting.bench.video", description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=["tiny", "wgnet"])
     p.add_argument("--frames", type=int, default=50)
     args = p.parse_args(argv)
