@@ -1,0 +1,90 @@
+"""The thread policy (refpose/threads.py): OpenMP asked not to spin, what happens when a runtime was
+loaded first, and the threads of evaluation workers. Each case runs in a fresh process, since the
+policy is decided once per process."""
+import os
+import subprocess
+import sys
+
+import numba
+import pytest
+
+
+def _import_kernels(prelude="", builds=1, **env):
+    """(OMP_WAIT_POLICY after building the model, whether the policy says a runtime spins), stderr."""
+    code = prelude + ("import os, refpose, refpose.threads as t\n"
+                      "for _ in range(%d): refpose.build('tiny')\n"
+                      "print(os.environ['OMP_WAIT_POLICY'], t.policy().openmp_spins)" % builds)
+    env = {**{k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}, **env}
+    r = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split(), r.stderr
+
+
+LOAD_LIBGOMP = "import ctypes, ctypes.util; ctypes.CDLL(ctypes.util.find_library('gomp'), mode=ctypes.RTLD_GLOBAL)\n"
+
+
+def _need_libgomp():
+    import ctypes.util
+    if ctypes.util.find_library("gomp") is None:
+        pytest.skip("needs libgomp (GNU OpenMP) to load an OpenMP runtime by hand")
+
+
+def test_openmp_is_asked_to_wait_passively_unless_the_user_chose():
+    # see refpose/threads.py: spinning OpenMP and OpenBLAS threads starve each other
+    assert _import_kernels()[0] == ["PASSIVE", "False"]
+    assert _import_kernels(OMP_WAIT_POLICY="ACTIVE")[0] == ["ACTIVE", "False"]
+
+
+def test_the_variable_is_set_when_refpose_is_imported():
+    """An OpenMP runtime loaded after `import refpose` reads PASSIVE when it loads."""
+    r = subprocess.run([sys.executable, "-c", "import os, refpose; print(os.environ['OMP_WAIT_POLICY'])"],
+                       capture_output=True, text=True, timeout=300,
+                       env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"})
+    assert r.stdout.split() == ["PASSIVE"], r.stderr
+
+
+def test_openmp_loaded_after_refpose_does_not_warn():
+    """The advice followed (refpose first, then the runtime): no warning, kernels in parallel."""
+    _need_libgomp()
+    (policy, spins), err = _import_kernels("import refpose\n" + LOAD_LIBGOMP)
+    assert (policy, spins) == ("PASSIVE", "False")
+    assert "Warning" not in err, err
+
+
+def test_openmp_loaded_before_refpose_warns_once_and_runs_the_kernels_on_one_thread():
+    _need_libgomp()
+    (policy, spins), err = _import_kernels(LOAD_LIBGOMP, builds=3)
+    assert (policy, spins) == ("PASSIVE", "True")
+    assert err.count("RuntimeWarning") == 1, err                   # once per process, not per model
+    assert "Import refpose before torch" in err and "OMP_WAIT_POLICY=PASSIVE" in err
+
+
+@pytest.mark.torch
+def test_torch_imported_after_refpose_does_not_warn():
+    pytest.importorskip("torch", reason="the case of torch imported after refpose")
+    (policy, spins), err = _import_kernels("import refpose, torch\n")
+    assert (policy, spins) == ("PASSIVE", "False")
+    assert "Warning" not in err, err
+
+
+def _worker_threads(_):
+    from threadpoolctl import threadpool_info
+    blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    return numba.get_num_threads(), blas
+
+
+def test_evaluation_workers_have_the_threads_the_docs_give(capfd):
+    """README: each worker runs BLAS on one thread; its kernels get the threads it is given
+    (the cores shared among the workers), and no worker warns."""
+    import multiprocessing
+
+    from refpose.data.evaluate import ModelSpec, _Worker
+    pytest.importorskip("threadpoolctl", reason="reads the BLAS thread count")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 numba threads")
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2, _Worker.start, (ModelSpec(config="tiny"), False, 2)) as pool:
+        counts = pool.map(_worker_threads, range(2))
+    assert counts == [(2, [1] * len(counts[0][1]))] * 2 and counts[0][1], counts
+    assert "Warning" not in capfd.readouterr().err
