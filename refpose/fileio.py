@@ -1,9 +1,11 @@
 """Files in and out: outputs written whole or not at all; JSON inputs read and their numbers checked."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 import secrets
 from pathlib import Path
 
@@ -81,10 +83,15 @@ def write_atomic(path: "str | os.PathLike", data: bytes) -> None:
     write_files({path: data})
 
 
-def check_output_path(path: "str | os.PathLike") -> None:
-    """Refuse (`OutputError`) a path that is, or must be, a folder, or that has a file among its
-    parents. `write_files` checks every path with it; a command may call it before long work."""
+def check_output_path(path: "str | os.PathLike", inputs=()) -> None:
+    """Refuse (`OutputError`) a path that is, or must be, a folder, that has a file among its
+    parents, or that is the same file as one of `inputs` (links included: writing it would destroy
+    the input). `write_files` checks every path with it; a command calls it with its inputs before
+    any work."""
     text = os.fspath(path)
+    for inp in inputs:
+        if inp is not None and _same_file(text, inp):
+            raise OutputError(f"{text}: is the input {os.fspath(inp)}; an output never replaces an input")
     if not text or text.endswith(("/", os.sep)) or os.path.isdir(text):
         raise OutputError(f"{text or repr(text)}: is a folder, not a file to write; name the output file")
     for parent in Path(text).absolute().parents:
@@ -99,20 +106,83 @@ def check_output_path(path: "str | os.PathLike") -> None:
         return
 
 
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):             # one of them does not exist (yet): not the same file
+        return False
+
+
 def _reason(e: OSError) -> str:
     return e.strerror or str(e)
+
+
+def path_problem(path: "str | os.PathLike", folder: bool = False, kind: str = "an image") -> str | None:
+    """Why `path` is not a regular file (with `folder`, a folder) that can be opened, in the words of
+    the real cause, or None: the one check of every input path. `kind` names what the file should
+    be ("an image", "a video"). `os.path.exists` says "no" to a missing file, a broken link, a link
+    loop and a folder on the way that cannot be entered alike; a user needs to know which. A named
+    pipe, a device or a socket is refused: opening a pipe blocks until someone writes to it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ENOENT and os.path.islink(path):
+            return f"broken symbolic link (to {os.readlink(path)})"
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if e.errno == errno.EACCES:
+            return "permission denied: a folder on its path cannot be entered"
+        if e.errno == errno.ENOENT:
+            return "no such folder" if folder else "no such file"
+        return e.strerror or str(e)
+    except ValueError:                          # a NUL byte in the name
+        return "not a valid path"
+    if folder:
+        if not stat.S_ISDIR(mode):
+            return "not a folder"
+        if not os.access(path, os.R_OK | os.X_OK):
+            return "permission denied: the folder cannot be read"
+        return None
+    if stat.S_ISDIR(mode):
+        return f"is a directory, not {kind}"
+    if not stat.S_ISREG(mode):
+        what = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        return f"{what}, not a regular file"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return None
+
+
+def open_append(path: "str | os.PathLike"):
+    """Open a file of lines for appending, after cutting off a torn last line (one a crash left
+    without its newline), so that the next line starts on a line of its own: an append-only log
+    never glues a new line onto a half-written one."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                start = max(0, size - (1 << 16))
+                while True:                   # find the last newline, reading back in blocks
+                    f.seek(start)
+                    end = f.read(size - start).rfind(b"\n")
+                    if end >= 0 or start == 0:
+                        f.truncate(start + end + 1 if end >= 0 else 0)
+                        break
+                    start = max(0, start - (1 << 16))
+    return open(path, "a", encoding="utf-8")
 
 
 def read_json(path: "str | os.PathLike", what: str):
     """Parse a JSON file; any failure is a DataError naming the file and the problem."""
     path = str(path)
+    problem = path_problem(path, kind=f"a {what} file")
+    if problem:
+        raise DataError(f"{path}: {problem if problem != 'no such file' else f'no such {what} file'}")
     try:
         with open(path, "rb") as f:
             return json.loads(f.read())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such {what} file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, not a {what} file") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read the {what} file: {e.strerror or e}") from None
     except UnicodeDecodeError:

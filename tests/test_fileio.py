@@ -85,3 +85,63 @@ def test_a_rename_that_fails_puts_back_the_files_renamed_before(tmp_path, monkey
     monkeypatch.undo()
     assert (tmp_path / "x.json").read_bytes() == b"old json"
     assert sorted(os.listdir(tmp_path)) == ["x.json"]        # no new file, no temporary, no backup left
+
+
+# --- the one path check of every input -----------------------------------------------------------
+def test_path_problem_names_what_is_not_a_regular_file(tmp_path):
+    from refpose.fileio import path_problem
+    import socket
+
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "ok").write_bytes(b"x")
+    os.symlink(tmp_path / "gone", tmp_path / "dangling")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(tmp_path / "sock"))
+    try:
+        assert path_problem(tmp_path / "ok") is None
+        assert path_problem(tmp_path / "pipe") == "a named pipe (FIFO), not a regular file"
+        assert path_problem("/dev/null") == "a device, not a regular file"
+        assert path_problem(tmp_path / "sock") == "a socket, not a regular file"
+        assert path_problem(tmp_path / "missing") == "no such file"
+        assert path_problem(tmp_path / "dangling").startswith("broken symbolic link")
+        assert path_problem(tmp_path, kind="a video") == "is a directory, not a video"
+        assert path_problem(tmp_path / "ok", folder=True) == "not a folder"
+    finally:
+        s.close()
+
+
+def test_reading_a_fifo_as_json_is_one_error_not_a_hang(tmp_path):
+    from refpose.errors import DataError
+    from refpose.fileio import read_json
+
+    os.mkfifo(tmp_path / "ann.json")
+    with pytest.raises(DataError, match="ann.json: a named pipe"):
+        read_json(tmp_path / "ann.json", "annotations")
+
+
+def test_an_output_that_is_an_input_is_refused_links_included(tmp_path):
+    from refpose.errors import OutputError
+    from refpose.fileio import check_output_path
+
+    src = tmp_path / "gt.json"
+    src.write_text("{}")
+    os.link(src, tmp_path / "hard.json")
+    os.symlink(src, tmp_path / "soft.json")
+    for out in (src, tmp_path / "hard.json", tmp_path / "soft.json"):
+        with pytest.raises(OutputError, match="is the input"):
+            check_output_path(out, [tmp_path / "other.json", src])
+    check_output_path(tmp_path / "new.json", [src])                   # not yet there: not an input
+    check_output_path(src, [])                                        # no inputs named: nothing to compare
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"", b"new\n"), (b"a\n", b"a\nnew\n"), (b"a\n{\"image_id\": 3, \"rec", b"a\nnew\n"),
+    (b"torn", b"new\n"), (b"a\n" * 50000 + b"b" * 70000, b"a\n" * 50000 + b"new\n")])
+def test_open_append_cuts_a_torn_last_line_first(tmp_path, content, expected):
+    from refpose.fileio import open_append
+
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(content)
+    with open_append(path) as f:
+        f.write("new\n")
+    assert path.read_bytes() == expected

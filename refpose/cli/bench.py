@@ -5,6 +5,9 @@ import json
 import sys
 
 from ..config import CONFIGS
+from .args import int_range, positive_int, seed
+
+MAX_BATCH = 64        # images per forward: 64 wgnet inputs and their maps take ~6 GB in the fast path
 
 
 def add_parser(sub) -> None:
@@ -16,10 +19,10 @@ def add_parser(sub) -> None:
                        "fast path with a 95 % bootstrap interval (this run's own noise), MACs per second, the machine's numpy sgemm throughput from the same run and "
                        "each candidate's peak memory. --profile shows where the fast path's time goes instead.")
     p.add_argument("--config", default="wgnet", help=f"a named config: {', '.join(CONFIGS)} (default wgnet)")
-    p.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
-    p.add_argument("--threads", type=int, default=2, help="threads for every library (default 2)")
-    p.add_argument("--runs", type=int, default=20, help="timed rounds; medians over them (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input (default 0)")
+    p.add_argument("--batch", type=int_range(1, MAX_BATCH), default=1, help=f"images per forward, 1..{MAX_BATCH} (default 1)")
+    p.add_argument("--threads", type=positive_int, default=2, help="threads for every library (default 2)")
+    p.add_argument("--runs", type=positive_int, default=20, help="timed rounds; medians over them (default 20)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the weights and the input (default 0)")
     p.add_argument("--aa", action="store_true", help="A/A check: the fast path against a second copy of "
                    "itself; a fair harness reads 1.00 +- 0.05 (on a busy machine, look at the interval too)")
     p.add_argument("--profile", action="store_true", help="instead of the latency table, show where the time "

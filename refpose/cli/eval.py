@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from .args import positive_int
+
 NOTE = ("COCO keypoint AP/AR from pycocotools' COCOeval (standard COCO OKS sigmas); "
         "AP, AP50, AP75, APm, APl are the columns of the paper's Table 2")
 
@@ -49,8 +51,8 @@ def add_parser(sub) -> None:
     run.add_argument("--results-out", metavar="RES.json",
                      help="where to write the results (default result_keypoints.json); progress is "
                      "kept in RES.json.progress.jsonl until every image is done")
-    run.add_argument("--limit", type=int, metavar="N", help="only the first N images of GT.json")
-    run.add_argument("--workers", type=int, metavar="N",
+    run.add_argument("--limit", type=positive_int, metavar="N", help="only the first N images of GT.json")
+    run.add_argument("--workers", type=positive_int, metavar="N",
                      help="processes to spread the images over (default 1)")
     run.add_argument("--restart", action="store_true",
                      help="ignore the progress of an earlier interrupted run and start over")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..config import CONFIGS
 from ..errors import BoxError, RefposeError
-from . import finite_float
+from .args import finite_float, probability
 from .infer_video import add_video_options, infer_video, load_detector
 
 PROGRESS_MIN = 4          # a progress bar from this many images on (and only on a terminal)
@@ -43,13 +43,13 @@ def add_parser(sub) -> None:
                    help="a person box in image pixels (repeatable; applies to every image)")
     p.add_argument("--boxes", metavar="DETS.json", help="COCO detection results; person boxes are matched "
                    "to images by file name or by image_id = the numeric file stem")
-    p.add_argument("--box-thr", type=finite_float, default=0.3, metavar="T",
+    p.add_argument("--box-thr", type=probability, default=0.3, metavar="T",
                    help="keep detections with score >= T (default 0.3)")
     p.add_argument("--out", metavar="DIR", default=".", help="output directory (default: the current one)")
     p.add_argument("--json", action="store_true", help="also print all records to stdout as one JSON list")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop's heatmaps")
     p.add_argument("--dark", action="store_true", help="DARK sub-pixel decoding instead of the quarter-pixel shift")
-    p.add_argument("--kpt-thr", type=finite_float, default=0.3, metavar="T",
+    p.add_argument("--kpt-thr", type=probability, default=0.3, metavar="T",
                    help="hide joints with score below T in the drawing (default 0.3)")
     p.add_argument("--heatmaps", action="store_true",
                    help="also save <name>.person<i>.heatmaps.png: the crop and its 17 heatmaps")

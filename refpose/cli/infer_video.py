@@ -5,12 +5,11 @@ by `refpose.pose.detector.PersonDetector` and `refpose.pose.video.run_video`.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from ..errors import BoxError, RefposeError
-from . import finite_float
+from .args import positive_int, seconds
 
 
 def add_video_options(p) -> None:
@@ -31,34 +30,14 @@ def add_video_options(p) -> None:
                    help="person boxes from an ONNX detector: a YOLOX export (raw grid output, NMS at IoU "
                    f"{YOLOX_NMS_IOU}) or an MMDeploy end2end export (dets, labels); class 0, score >= --box-thr. "
                    f"Runs on {runtime}")
-    g.add_argument("--every", type=_positive_int, default=1, metavar="N",
+    g.add_argument("--every", type=positive_int, default=1, metavar="N",
                    help="video: estimate on every Nth frame; the others are copied and get an empty record line "
                    "(default 1)")
-    g.add_argument("--start", type=_seconds, default=0.0, metavar="SEC", help="video: begin at this time (default 0)")
-    g.add_argument("--end", type=_seconds, metavar="SEC", help="video: stop before this time (default: the end)")
+    g.add_argument("--start", type=seconds, default=0.0, metavar="SEC", help="video: begin at this time (default 0)")
+    g.add_argument("--end", type=seconds, metavar="SEC", help="video: stop before this time (default: the end)")
     g.add_argument("--smooth", action="store_true",
                    help="video: One-Euro filter on each tracked person's keypoints (tracks by box IoU; MMPose's "
                    f"parameters min_cutoff {MIN_CUTOFF}, beta {BETA}, time in frames)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return n
-
-
-def _seconds(text: str) -> float:
-    try:
-        t = finite_float(text)
-    except argparse.ArgumentTypeError:
-        t = -1.0
-    if t < 0:
-        raise argparse.ArgumentTypeError(f"expected a time in seconds >= 0, got {text!r}")
-    return t
 
 
 def load_detector(detector: str | None, box_thr: float, bbox, boxes, start: float, end: float | None):

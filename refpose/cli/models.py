@@ -5,6 +5,7 @@ import json
 
 from ..config import CONFIGS, get_config, variant_of
 from ..errors import ConfigError, WeightsError
+from .args import seed
 
 FLOP_NOTE = "1 FLOP = 1 multiply-accumulate (MAC), as in the paper"
 
@@ -25,7 +26,7 @@ def add_parser(sub) -> None:
                        description="Write seeded, untrained weights (metadata trained: false) for a config, "
                        "as safetensors (or .npz when OUT ends in .npz).")
     p.add_argument("--config", required=True, help=f"a named config: {', '.join(CONFIGS)}")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     p.add_argument("out", metavar="OUT", help="output file")
     p.set_defaults(run=run_init)
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from . import finite_float
+from .args import int_range, positive_float, seed
+
+MAX_INPUTS = 64       # seeded inputs of a check or a golden file: 64 wgnet inputs of float64 taps take ~2 GB
 
 ORACLE_HELP = """\
 Check another backend against refpose float64, in one of two ways:
@@ -49,7 +51,7 @@ def add_parser(sub) -> None:
                        "a divergence; --taps makes them graph outputs too.")
     p.add_argument("weights", metavar="WEIGHTS", help="a weights file (.safetensors or .npz)")
     p.add_argument("out", metavar="OUT.onnx", help="output ONNX file (written atomically)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..20 (default 17)")
+    p.add_argument("--opset", type=int_range(13, 20), default=17, help="ONNX opset, 13..20 (default 17)")
     p.add_argument("--taps", action="store_true", help="list the stage tensors among the graph's outputs")
     p.add_argument("--config", help="the config, if the weights file does not carry one")
     p.set_defaults(run=run_export_onnx)
@@ -65,7 +67,7 @@ def add_parser(sub) -> None:
                    help="the model's tensor TENSOR is our stage NAME (stem, s1..s4, d1..d3, or heatmaps "
                         "for the output); repeatable, for models not exported by refpose")
     _add_sampling(p, argparse_defaults=True)
-    p.add_argument("--rtol", type=finite_float, help="tolerance, as max|got - ref| / max|ref| "
+    p.add_argument("--rtol", type=positive_float, help="tolerance, as max|got - ref| / max|ref| "
                    "(default: by the model's input dtype, float32 1e-4, float64 2e-13)")
     p.set_defaults(run=run_oracle, oracle_parser=p, action=None)
     actions = p.add_subparsers(title="action (optional)", dest="action", metavar="{dump}",
@@ -82,9 +84,10 @@ def add_parser(sub) -> None:
 
 def _add_sampling(p, argparse_defaults: bool) -> None:
     # on `dump`, SUPPRESS keeps a value given before the word `dump` (refpose oracle --seed 3 dump ...)
-    n, seed = (2, 0) if argparse_defaults else (argparse.SUPPRESS, argparse.SUPPRESS)
-    p.add_argument("--inputs", type=int, default=n, metavar="N", help="number of seeded inputs (default 2)")
-    p.add_argument("--seed", type=int, default=seed, metavar="S", help="seed of the inputs (default 0)")
+    n, default_seed = (2, 0) if argparse_defaults else (argparse.SUPPRESS, argparse.SUPPRESS)
+    p.add_argument("--inputs", type=int_range(1, MAX_INPUTS), default=n, metavar="N",
+                   help=f"number of seeded inputs, 1..{MAX_INPUTS} (default 2)")
+    p.add_argument("--seed", type=seed, default=default_seed, metavar="S", help="seed of the inputs (default 0)")
 
 
 def run_export_onnx(args) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ..data.synth import DEFAULT_PERSONS, DEFAULT_SIZE, JPEG_QUALITY
+from .args import positive_int, seed
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -36,8 +37,8 @@ def add_parser(sub) -> None:
         "outside the image 0. The same seed gives the same bytes. The folder appears whole or not "
         "at all. For smoke tests of training, evaluation and ports only: no substitute for COCO.")
     p.add_argument("out", metavar="OUT", help="output folder (must not exist or be empty, unless --force)")
-    p.add_argument("--images", type=int, default=100, metavar="N", help="number of images (default 100)")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
+    p.add_argument("--images", type=positive_int, default=100, metavar="N", help="number of images (default 100)")
+    p.add_argument("--seed", type=seed, default=0, metavar="S",
                    help="random seed (default 0); each image depends on the seed and its index only")
     p.add_argument("--size", type=_size, default=DEFAULT_SIZE, metavar="WxH",
                    help=f"image size (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]})")

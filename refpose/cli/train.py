@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import fields
 
 from ..config import CONFIGS
-from ..train.settings import DEFAULTS as D, TrainSettings
+from ..train.settings import DEFAULTS as D, MAX_SIGMA, TrainSettings
+from .args import float_range, int_range, nonnegative_int, positive_int, seed
 
 PAPER = "paper section 4.2"
 MMPOSE = "MMPose td-hm_hrnet-w32_8xb64-210e_coco-256x192"
@@ -34,46 +35,46 @@ def add_parser(sub) -> None:
     v.add_argument("--val-images", metavar="DIR", help="their images")
     v.add_argument("--val-boxes", metavar="DETS.json",
                    help="COCO person detections to validate on (default: the ground-truth boxes)")
-    v.add_argument("--val-every", type=int, default=D["val_every"], metavar="N",
+    v.add_argument("--val-every", type=positive_int, default=D["val_every"], metavar="N",
                    help=f"validate every N epochs and after the last (default {D['val_every']}: {MMPOSE} val_interval)")
     r = p.add_argument_group("recipe")
-    r.add_argument("--epochs", type=int, default=D["epochs"], help=f"epochs (default {D['epochs']}: {PAPER})")
-    r.add_argument("--batch", type=int, default=D["batch"], help=f"persons per batch per process (default {D['batch']}: {MMPOSE}, "
+    r.add_argument("--epochs", type=int_range(1, 100_000), default=D["epochs"], help=f"epochs (default {D['epochs']}: {PAPER})")
+    r.add_argument("--batch", type=int_range(1, 4096), default=D["batch"], help=f"persons per batch per process (default {D['batch']}: {MMPOSE}, "
                    "64 per GPU)")
-    r.add_argument("--lr", type=float, default=D["lr"], help=f"peak learning rate of Adam (default {D['lr']:g}: {PAPER})")
-    r.add_argument("--min-lr", type=float, default=D["min_lr"],
+    r.add_argument("--lr", type=float_range(0.0, 10.0, lo_open=True), default=D["lr"], help=f"peak learning rate of Adam (default {D['lr']:g}: {PAPER})")
+    r.add_argument("--min-lr", type=float_range(0.0, 10.0), default=D["min_lr"],
                    help=f"learning rate at the end of the cosine, then held (default {D['min_lr']:g}: {PAPER})")
-    r.add_argument("--cosine-end", type=float, default=D["cosine_end"], metavar="FRACTION",
+    r.add_argument("--cosine-end", type=float_range(0.0, 1.0, lo_open=True, what="a fraction"), default=D["cosine_end"], metavar="FRACTION",
                    help=f"the cosine ends after this fraction of the epochs (default {D['cosine_end']:g}: {PAPER}, "
                    "epoch 170 of 200)")
-    r.add_argument("--warmup-iters", type=int, default=D["warmup_iters"],
+    r.add_argument("--warmup-iters", type=nonnegative_int, default=D["warmup_iters"],
                    help=f"linear warm-up iterations (default {D['warmup_iters']}: {MMPOSE}, LinearLR end=500)")
-    r.add_argument("--warmup-factor", type=float, default=D["warmup_factor"],
+    r.add_argument("--warmup-factor", type=float_range(0.0, 1.0, lo_open=True, what="a factor"), default=D["warmup_factor"],
                    help=f"learning-rate factor at the first iteration (default {D['warmup_factor']:g}: {MMPOSE}, "
                    "start_factor)")
-    r.add_argument("--weight-decay", type=float, default=D["weight_decay"],
+    r.add_argument("--weight-decay", type=float_range(0.0, 1.0), default=D["weight_decay"],
                    help=f"Adam weight decay (default {D['weight_decay']:g}: {MMPOSE})")
-    r.add_argument("--sigma", type=float, default=D["sigma"], help="Gaussian sigma of the target heatmaps, in heatmap "
+    r.add_argument("--sigma", type=float_range(0.0, MAX_SIGMA, lo_open=True, what="a sigma in heatmap pixels"), default=D["sigma"], help="Gaussian sigma of the target heatmaps, in heatmap "
                    f"pixels (default {D['sigma']:g}: HRNet, {MMPOSE})")
     r.add_argument("--no-augment", dest="augment", action="store_false",
                    help=f"no flip, half-body, scale, rotation or shift (default: on, {MMPOSE} defaults)")
     r.add_argument("--scale-lr", action="store_true",
                    help="multiply --lr by the number of processes (linear scaling rule, Goyal et al. 2017); "
                    "default off: the paper's lr is for one device")
-    r.add_argument("--seed", type=int, default=D["seed"],
+    r.add_argument("--seed", type=seed, default=D["seed"],
                    help=f"seed of the weights, the order and the augmentation (default {D['seed']})")
     e = p.add_argument_group("execution")
     e.add_argument("--device", choices=("cpu", "cuda", "auto"), default=D["device"],
                    help=f"default {D['device']}: CUDA when PyTorch sees a GPU, else the CPU")
     e.add_argument("--amp", action="store_true", help="float16 mixed precision on CUDA (default off)")
-    e.add_argument("--workers", type=int, default=D["workers"],
+    e.add_argument("--workers", type=int_range(0, 64), default=D["workers"],
                    help=f"data-loading processes per training process (default {D['workers']}: {MMPOSE}); 0 loads "
                    "in-process. Validation runs refpose on as many processes (at least one)")
-    e.add_argument("--threads", type=int, help="PyTorch CPU threads (default: PyTorch's choice)")
-    e.add_argument("--max-steps", type=int, metavar="N",
+    e.add_argument("--threads", type=int_range(1, 1024), help="PyTorch CPU threads (default: PyTorch's choice)")
+    e.add_argument("--max-steps", type=positive_int, metavar="N",
                    help="stop after N optimiser steps in all (the schedule still spans --epochs); last.pt "
                    "and model.safetensors are written, --resume continues")
-    e.add_argument("--log-every", type=int, default=D["log_every"], metavar="N",
+    e.add_argument("--log-every", type=positive_int, default=D["log_every"], metavar="N",
                    help=f"steps per line of metrics.jsonl (default {D['log_every']}: {MMPOSE} logger interval)")
     e.add_argument("--resume", action="store_true",
                    help="continue the run in RUN from RUN/last.pt (the recipe settings must be the same)")

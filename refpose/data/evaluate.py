@@ -21,7 +21,7 @@ import numpy as np
 from ..pose.boxes import find_detections, load_detections
 from ..fileio import is_number
 from ..errors import DataError, ImageError, RefposeError, WeightsError
-from ..fileio import check_output_path, write_atomic
+from ..fileio import check_output_path, open_append, write_atomic
 from ..pose.nms import OKS_NMS_THR
 from .coco import Annotations, coco_eval, load_annotations, load_results
 
@@ -133,7 +133,7 @@ def detections_per_image(path: str, gt: Annotations) -> dict[int, tuple[np.ndarr
 
 def check_image_folder(images: str) -> None:
     """DataError with the real reason when the image folder of a run cannot be used."""
-    from ..pose.imageio import path_problem
+    from ..fileio import path_problem
 
     problem = path_problem(images, folder=True)
     if problem:
@@ -329,7 +329,7 @@ def run_with_progress(todo: list[ImageJob], done: dict, progress_path: str, spec
     returns (path, problem) of the images that could not be read."""
     paths, missing = {job.image_id: job.path for job in todo}, []
     persons, start = 0, time.perf_counter()
-    with open(progress_path, "a", encoding="utf-8") as log:
+    with open_append(progress_path) as log:           # a line torn by a crash is cut off first
         for image_id, records, problem in run_jobs(todo, spec, options.flip, options.workers):
             if problem is None:
                 done[image_id] = records
@@ -368,7 +368,9 @@ def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.Pat
     check_image_folder(images)
     options.check()
     jobs, box_source = make_jobs(gt, images, boxes, options.limit)
-    check_output_path(results_out)           # before the long run, not after it
+    inputs = (ann if not isinstance(ann, (dict, Annotations)) else None, boxes, model.weights)
+    check_output_path(results_out, inputs)    # before the long run, not after it
+    check_output_path(results_out + PROGRESS_SUFFIX, inputs)
     progress_path = results_out + PROGRESS_SUFFIX
     done = open_progress(progress_path, run_settings(gt, model, options.flip, boxes), gt, options.restart)
     resumed = sum(job.image_id in done for job in jobs)

@@ -99,7 +99,8 @@ def _run_batch(batch: list[ImageInput], model, options, detector, keep_images, b
 
 def _prepare(inp: ImageInput, detector, keep_images: bool) -> tuple[ImageResult, np.ndarray | None, np.ndarray | None]:
     """The image's result with its pixels (or its error), and its boxes and box scores."""
-    from .imageio import path_problem, read_image
+    from ..fileio import path_problem
+    from .imageio import read_image
 
     result = ImageResult(inp, [], [])
     boxes, scores = inp.boxes, inp.box_scores

@@ -18,8 +18,9 @@ def collect_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
 
     Every entry of a folder with an image or video name is run, except folders: a broken
     link, a link loop or an unreadable file is reported with its reason when it is read
-    (`refpose.pose.imageio.path_problem`), never skipped in silence."""
-    from .imageio import IMAGE_SUFFIXES, path_problem
+    (`refpose.fileio.path_problem`), never skipped in silence."""
+    from ..fileio import path_problem
+    from .imageio import IMAGE_SUFFIXES
     from .video import VIDEO_SUFFIXES
 
     jobs, problems = [], []

@@ -19,10 +19,8 @@ needs on top of `cv2.imread`:
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
-import stat
 import struct
 import sys
 
@@ -30,6 +28,7 @@ import cv2
 import numpy as np
 
 from ..errors import ImageError
+from ..fileio import path_problem
 
 # magic bytes -> format name, for messages that tell "truncated JPEG" from "not an image"
 MAGIC = (
@@ -66,32 +65,6 @@ def read_image(path: "str | os.PathLike", max_pixels: int = MAX_PIXELS) -> np.nd
     except OSError as e:
         raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
     return decode_image(data, path, max_pixels)
-
-
-def path_problem(path: "str | os.PathLike", folder: bool = False, kind: str = "an image") -> str | None:
-    """Why `path` is not a file (with `folder`, not a folder) that can be opened, in the words of
-    the real cause, or None; `kind` names what the file should be ("an image", "a video"). `os.path.exists`
-    says "no" to a missing file, a broken link, a link loop and a folder on the way that cannot be
-    entered alike; a user needs to know which."""
-    try:
-        is_dir = stat.S_ISDIR(os.stat(path).st_mode)
-    except OSError as e:
-        if e.errno == errno.ENOENT and os.path.islink(path):
-            return f"broken symbolic link (to {os.readlink(path)})"
-        if e.errno == errno.ELOOP:
-            return "symbolic link loop"
-        if e.errno == errno.EACCES:
-            return "permission denied: a folder on its path cannot be entered"
-        if e.errno == errno.ENOENT:
-            return "no such folder" if folder else "no such file"
-        return e.strerror or str(e)
-    if folder and not is_dir:
-        return "not a folder"
-    if folder and not os.access(path, os.R_OK | os.X_OK):
-        return "permission denied: the folder cannot be read"
-    if not folder and is_dir:
-        return f"is a directory, not {kind}"
-    return None
 
 
 def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..errors import RefposeError
 from .driver import IMAGES_PER_FORWARD
-from .imageio import path_problem, quiet_stderr     # quiet_stderr: FFmpeg and OpenCV print on fd 2
+from ..fileio import path_problem
+from .imageio import quiet_stderr     # FFmpeg and OpenCV print on fd 2
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
                   ".ts", ".3gp", ".ogv")

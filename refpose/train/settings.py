@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, fields
 
 from .targets import SIGMA
 
+MAX_SIGMA = 10.0    # heatmap pixels: a Gaussian of 3 sigma then still fits a 64x48 map's scale (MMPose uses 2-3)
+
 
 @dataclass(frozen=True)
 class TrainSettings:

@@ -207,8 +207,8 @@ def test_a_failure_leaves_nothing(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--images", "0"], "--images must be a positive"),
-    (["--seed", "-1"], "--seed must be a non-negative"),
+    (["--images", "0"], "argument --images: expected a whole number >= 1"),
+    (["--seed", "-1"], "argument --seed: expected a seed between 0 and"),
     (["--size", "10x10"], "each side must be 32"),
     (["--size", "big"], "is not WIDTHxHEIGHT"),
     (["--persons", "3-1"], "MIN <= MAX"),
