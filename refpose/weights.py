@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from .config import MAX_PARAMS, WGNetConfig, get_config
 from .errors import ConfigError, WeightsError
-from .fileio import write_atomic
+from .fileio import path_problem, unpacked_size, write_atomic
 from .layers import walk
 from .model import WGNet
 
@@ -64,11 +63,11 @@ def read_weights(path: "str | os.PathLike") -> WeightsFile:
     """Read tensors and metadata from a .safetensors or .npz file (a path, or the name of shipped
     weights: `weights_path`), checking nothing yet."""
     path = weights_path(path)
-    if not os.path.isfile(path):
-        reason = ("is a folder, not a weights file" if os.path.isdir(path) else
-                  "not a regular file" if os.path.exists(path) else
-                  f"no such weights file (nor the name of weights shipped with refpose: {', '.join(SHIPPED)})")
-        raise WeightsError(f"{path}: {reason}")
+    problem = path_problem(path, kind="a weights file")
+    if problem == "no such file":
+        problem = f"no such weights file (nor the name of weights shipped with refpose: {', '.join(SHIPPED)})"
+    if problem:
+        raise WeightsError(f"{path}: {problem}")
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -113,8 +112,7 @@ def _read_safetensors(path: str):
 
 
 def _read_npz(path: str):
-    with zipfile.ZipFile(path) as z:         # sizes as the archive declares them: a zip bomb stops here
-        unpacked = sum(info.file_size for info in z.infolist())
+    unpacked = unpacked_size(path)
     if unpacked > MAX_WEIGHTS_BYTES:
         raise WeightsError(f"{path}: unpacks to {unpacked:,} bytes, more than the weights of any config refpose builds")
     tensors, meta = {}, {}

@@ -168,12 +168,15 @@ def test_a_bad_seed_is_a_config_error(seed):
 
 
 def test_init_with_a_negative_seed_is_one_line(tmp_path, capsys):
-    code, out, err = run(capsys, "init", "--config", "tiny", "--seed", "-1", tmp_path / "w.safetensors")
-    assert code == 2 and err == "refpose init: error: the seed must be a non-negative integer, got -1\n"
+    with pytest.raises(SystemExit) as e:
+        run(capsys, "init", "--config", "tiny", "--seed", "-1", tmp_path / "w.safetensors")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == ("refpose init: error: argument --seed: expected a seed between 0 and "
+                                         "4,294,967,295, got '-1'\n")
     assert not (tmp_path / "w.safetensors").exists()
 
 
-@pytest.mark.parametrize("path, reason", [(".", "is a folder, not a weights file"),
+@pytest.mark.parametrize("path, reason", [(".", "is a directory, not a weights file"),
                                           ("/dev/null", "not a regular file"),
                                           ("nope.safetensors", "no such weights file")])
 def test_a_weights_path_that_is_not_a_file_says_what_it_is(tmp_path, path, reason):

@@ -17,7 +17,8 @@ from ..config import CONFIGS, TAPS, WGNetConfig, get_config
 from ..errors import WeightsError
 from ..model import check_size
 from ..ops.geometry import check_grouping, clamp_window
-from ..weights import IGNORED_SUFFIXES, check_tensors
+from ..fileio import path_problem, unpacked_size
+from ..weights import IGNORED_SUFFIXES, MAX_WEIGHTS_BYTES, check_tensors
 
 BN_EPS = 1e-5   # BatchNorm2d and LayerNorm eps, DESIGN section 1
 
@@ -341,15 +342,31 @@ def _summary(problems: list[str], limit: int = 3) -> str:
     return "; ".join(problems[:limit]) + more
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state_dict from a .pt/.pth file: bare, or under a "state_dict" key."""
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such checkpoint file")
+def load_torch_file(path, max_bytes: int, error=WeightsError, what: str = "PyTorch checkpoint"):
+    """The object in a .pt/.pth file, unpickled with `weights_only` (tensors and plain containers,
+    no code), after the path check and a bound on what it unpacks to (`fileio.unpacked_size`,
+    `max_bytes`); any failure is `error` naming the file. `refpose export` and `refpose train
+    --resume` read their files through it."""
+    path = str(path)
+    problem = path_problem(path, kind=f"a {what}")
+    if problem:
+        raise error(f"{path}: {problem}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        size = unpacked_size(path)
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror or e}") from None
+    if size > max_bytes:
+        raise error(f"{path}: unpacks to {size:,} bytes, more than the {max_bytes:,} a {what} of refpose needs")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:   # the unpickler fails on foreign bytes with many exception types
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+        raise error(f"{path}: not a readable {what} ({reason})") from None
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state_dict from a .pt/.pth file: bare, or under a "state_dict" key."""
+    obj = load_torch_file(path, MAX_WEIGHTS_BYTES)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(
