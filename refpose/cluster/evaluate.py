@@ -40,7 +40,8 @@ class RayJobRunner:
         ds = self.ray.data.from_items(items).map_batches(
             EvalActor, fn_constructor_kwargs=dict(model=source, flip=flip, threads=pool.threads),
             batch_size=IMAGES_PER_FORWARD, batch_format="numpy", num_cpus=pool.threads,
-            compute=self.ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size))
+            compute=self.ray.data.ActorPoolStrategy(
+                min_size=pool.min_size, max_size=pool.max_size, max_tasks_in_flight_per_actor=1))
         seen = set()
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for text in batch["result"]:

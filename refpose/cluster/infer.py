@@ -193,10 +193,13 @@ def _video_outputs(item: dict, out: Path) -> tuple[Path, Path]:
 
 def _map(ray, items: list[dict], actor, kwargs: dict, batch_size: int, pool: Pool):
     """The dataset of the actors' output batches. Ray Data restarts a lost actor and retries its
-    batch by itself (its actor pools default to max_restarts=-1, max_task_retries=-1)."""
+    batch by itself (its actor pools default to max_restarts=-1, max_task_retries=-1). An actor holds
+    one batch at a time: the actors read their own inputs, so there is nothing to prefetch, and a
+    batch waits for the first actor free rather than in the queue of a busy one."""
     ds = ray.data.from_items([{"item": json.dumps(item)} for item in items])
     return ds.map_batches(actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="numpy",
-                          compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+                          compute=ray.data.ActorPoolStrategy(
+                              min_size=pool.min_size, max_size=pool.max_size, max_tasks_in_flight_per_actor=1),
                           num_cpus=pool.threads)
 
 

@@ -32,14 +32,6 @@ class Pool:
         return f"{size} actor{'s' if self.max_size > 1 else ''} x {self.threads} thread{'s' if self.threads > 1 else ''}"
 
 
-def check_ray_installed() -> None:
-    """ClusterError naming the extra unless Ray Data can be imported (looked for, not imported)."""
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        import_ray()
-
-
 def import_ray():
     """The `ray` module with Ray Data, or a ClusterError naming the extra that installs it."""
     try:
@@ -104,11 +96,7 @@ def ray_session(address: str, timeout: float = CONNECT_TIMEOUT):
     which the process says so on one line and exits with status 2 (ray.init cannot be cancelled).
     Ray's own logging is kept to errors, and Ray Data's progress bars are off (the command has
     its own)."""
-    check_ray_installed()
-    target = resolve_address(address)
-    if target is not None:
-        check_reachable(target, timeout)
-    else:
+    if address == "local":
         # a private instance talks on the loopback address (Ray takes the machine's outward address
         # otherwise); read when ray is first imported
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -116,6 +104,9 @@ def ray_session(address: str, timeout: float = CONNECT_TIMEOUT):
     # stderr; ray.init says that it read the level, on fd 2, and is silenced while it runs
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     ray = import_ray()
+    target = resolve_address(address)
+    if target is not None:
+        check_reachable(target, timeout)
     kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     if target is None:
         kwargs.update(address="local", num_cpus=os.cpu_count() or 1)

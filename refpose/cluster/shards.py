@@ -37,9 +37,11 @@ class OutputFolder:
         self.settings = settings
         self.done: dict[str, dict] = {}         # image key -> its entry in a .done.json
         self.next_shard = 0
+        self.new = False
 
     def open(self) -> "OutputFolder":
-        """Check (or start) run.json, read the finished images, remove what a crash left half done."""
+        """Check run.json (a new folder gets it with its first shard), read the finished images,
+        remove what a crash left half done."""
         if self.path.exists() and not self.path.is_dir():
             raise OutputError(f"{self.path}: the output directory is a file")
         run = self.path / RUN_FILE
@@ -52,7 +54,9 @@ class OutputFolder:
                 raise DataError(f"{self.path}: holds the output of a run with other settings ({', '.join(diff)}); "
                                 "give another --out")
         else:
-            write_atomic(run, (json.dumps({"format": FORMAT, "settings": self.settings}, indent=1) + "\n").encode())
+            self.new = True                                    # run.json comes with the first shard
+            if not self.path.exists():
+                return self
         for entry in sorted(os.listdir(self.path)):
             m = SHARD.match(entry)
             if entry.startswith(".part-") and entry.endswith(".tmp"):
@@ -74,7 +78,12 @@ class OutputFolder:
         """One shard: the records of `images` (and `files`, the drawings), then the list that makes it done."""
         name = f"part-{self.next_shard:05d}"
         self.next_shard += 1
-        out = dict(files or {})
+        out = {}
+        if self.new:
+            out[self.path / RUN_FILE] = (json.dumps({"format": FORMAT, "settings": self.settings}, indent=1)
+                                         + "\n").encode()
+            self.new = False
+        out.update(files or {})
         shard = self.path / f"{name}.jsonl"
         out[shard] = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records).encode()
         out[self.path / f"{name}{DONE_SUFFIX}"] = (json.dumps({"images": images, "failed": failed}, indent=1)
