@@ -133,7 +133,10 @@ def collect_items(sources: list[str], boxes: Boxes, draw: bool) -> tuple[list[di
     names = OutputNames()                       # drawings and videos are files of their own in OUT
     for src in sources:
         if "://" in src:
-            found, problems = list_uri(src), []
+            try:
+                found, problems = list_uri(src), []
+            except RefposeError as e:
+                found, problems = [], [str(e)]
             root = src
         else:
             found, problems = collect_inputs([src])

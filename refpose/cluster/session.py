@@ -9,7 +9,6 @@ import threading
 from dataclasses import dataclass
 
 from ..errors import RefposeError
-from ..pose.imageio import quiet_stderr
 
 CONNECT_TIMEOUT = 15.0      # seconds to reach a cluster's address before giving up
 INIT_TIMEOUT = 120.0        # seconds for ray.init itself (a local instance starts in ~5-15 s on 2 cores)
@@ -103,6 +102,8 @@ def ray_session(address: str, timeout: float = CONNECT_TIMEOUT):
     # the core's C++ log lines (one per actor: "constructor arguments in the object store") stay off
     # stderr; ray.init says that it read the level, on fd 2, and is silenced while it runs
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    from ..pose.imageio import quiet_stderr
+
     ray = import_ray()
     target = resolve_address(address)
     if target is not None:

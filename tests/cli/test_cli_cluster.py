@@ -66,3 +66,13 @@ def test_an_unreachable_address_is_one_line_within_the_time_out(tmp_path, capfd)
 def test_eval_workers_range_needs_ray(tmp_path, capfd):
     code, _, err = run(["eval", "--ann", tmp_path / "gt.json", "--images", tmp_path, "--workers", "1-3"], capfd)
     assert code == 2 and "--workers MIN-MAX goes with --ray" in err
+
+
+def test_ray_is_imported_only_with_the_option():
+    import subprocess
+
+    code = ("import sys\nfrom refpose.cli import build_parser\n"
+            "build_parser().parse_args(['infer', 'x.jpg'])\nimport refpose.cluster.session, refpose.cluster.infer\n"
+            "print('ray' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.split() == ["False"], r.stderr

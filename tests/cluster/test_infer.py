@@ -189,3 +189,47 @@ def test_a_pool_larger_than_the_cluster_is_refused(cluster, dataset, tmp_path):
     assert code == 2 and err.strip().endswith("a pool of 3 actors x 1 threads needs 3 CPUs; the cluster has 2: "
                                               "give fewer --workers or --threads"), err
     assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def write_video(path, frames=20, size=(64, 48)):
+    import cv2
+    import numpy as np
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, size)
+    xs, ys = np.linspace(0, 1, size[0])[None, :, None], np.linspace(0, 1, size[1])[:, None, None]
+    for i in range(frames):                                  # a gradient whose colour changes per frame
+        writer.write((255 * (0.5 * xs + 0.3 * ys + 0.2 * i / frames) * np.array([1.0, 0.7, 0.4])).astype(np.uint8))
+    writer.release()
+
+
+def test_videos_run_one_per_task_with_smoothing_as_locally(cluster, tmp_path):
+    src = tmp_path / "videos"
+    src.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        write_video(src / name)
+    options = ["--weights", "tiny-synthetic", "--smooth", "--bbox", "4,4,40,30", "--bbox", "20,10,40,36"]
+    assert main(["infer", str(src), *options, "--out", str(tmp_path / "local")]) == 0
+    out = tmp_path / "out"
+    code, stdout, err = finish(refpose(["infer", src, *options, "--ray", cluster.address, "--out", out]))
+    assert code == 0, err
+    assert "2 videos" in stdout
+    for name in ("a", "b"):                                 # frames in order on one actor: the same smoothing
+        lines = (out / f"{name}.pose.jsonl").read_text()
+        assert lines == (tmp_path / "local" / f"{name}.pose.jsonl").read_text()
+        assert len(lines.splitlines()) == 20 and '"track_id"' in lines
+        assert (out / f"{name}.pose.mp4").stat().st_size > 0
+
+
+def test_a_folder_given_as_a_uri_is_listed_and_read_through_pyarrow(cluster, dataset, local_records, tmp_path):
+    # file:// stands in for s3:// and gs://, which take the same path through pyarrow's file systems
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("000003.jpg", "cameraman.jpg"):
+        shutil.copy(dataset / "images" / name, src)
+    out = tmp_path / "out"
+    code, stdout, err = finish(refpose(["infer", f"file://{src}", *OPTIONS, "--ray", cluster.address,
+                                        "--workers", "1", "--out", out]))
+    assert code == 0, err
+    records = canonical(read_records(out))
+    assert len(records) == 32 and set(records) <= set(local_records)
+    assert {i["key"] for i in read_done(out)} == {f"file://{src}/000003.jpg", f"file://{src}/cameraman.jpg"}
