@@ -7,6 +7,7 @@ HOST:PORT or ray://HOST:PORT joins that one. Ray is imported only when the optio
 from __future__ import annotations
 
 import hashlib
+import sys
 
 from ..errors import RefposeError
 from .args import positive_int, ray_address, worker_range
@@ -63,7 +64,6 @@ def run_infer(args) -> int:
     from ..pose.boxes import load_detections
     from ..pose.pipeline import PoseOptions
     from ..pretrained import default_model
-    from .infer import _err
     from .infer_video import load_detector
 
     load_detector(args.detector, args.box_thr, args.bbox, args.boxes, args.start, args.end)   # checks it
@@ -108,3 +108,9 @@ def eval_runner(args):
 
     return ray_runner(args.ray, args.workers, args.threads or 1)
 
+
+
+def _err(line: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)              # above the progress bar

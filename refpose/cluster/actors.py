@@ -113,7 +113,7 @@ class ImageActor(_Actor):
         self.draw, self.kpt_thr = draw, kpt_thr
 
     def __call__(self, batch: dict) -> dict:
-        from ..pose.driver import ImageInput, run_images
+        from ..pose.driver import run_images
         from ..threads import set_kernel_threads
 
         set_kernel_threads(self.threads)             # Ray may call from another thread than __init__'s
