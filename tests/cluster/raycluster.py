@@ -65,10 +65,19 @@ class TwoNodes:
         return int(r.stdout.split()[-1]) if r.returncode == 0 and r.stdout.split() else 0
 
     def stop(self) -> None:
+        """SIGTERM to the groups, SIGKILL to what is left of them after 5 s."""
         for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
-            for group in self.groups:
-                try:
-                    os.killpg(group, sig)
-                except ProcessLookupError:
-                    pass
-            time.sleep(wait)
+            alive = [g for g in self.groups if _signal_group(g, sig)]
+            deadline = time.time() + wait
+            while alive and time.time() < deadline:
+                time.sleep(0.1)
+                alive = [g for g in alive if _signal_group(g, 0)]
+
+
+def _signal_group(group: int, sig: int) -> bool:
+    """Send `sig` to a process group (0: only look); whether the group still has a process."""
+    try:
+        os.killpg(group, sig)
+        return True
+    except ProcessLookupError:
+        return False
