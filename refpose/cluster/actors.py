@@ -224,8 +224,8 @@ class EvalActor(_Actor):
         jobs = []
         for text in batch["item"]:
             item = json.loads(text)
-            jobs.append(ImageJob(item["image_id"], item["path"], np.array(item["boxes"], dtype=np.float64).reshape(-1, 4),
-                                 np.array(item["box_scores"], dtype=np.float64)))
+            boxes = np.array(item["boxes"], dtype=np.float64).reshape(-1, 4)
+            jobs.append(ImageJob(item["image_id"], item["path"], boxes, np.array(item["box_scores"], dtype=np.float64)))
         try:
             rows = [self._row(image_id=i, records=records, problem=problem, fatal=None)
                     for i, records, problem in self.predictor.run(jobs)]

@@ -90,18 +90,16 @@ def infer_on_ray(sources: list[str], out: "str | os.PathLike", model, options, c
         start = time.perf_counter()
         with ray_session(cluster.address, cluster.timeout) as ray:
             summary.start_seconds = time.perf_counter() - start
-            bar = _bar(len(images) + len(videos), summary.resumed, progress)
-            start = time.perf_counter()
+            run = _Run(ray, cluster, source, detector, folder, summary, on_failure,
+                       _bar(len(images) + len(videos), summary.resumed, progress))
             try:
                 if todo:
-                    _run_images(ray, todo, folder, summary, bar, on_failure, cluster, source, options, detector,
-                                draw, kpt_thr)
+                    run.images(todo, options, draw, kpt_thr)
                 if videos_todo:
-                    _run_videos(ray, videos_todo, folder, summary, bar, on_failure, cluster, source, detector,
-                                video or {})
+                    run.videos(videos_todo, video or {})
             finally:
-                bar.close()
-                summary.seconds = time.perf_counter() - start
+                run.bar.close()
+                summary.seconds = time.perf_counter() - run.start
     folder.write_failures(summary.failures)
     return summary
 
@@ -206,66 +204,90 @@ def _map(ray, items: list[dict], actor, kwargs: dict, batch_size: int, pool: Poo
                           num_cpus=pool.threads)
 
 
-def _run_images(ray, todo, folder, summary, bar, on_failure, cluster, source, options, detector, draw, kpt_thr):
-    from ..pose.driver import IMAGES_PER_FORWARD
-    from .actors import ImageActor
+@dataclass
+class _Run:
+    """One run's pools: what every pool needs, and where its results go."""
 
-    pool = plan_pool(ray, cluster.workers, cluster.threads, math.ceil(len(todo) / IMAGES_PER_FORWARD))
-    summary.pools.append(pool)
-    kwargs = dict(model=source, options=options, threads=pool.threads, detector=detector, draw=draw, kpt_thr=kpt_thr)
-    seen = set()
-    start = time.perf_counter()
-    for batch in _map(ray, todo, ImageActor, kwargs, IMAGES_PER_FORWARD, pool).iter_batches(
-            batch_size=None, batch_format="numpy"):
-        images, records, failed, files = [], [], [], {}
-        for text, png in zip(batch["result"], batch["png"]):
-            row = json.loads(text)
-            if row["key"] in seen or row["key"] in folder.done:     # a retried batch's twin
+    ray: object
+    cluster: ClusterOptions
+    source: object                   # the model's ModelSource
+    detector: tuple | None           # (ONNX bytes, box threshold)
+    folder: object                   # the OutputFolder
+    summary: InferSummary
+    on_failure: object
+    bar: object
+    start: float = field(default_factory=time.perf_counter)
+
+    def images(self, todo: list[dict], options, draw: bool, kpt_thr: float) -> None:
+        """The images through a pool of ImageActors, a shard per batch that comes back."""
+        from ..pose.driver import IMAGES_PER_FORWARD
+        from .actors import ImageActor
+
+        batches = math.ceil(len(todo) / IMAGES_PER_FORWARD)
+        pool = plan_pool(self.ray, self.cluster.workers, self.cluster.threads, batches)
+        self.summary.pools.append(pool)
+        kwargs = dict(model=self.source, options=options, threads=pool.threads, detector=self.detector, draw=draw,
+                      kpt_thr=kpt_thr)
+        seen, folder, summary = set(), self.folder, self.summary
+        for batch in _map(self.ray, todo, ImageActor, kwargs, IMAGES_PER_FORWARD, pool).iter_batches(
+                batch_size=None, batch_format="numpy"):
+            images, records, failed, files = [], [], [], {}
+            for text, png in zip(batch["result"], batch["png"]):
+                row = json.loads(text)
+                if row["key"] in seen or row["key"] in folder.done:     # a retried batch's twin
+                    continue
+                seen.add(row["key"])
+                if row["error"] is not None:
+                    failed.append({"key": row["key"], "file_name": row["file_name"], "error": row["error"]})
+                    continue
+                images.append({"key": row["key"], "file_name": row["file_name"], "persons": len(row["records"]),
+                               "node": row["node"], "pid": row["pid"]})
+                records += row["records"]
+                if draw:
+                    files[folder.path / (os.path.splitext(row["file_name"])[0] + ".pose.png")] = bytes(png)
+            if not images and not failed:
                 continue
-            seen.add(row["key"])
-            if row["error"] is not None:
-                failed.append({"key": row["key"], "file_name": row["file_name"], "error": row["error"]})
-                continue
-            images.append({"key": row["key"], "file_name": row["file_name"], "persons": len(row["records"]),
-                           "node": row["node"], "pid": row["pid"]})
-            records += row["records"]
-            if draw:
-                files[folder.path / (os.path.splitext(row["file_name"])[0] + ".pose.png")] = bytes(png)
-        if not images and not failed:
-            continue
-        folder.write_shard(images, records, failed, files)
-        for f in failed:
-            summary.failures.append(f["error"])
-            on_failure(f["error"])
-        summary.done += len(images)
-        summary.persons += len(records)
-        summary.nodes |= {i["node"] for i in images}
-        _advance(bar, len(images) + len(failed), summary, time.perf_counter() - start)
+            folder.write_shard(images, records, failed, files)
+            for f in failed:
+                self._failed(f["error"])
+            summary.done += len(images)
+            summary.persons += len(records)
+            summary.nodes |= {i["node"] for i in images}
+            self._advance(len(images) + len(failed))
 
+    def videos(self, todo: list[dict], video: dict) -> None:
+        """The videos through a pool of VideoActors, one video per task; its two outputs written together."""
+        from .actors import VideoActor
 
-def _run_videos(ray, todo, folder, summary, bar, on_failure, cluster, source, detector, video):
-    from ..fileio import write_files
-    from .actors import VideoActor
+        pool = plan_pool(self.ray, self.cluster.workers, self.cluster.threads, len(todo))
+        self.summary.pools.append(pool)
+        kwargs = dict(model=self.source, video=video, threads=pool.threads, detector=self.detector)
+        seen = set()
+        for batch in _map(self.ray, todo, VideoActor, kwargs, 1, pool).iter_batches(batch_size=None,
+                                                                                     batch_format="numpy"):
+            for text, mp4, jsonl in zip(batch["result"], batch["mp4"], batch["jsonl"]):
+                row = json.loads(text)
+                if row["key"] in seen:
+                    continue
+                seen.add(row["key"])
+                if row["error"] is not None:
+                    self._failed(row["error"])
+                else:
+                    mp4_path, jsonl_path = _video_outputs(row, self.folder.path)
+                    self.folder.write({mp4_path: bytes(mp4), jsonl_path: bytes(jsonl)})
+                    self.summary.persons += row["summary"]["persons"]
+                    self.summary.nodes.add(row["node"])
+                self._advance(1)
 
-    pool = plan_pool(ray, cluster.workers, cluster.threads, len(todo))
-    summary.pools.append(pool)
-    kwargs = dict(model=source, video=video, threads=pool.threads, detector=detector)
-    seen = set()
-    for batch in _map(ray, todo, VideoActor, kwargs, 1, pool).iter_batches(batch_size=None, batch_format="numpy"):
-        for text, mp4, jsonl in zip(batch["result"], batch["mp4"], batch["jsonl"]):
-            row = json.loads(text)
-            if row["key"] in seen:
-                continue
-            seen.add(row["key"])
-            if row["error"] is not None:
-                summary.failures.append(row["error"])
-                on_failure(row["error"])
-            else:
-                mp4_path, jsonl_path = _video_outputs(row, folder.path)
-                write_files({mp4_path: bytes(mp4), jsonl_path: bytes(jsonl)})
-                summary.persons += row["summary"]["persons"]
-                summary.nodes.add(row["node"])
-            bar.update()
+    def _failed(self, line: str) -> None:
+        self.summary.failures.append(line)
+        self.on_failure(line)
+
+    def _advance(self, n: int) -> None:
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{self.summary.done / seconds:.1f} images/s, "
+                                 f"{self.summary.persons / seconds:.1f} persons/s", refresh=False)
+        self.bar.update(n)
 
 
 def _bar(total: int, initial: int, progress: bool | None):
@@ -273,9 +295,3 @@ def _bar(total: int, initial: int, progress: bool | None):
 
     return tqdm(total=total, initial=initial, unit="image", file=sys.stderr,
                 disable=None if progress is None else not progress)
-
-
-def _advance(bar, n: int, summary: InferSummary, seconds: float) -> None:
-    bar.set_postfix_str(f"{summary.done / seconds:.1f} images/s, {summary.persons / seconds:.1f} persons/s",
-                        refresh=False)
-    bar.update(n)

@@ -28,7 +28,8 @@ class Pool:
 
     def describe(self) -> str:
         size = str(self.min_size) if self.min_size == self.max_size else f"{self.min_size}-{self.max_size}"
-        return f"{size} actor{'s' if self.max_size > 1 else ''} x {self.threads} thread{'s' if self.threads > 1 else ''}"
+        actors, threads = "actors" if self.max_size > 1 else "actor", "threads" if self.threads > 1 else "thread"
+        return f"{size} {actors} x {self.threads} {threads}"
 
 
 def import_ray():

@@ -78,20 +78,23 @@ class OutputFolder:
         """One shard: the records of `images` (and `files`, the drawings), then the list that makes it done."""
         name = f"part-{self.next_shard:05d}"
         self.next_shard += 1
-        out = {}
-        if self.new:
-            out[self.path / RUN_FILE] = (json.dumps({"format": FORMAT, "settings": self.settings}, indent=1)
-                                         + "\n").encode()
-            self.new = False
-        out.update(files or {})
         shard = self.path / f"{name}.jsonl"
+        out = dict(files or {})
         out[shard] = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records).encode()
         out[self.path / f"{name}{DONE_SUFFIX}"] = (json.dumps({"images": images, "failed": failed}, indent=1)
                                                    + "\n").encode()
-        write_files(out)                                       # in this order: the .done.json last
+        self.write(out)                                        # in this order: the .done.json last
         for image in images:
             self.done[image["key"]] = image
         return shard
+
+    def write(self, files: "dict[Path, bytes]") -> None:
+        """Files of the folder, written together (`write_files`), run.json first when the folder is new."""
+        if self.new:
+            files = {self.path / RUN_FILE: (json.dumps({"format": FORMAT, "settings": self.settings}, indent=1)
+                                            + "\n").encode(), **files}
+        write_files(files)
+        self.new = False
 
     def write_failures(self, lines: list[str]) -> None:
         """failed.txt of this run; none left when every image went well."""

@@ -32,11 +32,12 @@ def test_worker_range_accepts_a_count_or_a_range(text, value):
 
 @pytest.mark.parametrize("text", ["0", "-1", "3-2", "1-", "a", "1-2-3", "1.5", "1-100001"])
 def test_worker_range_refuses(text):
-    with pytest.raises(argparse.ArgumentTypeError, match=f"expected a number of workers N or a range MIN-MAX.*got {text!r}"):
+    with pytest.raises(argparse.ArgumentTypeError, match=f"expected a number of workers N or a range .*got {text!r}"):
         args.worker_range(text)
 
 
-@pytest.mark.parametrize("text", ["local", "auto", "127.0.0.1:6379", "head.example:6379", "ray://head:10001", "[::1]:6379"])
+@pytest.mark.parametrize("text", ["local", "auto", "127.0.0.1:6379", "head.example:6379", "ray://head:10001",
+                                  "[::1]:6379"])
 def test_ray_address_accepts(text):
     assert args.ray_address(text) == text
 

@@ -49,7 +49,8 @@ class TwoNodes:
             raise RuntimeError(f"ray start failed: {(self.tmp / log.name).read_text()[-2000:]}")
 
     def start(self) -> "TwoNodes":
-        self._start(["--head", "--port", str(self.port), "--include-dashboard=false", "--temp-dir", str(self.tmp / "ray")])
+        self._start(["--head", "--port", str(self.port), "--include-dashboard=false",
+                     "--temp-dir", str(self.tmp / "ray")])
         self._start(["--address", self.address])
         deadline = time.time() + 60
         while self.alive_nodes() < 2:

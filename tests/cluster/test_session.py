@@ -30,7 +30,7 @@ def test_a_pool_the_cluster_cannot_schedule_is_refused():
     # two 1-CPU actors fill a 2-CPU machine; a third would wait for ever
     with pytest.raises(ClusterError, match="a pool of 3 actors x 1 threads needs 3 CPUs; the cluster has 2"):
         plan_pool(FakeRay(1, 1), (3, 3), 1, 100)
-    with pytest.raises(ClusterError, match="--threads 2 needs a node with 2 CPUs; the largest node of the cluster has 1"):
+    with pytest.raises(ClusterError, match="--threads 2 needs a node with 2 CPUs; the largest node .* has 1"):
         plan_pool(FakeRay(1, 1), None, 2, 100)
 
 
