@@ -150,6 +150,9 @@ def collect_items(sources: list[str], boxes: Boxes, draw: bool) -> tuple[list[di
                                        f"{by_name[file_name]} too; run the two folders separately")
                 if file_name in by_name:
                     raise RefposeError(f"{path}: given more than once")
+                if is_video(path) and boxes.detections is not None:     # as `refpose infer` says it
+                    raise RefposeError(f"{path}: --boxes matches images by name; give a video's boxes with "
+                                       "--detector or --bbox")
                 if draw or is_video(path):
                     names.claim(path)
             except RefposeError as e:
