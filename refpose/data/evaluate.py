@@ -324,13 +324,14 @@ def _read_progress(path: str, settings: dict, gt: Annotations) -> dict[int, list
 
 
 def run_with_progress(todo: list[ImageJob], done: dict, progress_path: str, spec: ModelSpec,
-                      options: RunOptions, bar) -> list[tuple[str, str]]:
-    """Run the jobs, appending each finished image to the progress file and to `done`;
-    returns (path, problem) of the images that could not be read."""
+                      options: RunOptions, bar, runner=None) -> list[tuple[str, str]]:
+    """Run the jobs (with `runner`, a function of the signature of `run_jobs`, when given),
+    appending each finished image to the progress file and to `done`; returns (path, problem)
+    of the images that could not be read."""
     paths, missing = {job.image_id: job.path for job in todo}, []
     persons, start = 0, time.perf_counter()
     with open_append(progress_path) as log:           # a line torn by a crash is cut off first
-        for image_id, records, problem in run_jobs(todo, spec, options.flip, options.workers):
+        for image_id, records, problem in (runner or run_jobs)(todo, spec, options.flip, options.workers):
             if problem is None:
                 done[image_id] = records
                 log.write(json.dumps({"image_id": image_id, "records": records}, allow_nan=False) + "\n")
@@ -347,7 +348,7 @@ def run_with_progress(todo: list[ImageJob], done: dict, progress_path: str, spec
 
 def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.PathLike" = "result_keypoints.json",
                     *, boxes: "str | os.PathLike | None" = None, model: ModelSpec = ModelSpec(),
-                    options: RunOptions = RunOptions(), progress: bool | None = None) -> EvalRun:
+                    options: RunOptions = RunOptions(), progress: bool | None = None, runner=None) -> EvalRun:
     """Run top-down pose estimation over the annotated images and score the results.
 
     MMPose `TopDownCocoDataset` protocol: one pose per person box (the ground truth's when
@@ -356,7 +357,8 @@ def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.Pat
     Each finished image is appended to `<results_out>.progress.jsonl`, so an interrupted
     run started again with the same settings skips them; the file is removed once every
     image is done (kept after a `limit` run, which a longer one then continues).
-    `options.workers` > 1 spreads images over processes that each load the model once.
+    `options.workers` > 1 spreads images over processes that each load the model once; a
+    `runner` (`refpose.cluster.evaluate.RayJobRunner`) runs them elsewhere instead.
     Images that are missing or unreadable are listed in `EvalRun.missing` and left out of
     the figures (COCOeval's `imgIds` are the images that were run); images without a person
     box are only looked for, not decoded.
@@ -377,7 +379,7 @@ def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.Pat
     todo = [job for job in jobs if job.image_id not in done]
     with tqdm(total=len(jobs), initial=resumed, desc="eval", unit="img",
               disable=None if progress is None else not progress) as bar:
-        missing = sorted(run_with_progress(todo, done, progress_path, model, options, bar))
+        missing = sorted(run_with_progress(todo, done, progress_path, model, options, bar, runner))
 
     scored = [job.image_id for job in jobs if job.image_id in done]
     if not scored:
