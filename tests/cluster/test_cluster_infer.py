@@ -142,7 +142,7 @@ def test_a_stopped_run_continues_where_it_stopped(cluster, dataset, local_record
 def test_unreadable_images_are_listed_not_fatal(cluster, dataset, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    shutil.copy(dataset / "images" / "000000.jpg", src / "good.jpg")
+    shutil.copy(dataset / "images" / "000001.jpg", src / "good.jpg")
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff not a whole jpeg")
     out = tmp_path / "out"
     code, stdout, err = finish(refpose(["infer", src, "--weights", "tiny-synthetic", "--ray", cluster.address,
@@ -157,7 +157,7 @@ def test_unreadable_images_are_listed_not_fatal(cluster, dataset, tmp_path):
 
 def test_a_pool_larger_than_the_cluster_is_refused(cluster, dataset, tmp_path):
     out = tmp_path / "out"
-    code, _, err = finish(refpose(["infer", dataset / "images" / "000000.jpg", "--weights", "tiny-synthetic",
+    code, _, err = finish(refpose(["infer", dataset / "images" / "000001.jpg", "--weights", "tiny-synthetic",
                                    "--ray", cluster.address, "--workers", "3", "--out", out]))
     assert code == 2 and err.strip().endswith("a pool of 3 actors x 1 threads needs 3 CPUs; the cluster has 2: "
                                               "give fewer --workers or --threads"), err
