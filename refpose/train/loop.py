@@ -6,13 +6,13 @@ td-hm_hrnet-w32_8xb64-210e_coco-256x192 (Adam without weight decay, linear warm-
 iterations from 0.001 x lr, `KeypointMSELoss(use_target_weight=True)`, batch 64 per device,
 validation every 10 epochs, the best checkpoint by AP kept). One process, or one per device
 under torchrun (DistributedDataParallel; rank 0 alone logs, validates and writes).
+
+`train` reads as the run goes: check the settings, open the run folder, index the data, join
+the process group, build the model and its optimiser, then epochs until done; `Run` holds
+what changes as it goes (the step, the best validation) and does one epoch and its end.
 """
 from __future__ import annotations
 
-import contextlib
-import datetime
-import io
-import json
 import math
 import os
 import platform
@@ -25,18 +25,18 @@ from pathlib import Path
 import numpy as np
 
 import torch                       # after `import refpose`, which asked OpenMP not to spin (refpose.threads)
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..config import get_config, variant_of
 from ..errors import RefposeError
-from ..fileio import write_atomic
 from . import TrainError
 from ..pose.imageio import read_image
+from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .data import Augment, load_train_set, make_sample, sample_rng
+from .distributed import Dist, any_rank, barrier, close, init_distributed, resolve_device
+from .runlog import RunLog
 from .settings import TrainSettings
 
-CHECKPOINT_FORMAT = "refpose-train/1"
 HEAD_INIT_STD = 0.001      # MMPose HeatmapHead init: Normal(std=0.001) for the final conv, bias 0
 
 
@@ -96,50 +96,6 @@ def _init_worker(_worker_id: int) -> None:
 
 
 @dataclass
-class Dist:
-    """This process's place in the run: world size, rank, device."""
-    world: int
-    rank: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_device(device: str, amp: bool) -> str:
-    """'cpu', 'cuda' or 'auto' (CUDA when there is one) -> 'cpu' or 'cuda'; TrainError when
-    CUDA is asked for and missing, or AMP without CUDA."""
-    if device not in ("cpu", "cuda", "auto"):
-        raise TrainError(f"--device must be cpu, cuda or auto, not {device!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda: no CUDA device is available to PyTorch on this machine")
-    if amp and device != "cuda":
-        raise TrainError("--amp (float16 mixed precision) needs --device cuda")
-    return device
-
-
-def init_distributed(device: str) -> Dist:
-    """One process, or the process group torchrun describes in the environment (WORLD_SIZE,
-    RANK, LOCAL_RANK, MASTER_ADDR/PORT): NCCL on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        # rank 0 validates with refpose on the CPU while the others wait at a barrier: on COCO
-        # val that can outlast the default collective timeout (10 minutes for NCCL)
-        dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=datetime.timedelta(hours=4))
-    return Dist(world, rank, local_rank, dev)
-
-
-@dataclass
 class TrainResult:
     """What a run did: where it wrote, how far it went, and its best validation."""
     out: str | None                       # None on ranks other than 0
@@ -181,22 +137,6 @@ def _versions() -> dict:
             "opencv": cv2.__version__, "python": platform.python_version()}
 
 
-def _save(path: Path, obj) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_atomic(path, buffer.getvalue())
-
-
-def _load_checkpoint(path: Path) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:   # a damaged file fails in many ways inside the unpickler
-        raise TrainError(f"{path}: not a readable checkpoint ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise TrainError(f"{path}: not a refpose train checkpoint")
-    return ckpt
-
-
 def _worker_error_line(e: Exception) -> str:
     """The last line of an error re-raised by a DataLoader worker (it carries the traceback)."""
     lines = [line for line in str(e).splitlines() if line.strip()]
@@ -205,19 +145,47 @@ def _worker_error_line(e: Exception) -> str:
     return last[len(prefix):] if last.startswith(prefix) else last
 
 
+
 def train(s: TrainSettings) -> TrainResult:
     """Run (or continue) a training run and write its folder; see the module docstring."""
-    from tqdm import tqdm
-
-    from ..porting.twin import WGNetTwin
-
     device = resolve_device(s.device, s.amp)
+    check_settings(s)
+    configure_torch(s, device)
+    cfg = get_config(s.config)
+    resume = open_run_folder(s)
+    data = load_train_set(s.train_ann, s.train_images)
+    dd = init_distributed(device)
+    run = Run(s, cfg, dd, device, data, resume)
+    with _StopFlag() as stop:
+        while run.step < run.max_steps:
+            epoch_done = run.train_epoch(stop)
+            if run.stopped == "interrupted" and not epoch_done:
+                break                         # an epoch's last step still gets its summary and validation
+            run.end_of_epoch(epoch_done)
+            barrier(dd)
+            if run.stopped == "interrupted":
+                break
+        if run.stopped != "interrupted" and run.step < run.total_steps:
+            run.stopped = "max-steps"
+    run.finish()
+    close(dd)
+    if run.stopped == "interrupted":
+        raise KeyboardInterrupt
+    return TrainResult(str(run.out) if dd.main else None, run.step, run.step / run.steps_per_epoch, run.stopped, run.best)
+
+
+def check_settings(s: TrainSettings) -> None:
+    """What the option types cannot see alone; before anything is read or written."""
     if s.epochs < 1 or s.batch < 1 or s.val_every < 1 or s.log_every < 1 or s.workers < 0:
         raise TrainError("--epochs, --batch, --val-every and --log-every must be positive, --workers >= 0")
     if not (0 < s.cosine_end <= 1) or s.lr <= 0 or s.min_lr < 0:
         raise TrainError("--lr must be positive, --min-lr >= 0 and the cosine end in (0, 1]")
     if (s.val_ann is None) != (s.val_images is None):
         raise TrainError("--val-ann and --val-images go together")
+
+
+def configure_torch(s: TrainSettings, device: str) -> None:
+    """Threads and determinism, process-wide."""
     if s.threads is not None:
         torch.set_num_threads(s.threads)
     if s.deterministic:
@@ -227,307 +195,238 @@ def train(s: TrainSettings) -> TrainResult:
     elif device == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    cfg = get_config(s.config)
+
+def open_run_folder(s: TrainSettings) -> dict | None:
+    """The checkpoint to continue (--resume), or None for a new run; TrainError when the folder
+    does not fit the request."""
     out = Path(s.out)
     last_path = out / "last.pt"
-    resume = None
-    if s.resume:
-        if not last_path.is_file():
-            raise TrainError(f"--resume: {last_path} does not exist (nothing to continue)")
-        resume = _load_checkpoint(last_path)
-        differ = {k: (resume["settings"].get(k), v) for k, v in s.recipe().items() if resume["settings"].get(k) != v}
-        if differ:
-            what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differ.items())
-            raise TrainError(f"--resume: {last_path} was made with other settings ({what}); "
-                             "give the same ones, or another --out for a new run")
-    elif last_path.exists():
-        raise TrainError(f"{out} already holds a run ({last_path}); --resume continues it, or choose another --out")
+    if not s.resume:
+        if last_path.exists():
+            raise TrainError(f"{out} already holds a run ({last_path}); --resume continues it, or choose another --out")
+        return None
+    if not last_path.is_file():
+        raise TrainError(f"--resume: {last_path} does not exist (nothing to continue)")
+    resume = load_checkpoint(last_path)
+    differ = {k: (resume["settings"].get(k), v) for k, v in s.recipe().items() if resume["settings"].get(k) != v}
+    if differ:
+        what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differ.items())
+        raise TrainError(f"--resume: {last_path} was made with other settings ({what}); "
+                         "give the same ones, or another --out for a new run")
+    return resume
 
-    data = load_train_set(s.train_ann, s.train_images)
-    dd = init_distributed(device)
-    if resume is not None and resume["world"] != dd.world:
-        raise TrainError(f"--resume: {last_path} was made by {resume['world']} process(es), "
-                         f"this run has {dd.world}; the batches would differ")
-    say = (lambda text: print(text, file=sys.stderr, flush=True)) if dd.main else (lambda text: None)
-    for path in data.missing[:10]:
-        say(f"refpose train: missing image {path}")
-    if data.missing:
-        say(f"refpose train: {len(data.missing)} image(s) missing, {data.missing_persons} person(s) left out"
-            + (" (the first 10 above; all in run.json)" if len(data.missing) > 10 else ""))
 
-    in_h, in_w = cfg.input_size
-    hm_h, hm_w = cfg.output_size()
-    dataset = PersonCrops(data.persons, (in_h, in_w), (hm_h, hm_w), s.seed,
-                          Augment() if s.augment else Augment.off(), s.sigma, variant_of(cfg.name))
-    sampler = DistributedSampler(dataset, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=s.seed,
-                                 drop_last=True)
-    steps_per_epoch = len(sampler) // s.batch
-    if steps_per_epoch == 0:
-        raise TrainError(f"{len(data.persons)} persons over {dd.world} process(es) do not fill one batch of "
-                         f"{s.batch}; lower --batch")
-    total_steps = s.epochs * steps_per_epoch
-    effective_batch = s.batch * dd.world
-    lr = s.lr * effective_batch / s.batch if s.scale_lr else s.lr
-    say(f"refpose train: {cfg.name}, {len(data.persons)} persons in {data.images} images "
-        f"({data.skipped_unlabelled} without labelled keypoints skipped); {dd.world} process(es) on {device}, "
-        f"batch {s.batch} each = effective batch {effective_batch}; lr {lr:g}"
-        + (f" (--lr {s.lr:g} x {dd.world}, linear scaling)" if s.scale_lr and dd.world > 1
-           else " (not scaled with the number of processes; --scale-lr scales it linearly)" if dd.world > 1 else ""))
+class Run:
+    """One training run in progress: the model, its optimiser and schedule, the step, the best
+    validation, and (on rank 0) the run folder's writer."""
 
-    torch.manual_seed(s.seed)
-    model = WGNetTwin(cfg)
-    with torch.no_grad():
-        torch.nn.init.normal_(model.head.weight, std=HEAD_INIT_STD)
-        torch.nn.init.zeros_(model.head.bias)
-    model.to(dd.device)
-    net = model
-    if dd.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dd.local_rank] if device == "cuda" else None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=s.weight_decay)
-    schedule = LrSchedule(lr, s.min_lr * lr / s.lr, round(s.cosine_end * total_steps), s.warmup_iters,
-                          s.warmup_factor)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    scaler = torch.amp.GradScaler("cuda", enabled=s.amp)
+    def __init__(self, s: TrainSettings, cfg, dd: Dist, device: str, data, resume: dict | None):
+        self.s, self.cfg, self.dd, self.device, self.data = s, cfg, dd, device, data
+        self.out = Path(s.out)
+        self.last_path = self.out / "last.pt"
+        self.say = (lambda text: print(text, file=sys.stderr, flush=True)) if dd.main else (lambda text: None)
+        if resume is not None and resume["world"] != dd.world:
+            raise TrainError(f"--resume: {self.last_path} was made by {resume['world']} process(es), "
+                             f"this run has {dd.world}; the batches would differ")
+        self._report_missing()
+        self._build_data()
+        self._build_model()
+        self.step, self.best = 0, {}
+        if resume is not None:
+            self._resume(resume)
+        self.stopped = "finished"
+        self.saved_step = None                # the step last.pt holds, once this run has written it
+        self.max_steps = self.total_steps if s.max_steps is None else min(s.max_steps, self.total_steps)
+        self.log = RunLog(self.out, s, cfg, data) if dd.main else None
+        if self.log is not None:
+            self.log.start(self._run_info(), self.step)
 
-    step, best = 0, {}
-    if resume is not None:
-        model.load_state_dict(resume["state_dict"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
+    # --- setup ---------------------------------------------------------------------------------
+    def _report_missing(self) -> None:
+        data = self.data
+        for path in data.missing[:10]:
+            self.say(f"refpose train: missing image {path}")
+        if data.missing:
+            self.say(f"refpose train: {len(data.missing)} image(s) missing, {data.missing_persons} person(s) left out"
+                     + (" (the first 10 above; all in run.json)" if len(data.missing) > 10 else ""))
+
+    def _build_data(self) -> None:
+        s, dd, cfg, data = self.s, self.dd, self.cfg, self.data
+        self.dataset = PersonCrops(data.persons, cfg.input_size, cfg.output_size(), s.seed,
+                                   Augment() if s.augment else Augment.off(), s.sigma, variant_of(cfg.name))
+        self.sampler = DistributedSampler(self.dataset, num_replicas=dd.world, rank=dd.rank, shuffle=True,
+                                          seed=s.seed, drop_last=True)
+        self.steps_per_epoch = len(self.sampler) // s.batch
+        if self.steps_per_epoch == 0:
+            raise TrainError(f"{len(data.persons)} persons over {dd.world} process(es) do not fill one batch of "
+                             f"{s.batch}; lower --batch")
+        self.total_steps = s.epochs * self.steps_per_epoch
+        self.effective_batch = s.batch * dd.world
+        self.lr = s.lr * self.effective_batch / s.batch if s.scale_lr else s.lr
+        self.say(f"refpose train: {cfg.name}, {len(data.persons)} persons in {data.images} images "
+                 f"({data.skipped_unlabelled} without labelled keypoints skipped); {dd.world} process(es) on "
+                 f"{self.device}, batch {s.batch} each = effective batch {self.effective_batch}; lr {self.lr:g}"
+                 + (f" (--lr {s.lr:g} x {dd.world}, linear scaling)" if s.scale_lr and dd.world > 1
+                    else " (not scaled with the number of processes; --scale-lr scales it linearly)"
+                    if dd.world > 1 else ""))
+
+    def _build_model(self) -> None:
+        from ..porting.twin import WGNetTwin
+
+        s, dd = self.s, self.dd
+        torch.manual_seed(s.seed)
+        self.model = model = WGNetTwin(self.cfg)
+        with torch.no_grad():
+            torch.nn.init.normal_(model.head.weight, std=HEAD_INIT_STD)
+            torch.nn.init.zeros_(model.head.bias)
+        model.to(dd.device)
+        self.net = model
+        if dd.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[dd.local_rank] if self.device == "cuda" else None)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=s.weight_decay)
+        schedule = LrSchedule(self.lr, s.min_lr * self.lr / s.lr, round(s.cosine_end * self.total_steps),
+                              s.warmup_iters, s.warmup_factor)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=s.amp)
+
+    def _resume(self, resume: dict) -> None:
+        self.model.load_state_dict(resume["state_dict"])
+        self.optimizer.load_state_dict(resume["optimizer"])
+        self.scheduler.load_state_dict(resume["scheduler"])
+        self.scaler.load_state_dict(resume["scaler"])
         torch.set_rng_state(resume["rng"]["torch"])
-        if device == "cuda" and resume["rng"].get("cuda") is not None:
+        if self.device == "cuda" and resume["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(resume["rng"]["cuda"])
-        step, best = resume["step"], resume["best"]
-        say(f"refpose train: resuming {last_path} at step {step} (epoch {step / steps_per_epoch:.2f} "
-            f"of {s.epochs})")
+        self.step, self.best = resume["step"], resume["best"]
+        self.say(f"refpose train: resuming {self.last_path} at step {self.step} (epoch "
+                 f"{self.step / self.steps_per_epoch:.2f} of {self.s.epochs})")
 
-    run_info = {"settings": {**asdict(s), "device": device}, "config": cfg.to_dict(), "versions": _versions(),
-                "data": data.summary(), "world_size": dd.world, "effective_batch": effective_batch,
-                "lr": lr, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
-    log = RunLog(out, s, cfg, data) if dd.main else None
-    if log is not None:
-        log.start(run_info, step)
+    def _run_info(self) -> dict:
+        s, dd = self.s, self.dd
+        return {"settings": {**asdict(s), "device": self.device}, "config": self.cfg.to_dict(),
+                "versions": _versions(), "data": self.data.summary(), "world_size": dd.world,
+                "effective_batch": self.effective_batch, "lr": self.lr, "steps_per_epoch": self.steps_per_epoch,
+                "total_steps": self.total_steps}
 
-    def checkpoint() -> dict:
-        return {"format": CHECKPOINT_FORMAT, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
+    def checkpoint(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT,
+                "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
                 "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state() if device == "cuda" else None},
-                "settings": s.recipe(), "world": dd.world, "best": best}
+                        "cuda": torch.cuda.get_rng_state() if self.device == "cuda" else None},
+                "settings": self.s.recipe(), "world": self.dd.world, "best": self.best}
 
-    stopped = "finished"
-    saved_step = None                     # the step last.pt holds, once this run has written it
-    max_steps = total_steps if s.max_steps is None else min(s.max_steps, total_steps)
-    model.train()
-    with _StopFlag() as stop:
-        while step < max_steps:
-            epoch, skip = divmod(step, steps_per_epoch)
-            sampler.set_epoch(epoch)
-            items = [(epoch, i) for i in list(sampler)[skip * s.batch:steps_per_epoch * s.batch]]
-            loader = DataLoader(dataset, batch_size=s.batch, sampler=items, num_workers=s.workers,
-                                drop_last=True, pin_memory=device == "cuda", worker_init_fn=_init_worker)
-            window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "images": 0}
-            t_epoch, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
-            bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step",
-                       disable=not dd.main or (None if s.progress is None else not s.progress), leave=False)
-            try:
-                for x, target, weight in loader:
-                    x = x.to(dd.device, non_blocking=True)
-                    target = target.to(dd.device, non_blocking=True)
-                    weight = weight.to(dd.device, non_blocking=True)
-                    with torch.autocast(device_type=device, dtype=torch.float16, enabled=s.amp):
-                        heatmaps = net(x)
-                    loss = keypoint_mse(heatmaps.float(), target, weight)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    step += 1
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise TrainError(f"the loss became {value} at step {step}; lower --lr")
-                    loss_sum, loss_n, seen = loss_sum + value, loss_n + 1, seen + len(x) * dd.world
-                    window["loss"] += value
-                    window["n"] += 1
-                    window["images"] += len(x) * dd.world
-                    now = time.perf_counter()
-                    rate = window["images"] / max(now - window["t"], 1e-9)
-                    bar.update()
-                    bar.set_postfix(loss=f"{value:.2e}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                                    img_s=f"{rate:.0f}", refresh=False)
-                    if log is not None and (step % s.log_every == 0 or step == max_steps):
-                        log.metrics({"step": step, "epoch": step / steps_per_epoch, "loss": window["loss"] / window["n"],
-                                     "lr": optimizer.param_groups[0]["lr"], "img_per_s": rate})
-                        window = {"loss": 0.0, "n": 0, "t": now, "images": 0}
-                    if _any(stop.set, dd):
-                        stopped = "interrupted"
-                        break
-                    if step >= max_steps or step % steps_per_epoch == 0:
-                        break
-            except torch.OutOfMemoryError:
-                raise TrainError(f"out of GPU memory with --batch {s.batch} per device; "
-                                 f"try a smaller --batch (e.g. {max(1, s.batch // 2)})") from None
-            except RefposeError as e:
-                if isinstance(e, TrainError):
-                    raise
-                raise type(e)(_worker_error_line(e)) from None
-            finally:
-                bar.close()
-            epoch_done = step % steps_per_epoch == 0
-            if stopped == "interrupted" and not epoch_done:
-                break                         # an epoch's last step still gets its summary and validation
-            if log is not None:
-                elapsed = time.perf_counter() - t_epoch
-                line = (f"epoch {step / steps_per_epoch:.2f}/{s.epochs}  loss {loss_sum / max(loss_n, 1):.3e}  "
-                        f"lr {optimizer.param_groups[0]['lr']:.2e}  {seen / max(elapsed, 1e-9):.1f} img/s  "
-                        f"{elapsed:.0f} s")
-                validate_now = s.val_ann is not None and epoch_done and (
-                    (step // steps_per_epoch) % s.val_every == 0 or step == total_steps)
-                _save(last_path, checkpoint())
-                saved_step = step
-                if validate_now:
-                    stats = log.validate(last_path, step / steps_per_epoch)
-                    if stats["AP"] is not None and (not best or stats["AP"] > best["AP"]):
-                        best = {"AP": stats["AP"], "AP50": stats["AP50"], "epoch": step // steps_per_epoch, "step": step}
-                        _save(out / "best.pt", checkpoint())
-                        log.write_model(out / "best.pt", step, best)
-                    _save(last_path, checkpoint())         # with `best` up to date
-                    line += f"  val AP {stats['AP']:.3f} AP50 {stats['AP50']:.3f} (best {best.get('AP', 0):.3f})"
-                say(line)
-                log.curves()
-            if dd.world > 1:
-                dist.barrier()
-            if stopped == "interrupted":
-                break
-        if stopped != "interrupted" and step < total_steps:
-            stopped = "max-steps"
-    if log is not None:
-        if saved_step != step:            # stopped inside an epoch: its end saved nothing yet
-            _save(last_path, checkpoint())
-        if not best:
-            log.write_model(last_path, step, best)
-        log.finish(step, stopped, best)
-        log.curves()
-        if stopped == "interrupted":
-            say(f"refpose train: stopped at step {step}; saved {last_path}; --resume continues")
-    if dd.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    if stopped == "interrupted":
-        raise KeyboardInterrupt
-    return TrainResult(str(out) if dd.main else None, step, step / steps_per_epoch, stopped, best)
+    # --- an epoch --------------------------------------------------------------------------------
+    def train_epoch(self, stop) -> bool:
+        """Steps to the end of the epoch (or --max-steps, or Ctrl-C); True when the epoch ended."""
+        from tqdm import tqdm
 
-
-def _any(flag: bool, dd: Dist) -> bool:
-    """True on every rank when any rank's flag is set (all ranks must stop at the same step)."""
-    if dd.world == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=dd.device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
-
-
-class RunLog:
-    """Rank 0's writing: run.json, metrics.jsonl, validation, model.safetensors, curves.png."""
-
-    def __init__(self, out: Path, s: TrainSettings, cfg, data):
-        self.out, self.s, self.cfg, self.data = out, s, cfg, data
-        self.metrics_path = out / "metrics.jsonl"
-
-    def start(self, info: dict, step: int) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.info = info
-        write_atomic(self.out / "run.json", json.dumps(info, indent=2).encode())
-        # lines written after the checkpoint a resumed run starts from are dropped: they are redone
-        kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
-        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-
-    def read_metrics(self) -> list[dict]:
-        if not self.metrics_path.is_file():
-            return []
-        rows = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                rows.append(json.loads(line))
-        return rows
-
-    def metrics(self, row: dict) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
-    def export(self, checkpoint: Path, path: Path, extra: dict) -> None:
-        """The twin's weights in a checkpoint -> a refpose weights file (`refpose export`'s code)."""
-        from ..porting.twin import read_checkpoint
-        from ..weights import save_weights
-
-        tensors, cfg = read_checkpoint(checkpoint, self.cfg)
-        save_weights(path, tensors, cfg, trained=True, extra=extra)
-
-    def validate(self, checkpoint: Path, epoch: float) -> dict:
-        """COCO AP of the checkpoint's weights on the validation set, run by refpose's own
-        NumPy pipeline exactly as `refpose eval --images` runs (flip test, OKS-NMS)."""
-        from ..data.evaluate import ModelSpec, RunOptions, evaluate_images
-
-        weights = self.out / "val" / "weights.safetensors"
-        self.export(checkpoint, weights, {"epoch": f"{epoch:g}"})
-        run = evaluate_images(self.s.val_ann, self.s.val_images, self.out / "val" / "results.json",
-                              boxes=self.s.val_boxes, model=ModelSpec(weights=str(weights)),
-                              options=RunOptions(flip=True, restart=True, workers=max(1, self.s.workers)),
-                              progress=False)
-        row = {"step": int(round(epoch * self.info["steps_per_epoch"])), "epoch": epoch, "val": run.stats,
-               "val_images": len(run.scored), "val_missing": len(run.missing)}
-        self.metrics(row)
-        return run.stats
-
-    def write_model(self, checkpoint: Path, step: int, best: dict) -> None:
-        """model.safetensors from a checkpoint, with what it was trained on in its metadata."""
-        extra = {"dataset": self.data.source, "persons": str(len(self.data.persons)),
-                 "epochs": str(self.s.epochs), "trained_epochs": f"{step / self.info['steps_per_epoch']:g}"}
-        if best:
-            extra.update({"val_dataset": str(self.s.val_ann), "val_AP": f"{best['AP']:.4f}",
-                          "val_AP50": f"{best['AP50']:.4f}", "val_epoch": str(best["epoch"])})
-        self.export(checkpoint, self.out / "model.safetensors", extra)
-
-    def finish(self, step: int, stopped: str, best: dict) -> None:
-        self.info.update({"finished": stopped, "step": step, "best": best})
-        write_atomic(self.out / "run.json", json.dumps(self.info, indent=2).encode())
-
-    def curves(self) -> None:
-        """curves.png: loss and lr against epochs, and validation AP; skipped without matplotlib."""
+        s, dd = self.s, self.dd
+        epoch, skip = divmod(self.step, self.steps_per_epoch)
+        self.sampler.set_epoch(epoch)
+        items = [(epoch, i) for i in list(self.sampler)[skip * s.batch:self.steps_per_epoch * s.batch]]
+        loader = DataLoader(self.dataset, batch_size=s.batch, sampler=items, num_workers=s.workers,
+                            drop_last=True, pin_memory=self.device == "cuda", worker_init_fn=_init_worker)
+        self.window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "images": 0}
+        self.epoch_stats = {"t": time.perf_counter(), "seen": 0, "loss_sum": 0.0, "loss_n": 0}
+        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step",
+                   disable=not dd.main or (None if s.progress is None else not s.progress), leave=False)
         try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            if not getattr(self, "_noted", False):
-                print("refpose train: matplotlib is not installed; no curves.png "
-                      "(pip install 'refpose[plot]')", file=sys.stderr)
-                self._noted = True
+            for x, target, weight in loader:
+                self._step(x, target, weight, bar)
+                if any_rank(stop.set, dd):
+                    self.stopped = "interrupted"
+                    break
+                if self.step >= self.max_steps or self.step % self.steps_per_epoch == 0:
+                    break
+        except torch.OutOfMemoryError:
+            raise TrainError(f"out of GPU memory with --batch {s.batch} per device; "
+                             f"try a smaller --batch (e.g. {max(1, s.batch // 2)})") from None
+        except RefposeError as e:
+            if isinstance(e, TrainError):
+                raise
+            raise type(e)(_worker_error_line(e)) from None
+        finally:
+            bar.close()
+        return self.step % self.steps_per_epoch == 0
+
+    def _step(self, x, target, weight, bar) -> None:
+        s, dd = self.s, self.dd
+        x = x.to(dd.device, non_blocking=True)
+        target = target.to(dd.device, non_blocking=True)
+        weight = weight.to(dd.device, non_blocking=True)
+        with torch.autocast(device_type=self.device, dtype=torch.float16, enabled=s.amp):
+            heatmaps = self.net(x)
+        loss = keypoint_mse(heatmaps.float(), target, weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainError(f"the loss became {value} at step {self.step}; lower --lr")
+        e, w = self.epoch_stats, self.window
+        e["loss_sum"], e["loss_n"], e["seen"] = e["loss_sum"] + value, e["loss_n"] + 1, e["seen"] + len(x) * dd.world
+        w["loss"] += value
+        w["n"] += 1
+        w["images"] += len(x) * dd.world
+        now = time.perf_counter()
+        rate = w["images"] / max(now - w["t"], 1e-9)
+        bar.update()
+        bar.set_postfix(loss=f"{value:.2e}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                        img_s=f"{rate:.0f}", refresh=False)
+        if self.log is not None and (self.step % s.log_every == 0 or self.step == self.max_steps):
+            self.log.metrics({"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": w["loss"] / w["n"],
+                              "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": rate})
+            self.window = {"loss": 0.0, "n": 0, "t": now, "images": 0}
+
+    # --- the end of an epoch ------------------------------------------------------------------
+    def end_of_epoch(self, epoch_done: bool) -> None:
+        """Rank 0: last.pt, validation (best.pt, model.safetensors) when due, the epoch's line."""
+        if self.log is None:
             return
-        rows = self.read_metrics()
-        train_rows = [r for r in rows if "loss" in r]
-        val_rows = [r for r in rows if "val" in r and r["val"].get("AP") is not None]
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-        if train_rows:
-            ep = [r["epoch"] for r in train_rows]
-            axes[0].semilogy(ep, [r["loss"] for r in train_rows])
-            axes[1].semilogy(ep, [r["lr"] for r in train_rows])
-        if val_rows:
-            ep = [r["epoch"] for r in val_rows]
-            axes[2].plot(ep, [r["val"]["AP"] for r in val_rows], "o-", label="AP")
-            axes[2].plot(ep, [r["val"]["AP50"] for r in val_rows], "s--", label="AP50")
-            axes[2].legend()
-        for ax, title in zip(axes, ("training loss (MSE, target-weighted)", "learning rate", "validation (COCO OKS)")):
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel("epoch")
-            ax.grid(alpha=0.3)
-        fig.suptitle(f"refpose train --config {self.cfg.name}", fontsize=10)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=80)
-        plt.close(fig)
-        write_atomic(self.out / "curves.png", buffer.getvalue())
+        s, e = self.s, self.epoch_stats
+        elapsed = time.perf_counter() - e["t"]
+        line = (f"epoch {self.step / self.steps_per_epoch:.2f}/{s.epochs}  loss {e['loss_sum'] / max(e['loss_n'], 1):.3e}  "
+                f"lr {self.optimizer.param_groups[0]['lr']:.2e}  {e['seen'] / max(elapsed, 1e-9):.1f} img/s  "
+                f"{elapsed:.0f} s")
+        validate_now = s.val_ann is not None and epoch_done and (
+            (self.step // self.steps_per_epoch) % s.val_every == 0 or self.step == self.total_steps)
+        self.save_last()
+        if validate_now:
+            line += self._validate()
+        self.say(line)
+        self.log.curves()
+
+    def save_last(self) -> None:
+        save_checkpoint(self.last_path, self.checkpoint())
+        self.saved_step = self.step
+
+    def _validate(self) -> str:
+        stats = self.log.validate(self.last_path, self.step / self.steps_per_epoch)
+        best = self.best
+        if stats["AP"] is not None and (not best or stats["AP"] > best["AP"]):
+            self.best = best = {"AP": stats["AP"], "AP50": stats["AP50"], "epoch": self.step // self.steps_per_epoch,
+                                "step": self.step}
+            save_checkpoint(self.out / "best.pt", self.checkpoint())
+            self.log.write_model(self.out / "best.pt", self.step, best)
+        save_checkpoint(self.last_path, self.checkpoint())         # with `best` up to date
+        return f"  val AP {stats['AP']:.3f} AP50 {stats['AP50']:.3f} (best {best.get('AP', 0):.3f})"
+
+    def finish(self) -> None:
+        """Rank 0: last.pt if the run stopped inside an epoch, model.safetensors, run.json's outcome."""
+        if self.log is None:
+            return
+        if self.saved_step != self.step:      # stopped inside an epoch: its end saved nothing yet
+            self.save_last()
+        if not self.best:
+            self.log.write_model(self.last_path, self.step, self.best)
+        self.log.finish(self.step, self.stopped, self.best)
+        self.log.curves()
+        if self.stopped == "interrupted":
+            self.say(f"refpose train: stopped at step {self.step}; saved {self.last_path}; --resume continues")
+

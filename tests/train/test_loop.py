@@ -182,8 +182,8 @@ def test_a_finished_run_writes_last_pt_once_per_epoch(sets, tmp_path, monkeypatc
     import refpose.train.loop as loop
 
     saves = []
-    save = loop._save
-    monkeypatch.setattr(loop, "_save", lambda path, obj: (saves.append((path.name, obj["step"])), save(path, obj)))
+    save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda path, obj: (saves.append((path.name, obj["step"])), save(path, obj)))
     # 168 persons in batches of 56: 3 steps per epoch
     assert main(_args(sets, tmp_path / "full", "--batch", "56", "--epochs", "2", "--warmup-iters", "1")) == 0
     assert saves == [("last.pt", 3), ("last.pt", 6)]
@@ -216,7 +216,7 @@ def test_ctrl_c_on_an_epoch_boundary_still_validates(sets, tmp_path, capsys, mon
     def stop_at_step_3(flag, dd):           # the loop asks once per step whether Ctrl-C was pressed
         calls["n"] += 1
         return calls["n"] >= 3
-    monkeypatch.setattr(loop, "_any", stop_at_step_3)
+    monkeypatch.setattr(loop, "any_rank", stop_at_step_3)
     out = tmp_path / "stopped"
     argv = _args(sets, out, "--batch", "56", "--epochs", "2", "--warmup-iters", "1", "--threads", "2",
                  "--val-ann", str(sets / "heldout" / "annotations.json"),
