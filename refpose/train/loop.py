@@ -5,11 +5,14 @@ Recipe (DESIGN section 6): the paper, section 4.2 (200 epochs; lr 1e-3 decayed b
 td-hm_hrnet-w32_8xb64-210e_coco-256x192 (Adam without weight decay, linear warm-up over 500
 iterations from 0.001 x lr, `KeypointMSELoss(use_target_weight=True)`, batch 64 per device,
 validation every 10 epochs, the best checkpoint by AP kept). One process, or one per device
-under torchrun (DistributedDataParallel; rank 0 alone logs, validates and writes).
+under torchrun (DistributedDataParallel; rank 0 alone logs and writes, every rank validates
+its share of the images).
 
-`train` reads as the run goes: check the settings, open the run folder, index the data, join
-the process group, build the model and its optimiser, then epochs until done; `Run` holds
-what changes as it goes (the step, the best validation) and does one epoch and its end.
+`train` reads as the run goes: check the settings, join the process group, let rank 0 open the
+run folder and index the data for everyone, check the validation set, build the run, then
+epochs until done. `Run` holds what changes as it goes (the step, the best validation) and does
+one epoch, one step, and the end of an epoch. No step waits for the device: the loss stays on
+it and the processes exchange `[loss sum, steps, non-finite steps]` every --log-every steps.
 """
 from __future__ import annotations
 
@@ -19,27 +22,147 @@ import platform
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 import torch                       # after `import refpose`, which asked OpenMP not to spin (refpose.threads)
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 
 from ..config import get_config, variant_of
 from ..errors import RefposeError
-from . import TrainError
-from ..pose.imageio import read_image
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from .data import Augment, load_train_set, make_sample, sample_rng
-from .distributed import Dist, any_rank, barrier, close, init_distributed, resolve_device
+from . import TrainError, require_torch
+from .checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
+from .data import Augment, load_train_set
+from .distributed import Dist, StopVote, close, fail_together, init_distributed, on_main, resolve_device, together
+from .loader import EpochItems, PersonCrops, close_loader, make_loader, worker_error_line
+from .faults import Faults
 from .runlog import RunLog
-from .settings import TrainSettings
+from .settings import TrainSettings, default_workers
+from .validate import Validation
 
 HEAD_INIT_STD = 0.001      # MMPose HeatmapHead init: Normal(std=0.001) for the final conv, bias 0
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+MIN_LOSS_SCALE = 2.0 ** -14  # GradScaler halves its scale (from 2^16) at each overflow: 30 in a row is no overflow
+DATA_WAIT_WARN = 0.2       # warn when the device waited for data this fraction of an epoch
 
 
+def train(s: TrainSettings) -> "TrainResult":
+    """Run (or continue) a training run and write its folder; see the module docstring.
+
+    With several processes, a failure in any of them ends every one within seconds with the
+    same line (`distributed.Abort`), rather than leaving the others waiting in a collective."""
+    require_torch()
+    s.check()
+    device = resolve_device(s.device, s.amp)
+    s = replace(s, workers=default_workers() if s.workers is None else s.workers)
+    dd = init_distributed(device)
+    faults = Faults(dd.rank)
+    configure_torch(s, device)
+    if s.amp == "fp16" and device == "cpu" and dd.main:
+        print("refpose train: warning: --amp fp16 on the CPU is slow (PyTorch emulates much of it); "
+              "--amp bf16 is the CPU's mixed precision", file=sys.stderr, flush=True)
+    try:
+        result = _train(s, device, dd, faults)
+    except BaseException as e:
+        if dd.world == 1:
+            raise
+        fail_together(dd, e)
+    close(dd)
+    if result.stopped == "interrupted":
+        raise KeyboardInterrupt
+    return result
+
+
+def _train(s: TrainSettings, device: str, dd: Dist, faults: Faults) -> "TrainResult":
+    cfg = get_config(s.config)
+    model = build_model(cfg, s.seed, dd.device)
+    resume, data = on_main(dd, open_run, s, model)
+    validation = together(dd, Validation, s.val_ann, s.val_images, s.val_boxes) if s.val_ann else None
+    run = Run(s, cfg, dd, device, data, model, validation, faults)
+    try:
+        return _epochs(run, resume)
+    finally:
+        run.close()
+
+
+def _epochs(run: "Run", resume: dict | None) -> "TrainResult":
+    dd = run.dd
+    if resume is not None:
+        run.resume(resume)
+    on_main(dd, run.start_log)
+    with StopSignals() as stop:
+        vote = StopVote(dd, stop)
+        if run.validation_due() and run.validated_step != run.step:
+            run.end_of_epoch(validate_only=True)   # a resumed run whose last validation did not happen
+        while run.step < run.max_steps:
+            epoch_done = run.train_epoch(vote)
+            if run.stopped == "interrupted" and not epoch_done:
+                break                         # an epoch's last step still gets its summary and validation
+            run.end_of_epoch()
+            if run.stopped == "interrupted":
+                break
+        if run.stopped != "interrupted" and run.step < run.total_steps:
+            run.stopped = "max-steps"
+    on_main(dd, run.finish)
+    return TrainResult(str(run.out) if dd.main else None, run.step, run.step / run.steps_per_epoch, run.stopped,
+                       run.best)
+
+
+def configure_torch(s: TrainSettings, device: str) -> None:
+    """Threads, determinism and float32 matmul precision, process-wide."""
+    if s.threads is not None:
+        torch.set_num_threads(s.threads)
+    if s.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)   # CPU ops are; a CUDA op that is not warns
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")   # TF32 matmuls on Ampere and later (off by default)
+
+
+def build_model(cfg, seed: int, device: torch.device) -> torch.nn.Module:
+    """The twin with seeded weights, the head as MMPose initialises it; the same on every rank."""
+    from ..porting.twin import WGNetTwin
+
+    torch.manual_seed(seed)
+    model = WGNetTwin(cfg)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.head.weight, std=HEAD_INIT_STD)
+        torch.nn.init.zeros_(model.head.bias)
+    return model.to(device)
+
+
+def open_run(s: TrainSettings, model) -> tuple:
+    """Rank 0: the checkpoint to continue (--resume) or None, and the training set, indexed once
+    for every rank (see `open_run_folder`, `load_train_set`)."""
+    resume = open_run_folder(s, model)
+    return resume, load_train_set(s.train_ann, s.train_images)
+
+
+def open_run_folder(s: TrainSettings, model) -> dict | None:
+    """The checkpoint to continue (--resume, checked whole), or None for a new run in a folder that
+    is new or empty; TrainError when the folder does not fit the request. Reads only."""
+    out = Path(s.out)
+    last_path = out / "last.pt"
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out {out}: is a file, not a run folder")
+    if not s.resume:
+        if last_path.exists():
+            raise TrainError(f"{out} already holds a run ({last_path}); --resume continues it, or choose another --out")
+        if out.is_dir() and any(out.iterdir()):
+            raise TrainError(f"--out {out} is not empty and holds no run to continue (no last.pt); "
+                             "choose a new or empty folder: a run never replaces files it did not write")
+        return None
+    if not last_path.exists():
+        raise TrainError(f"--resume: {last_path} does not exist (nothing to continue)")
+    return read_checkpoint(last_path, model, s.recipe())
+
+
+# --- the pieces of a run ----------------------------------------------------------------------------
 class LrSchedule:
     """lr factor at an iteration: linear warm-up from `warmup_factor` over `warmup_iters`
     (MMPose `LinearLR`), times a cosine from 1 to min_lr/lr that ends after `cosine_steps`
@@ -65,36 +188,6 @@ def keypoint_mse(heatmaps: torch.Tensor, targets: torch.Tensor, weights: torch.T
     return ((heatmaps - targets) ** 2 * weights[:, :, None, None]).mean()
 
 
-class PersonCrops(Dataset):
-    """Training samples: item (epoch, index) is person `index` seen with the random stream
-    of that epoch, so a sample does not depend on the worker or rank that makes it."""
-
-    def __init__(self, persons, input_size, heatmap_size, seed: int, aug: Augment, sigma: float, variant):
-        self.persons, self.input_size, self.heatmap_size = persons, input_size, heatmap_size
-        self.seed, self.aug, self.sigma, self.variant = seed, aug, sigma, variant
-
-    def __len__(self) -> int:
-        return len(self.persons)
-
-    def __getitem__(self, item):
-        epoch, index = item
-        person = self.persons[index]
-        x, heatmaps, weights = make_sample(read_image(person.image), person, self.input_size, self.heatmap_size,
-                                           sample_rng(self.seed, epoch, index), self.aug, self.sigma,
-                                           mean=self.variant.mean, std=self.variant.std)
-        return torch.from_numpy(x), torch.from_numpy(heatmaps), torch.from_numpy(weights)
-
-
-def _init_worker(_worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group: the main process stops the run, the workers keep
-    # serving the batch in flight instead of dying under it
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # OpenCV's own thread pool in a forked worker competes with the training threads
-    # (MMPose `setup_multi_processes` does the same)
-    import cv2
-    cv2.setNumThreads(0)
-
-
 @dataclass
 class TrainResult:
     """What a run did: where it wrote, how far it went, and its best validation."""
@@ -105,28 +198,31 @@ class TrainResult:
     best: dict = field(default_factory=dict)
 
 
-class _StopFlag:
-    """Set by Ctrl-C; the loop stops after the step in progress and saves last.pt."""
+class StopSignals:
+    """Set by Ctrl-C or SIGTERM (a scheduler's preemption, which torchrun forwards): the run stops
+    after an agreed step and saves last.pt. A second signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.set = False
+        self.previous = {}
 
     def __enter__(self):
-        self.previous = signal.getsignal(signal.SIGINT)
-
         def handler(signum, frame):
-            if self.set:                  # a second Ctrl-C: stop now
+            if self.set:                  # a second signal: stop now
                 raise KeyboardInterrupt
             self.set = True
         try:
-            signal.signal(signal.SIGINT, handler)
-        except ValueError:                # not the main thread: Ctrl-C stays KeyboardInterrupt
-            self.previous = None
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, handler)
+        except ValueError:                # not the main thread: signals keep their meaning
+            self.previous = {}
         return self
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
 
 
 def _versions() -> dict:
@@ -137,177 +233,129 @@ def _versions() -> dict:
             "opencv": cv2.__version__, "python": platform.python_version()}
 
 
-def _worker_error_line(e: Exception) -> str:
-    """The last line of an error re-raised by a DataLoader worker (it carries the traceback)."""
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    last = lines[-1] if lines else type(e).__name__
-    prefix = f"{type(e).__module__}.{type(e).__name__}: "
-    return last[len(prefix):] if last.startswith(prefix) else last
+class LossWindow:
+    """The loss of the steps since the last exchange, kept on the device: [sum of finite losses,
+    finite steps, non-finite steps] and the first non-finite step. Adding a step never waits."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(3, device=self.device, dtype=torch.float64)
+        self.first_bad = torch.full((), float("inf"), device=self.device, dtype=torch.float64)
+        self.steps, self.images, self.t = 0, 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, step: int, images: int) -> None:
+        loss = loss.detach().double()
+        bad = ~torch.isfinite(loss)
+        self.sums += torch.stack([torch.where(bad, 0.0, loss), (~bad).double(), bad.double()])
+        self.first_bad = torch.where(bad, torch.minimum(self.first_bad, torch.full_like(self.first_bad, step)),
+                                     self.first_bad)
+        self.steps += 1
+        self.images += images
 
 
-
-def train(s: TrainSettings) -> TrainResult:
-    """Run (or continue) a training run and write its folder; see the module docstring."""
-    device = resolve_device(s.device, s.amp)
-    check_settings(s)
-    configure_torch(s, device)
-    cfg = get_config(s.config)
-    resume = open_run_folder(s)
-    data = load_train_set(s.train_ann, s.train_images)
-    dd = init_distributed(device)
-    run = Run(s, cfg, dd, device, data, resume)
-    with _StopFlag() as stop:
-        while run.step < run.max_steps:
-            epoch_done = run.train_epoch(stop)
-            if run.stopped == "interrupted" and not epoch_done:
-                break                         # an epoch's last step still gets its summary and validation
-            run.end_of_epoch(epoch_done)
-            barrier(dd)
-            if run.stopped == "interrupted":
-                break
-        if run.stopped != "interrupted" and run.step < run.total_steps:
-            run.stopped = "max-steps"
-    run.finish()
-    close(dd)
-    if run.stopped == "interrupted":
-        raise KeyboardInterrupt
-    return TrainResult(str(run.out) if dd.main else None, run.step, run.step / run.steps_per_epoch, run.stopped, run.best)
-
-
-def check_settings(s: TrainSettings) -> None:
-    """What the option types cannot see alone; before anything is read or written."""
-    if s.epochs < 1 or s.batch < 1 or s.val_every < 1 or s.log_every < 1 or s.workers < 0:
-        raise TrainError("--epochs, --batch, --val-every and --log-every must be positive, --workers >= 0")
-    if not (0 < s.cosine_end <= 1) or s.lr <= 0 or s.min_lr < 0:
-        raise TrainError("--lr must be positive, --min-lr >= 0 and the cosine end in (0, 1]")
-    if (s.val_ann is None) != (s.val_images is None):
-        raise TrainError("--val-ann and --val-images go together")
-
-
-def configure_torch(s: TrainSettings, device: str) -> None:
-    """Threads and determinism, process-wide."""
-    if s.threads is not None:
-        torch.set_num_threads(s.threads)
-    if s.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)   # CPU ops are; a CUDA op that is not warns
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    elif device == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
-def open_run_folder(s: TrainSettings) -> dict | None:
-    """The checkpoint to continue (--resume), or None for a new run; TrainError when the folder
-    does not fit the request."""
-    out = Path(s.out)
-    last_path = out / "last.pt"
-    if not s.resume:
-        if last_path.exists():
-            raise TrainError(f"{out} already holds a run ({last_path}); --resume continues it, or choose another --out")
-        return None
-    if not last_path.is_file():
-        raise TrainError(f"--resume: {last_path} does not exist (nothing to continue)")
-    resume = load_checkpoint(last_path)
-    differ = {k: (resume["settings"].get(k), v) for k, v in s.recipe().items() if resume["settings"].get(k) != v}
-    if differ:
-        what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differ.items())
-        raise TrainError(f"--resume: {last_path} was made with other settings ({what}); "
-                         "give the same ones, or another --out for a new run")
-    return resume
-
-
+# --- the run -------------------------------------------------------------------------------------
 class Run:
-    """One training run in progress: the model, its optimiser and schedule, the step, the best
-    validation, and (on rank 0) the run folder's writer."""
+    """One training run in progress on this rank: the model, its optimiser and schedule, the step,
+    the best validation, and (rank 0) the run folder's writer."""
 
-    def __init__(self, s: TrainSettings, cfg, dd: Dist, device: str, data, resume: dict | None):
+    def __init__(self, s: TrainSettings, cfg, dd: Dist, device: str, data, model, validation, faults: Faults):
         self.s, self.cfg, self.dd, self.device, self.data = s, cfg, dd, device, data
+        self.model, self.validation, self.faults = model, validation, faults
         self.out = Path(s.out)
         self.last_path = self.out / "last.pt"
         self.say = (lambda text: print(text, file=sys.stderr, flush=True)) if dd.main else (lambda text: None)
-        if resume is not None and resume["world"] != dd.world:
-            raise TrainError(f"--resume: {self.last_path} was made by {resume['world']} process(es), "
-                             f"this run has {dd.world}; the batches would differ")
-        self._report_missing()
+        self.amp_dtype = AMP_DTYPES.get(s.amp)
+        self._report_left_out()
         self._build_data()
-        self._build_model()
-        self.step, self.best = 0, {}
-        if resume is not None:
-            self._resume(resume)
+        self._build_optimizer()
+        self.step, self.best, self.validated_step = 0, {}, None
         self.stopped = "finished"
         self.saved_step = None                # the step last.pt holds, once this run has written it
         self.max_steps = self.total_steps if s.max_steps is None else min(s.max_steps, self.total_steps)
         self.log = RunLog(self.out, s, cfg, data) if dd.main else None
-        if self.log is not None:
-            self.log.start(self._run_info(), self.step)
+        self.window = LossWindow(dd.device)
 
     # --- setup ---------------------------------------------------------------------------------
-    def _report_missing(self) -> None:
+    def _report_left_out(self) -> None:
         data = self.data
-        for path in data.missing[:10]:
-            self.say(f"refpose train: missing image {path}")
+        for entry in data.missing[:10]:
+            self.say(f"refpose train: image left out: {entry}")
         if data.missing:
-            self.say(f"refpose train: {len(data.missing)} image(s) missing, {data.missing_persons} person(s) left out"
-                     + (" (the first 10 above; all in run.json)" if len(data.missing) > 10 else ""))
+            self.say(f"refpose train: {len(data.missing)} image(s) missing or unreadable, {data.missing_persons} "
+                     "person(s) left out" + (" (the first 10 above; all in run.json)" if len(data.missing) > 10 else ""))
 
     def _build_data(self) -> None:
         s, dd, cfg, data = self.s, self.dd, self.cfg, self.data
         self.dataset = PersonCrops(data.persons, cfg.input_size, cfg.output_size(), s.seed,
                                    Augment() if s.augment else Augment.off(), s.sigma, variant_of(cfg.name))
-        self.sampler = DistributedSampler(self.dataset, num_replicas=dd.world, rank=dd.rank, shuffle=True,
-                                          seed=s.seed, drop_last=True)
-        self.steps_per_epoch = len(self.sampler) // s.batch
+        sampler = DistributedSampler(self.dataset, num_replicas=dd.world, rank=dd.rank, shuffle=True,
+                                     seed=s.seed, drop_last=True)
+        self.steps_per_epoch = len(sampler) // s.batch
         if self.steps_per_epoch == 0:
             raise TrainError(f"{len(data.persons)} persons over {dd.world} process(es) do not fill one batch of "
                              f"{s.batch}; lower --batch")
+        self.items = EpochItems(sampler, s.batch)
+        self.loader = make_loader(self.dataset, self.items, s.batch, s.workers, pin_memory=self.device == "cuda")
         self.total_steps = s.epochs * self.steps_per_epoch
         self.effective_batch = s.batch * dd.world
         self.lr = s.lr * self.effective_batch / s.batch if s.scale_lr else s.lr
         self.say(f"refpose train: {cfg.name}, {len(data.persons)} persons in {data.images} images "
                  f"({data.skipped_unlabelled} without labelled keypoints skipped); {dd.world} process(es) on "
-                 f"{self.device}, batch {s.batch} each = effective batch {self.effective_batch}; lr {self.lr:g}"
+                 f"{self.device}, batch {s.batch} each = effective batch {self.effective_batch}, "
+                 f"{s.workers} loader process(es) each; lr {self.lr:g}"
                  + (f" (--lr {s.lr:g} x {dd.world}, linear scaling)" if s.scale_lr and dd.world > 1
                     else " (not scaled with the number of processes; --scale-lr scales it linearly)"
                     if dd.world > 1 else ""))
 
-    def _build_model(self) -> None:
-        from ..porting.twin import WGNetTwin
-
+    def _build_optimizer(self) -> None:
         s, dd = self.s, self.dd
-        torch.manual_seed(s.seed)
-        self.model = model = WGNetTwin(self.cfg)
-        with torch.no_grad():
-            torch.nn.init.normal_(model.head.weight, std=HEAD_INIT_STD)
-            torch.nn.init.zeros_(model.head.bias)
-        model.to(dd.device)
-        self.net = model
+        self.net = self.model
         if dd.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[dd.local_rank] if self.device == "cuda" else None)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=s.weight_decay)
+                self.model, device_ids=[dd.local_rank] if self.device == "cuda" else None)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=s.weight_decay)
         schedule = LrSchedule(self.lr, s.min_lr * self.lr / s.lr, round(s.cosine_end * self.total_steps),
                               s.warmup_iters, s.warmup_factor)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=s.amp)
+        # GradScaler skips the steps whose float16 gradients overflow; bfloat16 has float32's range
+        self.scaler = torch.amp.GradScaler(self.device, enabled=s.amp == "fp16")
 
-    def _resume(self, resume: dict) -> None:
-        self.model.load_state_dict(resume["state_dict"])
-        self.optimizer.load_state_dict(resume["optimizer"])
-        self.scheduler.load_state_dict(resume["scheduler"])
-        self.scaler.load_state_dict(resume["scaler"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        if self.device == "cuda" and resume["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(resume["rng"]["cuda"])
-        self.step, self.best = resume["step"], resume["best"]
+    def resume(self, ckpt: dict) -> None:
+        """The state of a checkpoint rank 0 read and checked (`open_run_folder`), on every rank."""
+        if ckpt["world"] != self.dd.world:
+            raise TrainError(f"--resume: {self.last_path} was made by {ckpt['world']} process(es), "
+                             f"this run has {self.dd.world}; the batches would differ")
+        if ckpt["step"] > self.total_steps:
+            raise TrainError(f"--resume: {self.last_path} is at step {ckpt['step']}, beyond this run's "
+                             f"{self.total_steps} steps")
+        try:
+            self.model.load_state_dict(ckpt["state_dict"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+        except (ValueError, RuntimeError, KeyError, TypeError) as e:
+            raise TrainError(f"--resume: {self.last_path}: damaged or not this run's checkpoint "
+                             f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+        if self.device == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+        self.step, self.best = ckpt["step"], ckpt["best"]
+        self.validated_step = ckpt.get("validated_step")
+        self.saved_step = self.step
         self.say(f"refpose train: resuming {self.last_path} at step {self.step} (epoch "
                  f"{self.step / self.steps_per_epoch:.2f} of {self.s.epochs})")
 
-    def _run_info(self) -> dict:
+    def start_log(self) -> None:
+        """Rank 0: run.json, and metrics.jsonl cut back to the step the run starts from."""
         s, dd = self.s, self.dd
-        return {"settings": {**asdict(s), "device": self.device}, "config": self.cfg.to_dict(),
+        info = {"settings": {**asdict(s), "device": self.device}, "config": self.cfg.to_dict(),
                 "versions": _versions(), "data": self.data.summary(), "world_size": dd.world,
                 "effective_batch": self.effective_batch, "lr": self.lr, "steps_per_epoch": self.steps_per_epoch,
                 "total_steps": self.total_steps}
+        self.log.start(info, self.step)
 
     def checkpoint(self) -> dict:
         return {"format": CHECKPOINT_FORMAT,
@@ -316,111 +364,190 @@ class Run:
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state() if self.device == "cuda" else None},
-                "settings": self.s.recipe(), "world": self.dd.world, "best": self.best}
+                "settings": self.s.recipe(), "world": self.dd.world, "best": self.best,
+                "validated_step": self.validated_step}
+
+    def validation_due(self) -> bool:
+        """At an epoch's end: every --val-every epochs and after the last."""
+        epochs, rest = divmod(self.step, self.steps_per_epoch)
+        return (self.validation is not None and self.step > 0 and rest == 0
+                and (epochs % self.s.val_every == 0 or self.step == self.total_steps))
 
     # --- an epoch --------------------------------------------------------------------------------
-    def train_epoch(self, stop) -> bool:
-        """Steps to the end of the epoch (or --max-steps, or Ctrl-C); True when the epoch ended."""
+    def train_epoch(self, vote: StopVote) -> bool:
+        """Steps to the end of the epoch (or --max-steps, or an agreed stop); True when the epoch ended."""
         from tqdm import tqdm
 
-        s, dd = self.s, self.dd
+        s = self.s
         epoch, skip = divmod(self.step, self.steps_per_epoch)
-        self.sampler.set_epoch(epoch)
-        items = [(epoch, i) for i in list(self.sampler)[skip * s.batch:self.steps_per_epoch * s.batch]]
-        loader = DataLoader(self.dataset, batch_size=s.batch, sampler=items, num_workers=s.workers,
-                            drop_last=True, pin_memory=self.device == "cuda", worker_init_fn=_init_worker)
-        self.window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "images": 0}
-        self.epoch_stats = {"t": time.perf_counter(), "seen": 0, "loss_sum": 0.0, "loss_n": 0}
-        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step",
-                   disable=not dd.main or (None if s.progress is None else not s.progress), leave=False)
+        self.items.start(epoch, skip, self.steps_per_epoch)
+        self.epoch = {"t": time.perf_counter(), "wait": 0.0, "loss_sum": 0.0, "loss_n": 0, "images": 0,
+                      "bad_samples": 0, "first_bad": None}
+        self.window.reset()
+        self.bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step",
+                        disable=not self.dd.main or (None if s.progress is None else not s.progress), leave=False)
         try:
-            for x, target, weight in loader:
-                self._step(x, target, weight, bar)
-                if any_rank(stop.set, dd):
+            batches = iter(self.loader)
+            while True:
+                t = time.perf_counter()
+                batch = next(batches, None)
+                self.epoch["wait"] += time.perf_counter() - t
+                if batch is None:
+                    break
+                self._step(*batch)
+                if self.step % s.log_every == 0 or self.step == self.max_steps:
+                    self._exchange()
+                if vote.poll():
                     self.stopped = "interrupted"
                     break
                 if self.step >= self.max_steps or self.step % self.steps_per_epoch == 0:
                     break
+            if vote.settle():
+                self.stopped = "interrupted"
+            if self.window.steps:
+                self._exchange()
         except torch.OutOfMemoryError:
-            raise TrainError(f"out of GPU memory with --batch {s.batch} per device; "
+            raise TrainError(f"out of GPU memory at step {self.step + 1} with --batch {s.batch} per device; "
                              f"try a smaller --batch (e.g. {max(1, s.batch // 2)})") from None
         except RefposeError as e:
             if isinstance(e, TrainError):
                 raise
-            raise type(e)(_worker_error_line(e)) from None
+            raise type(e)(worker_error_line(e)) from None
         finally:
-            bar.close()
+            self.bar.close()
         return self.step % self.steps_per_epoch == 0
 
-    def _step(self, x, target, weight, bar) -> None:
-        s, dd = self.s, self.dd
+    def _step(self, x, target, weight, problems) -> None:
+        dd = self.dd
+        self._count_bad_samples(problems)
         x = x.to(dd.device, non_blocking=True)
         target = target.to(dd.device, non_blocking=True)
         weight = weight.to(dd.device, non_blocking=True)
-        with torch.autocast(device_type=self.device, dtype=torch.float16, enabled=s.amp):
+        with torch.autocast(device_type=self.device, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
             heatmaps = self.net(x)
-        loss = keypoint_mse(heatmaps.float(), target, weight)
+        loss = self.faults.loss(self.step + 1, keypoint_mse(heatmaps.float(), target, weight))
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(self.faults.to_backward(self.step + 1, loss)).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrainError(f"the loss became {value} at step {self.step}; lower --lr")
-        e, w = self.epoch_stats, self.window
-        e["loss_sum"], e["loss_n"], e["seen"] = e["loss_sum"] + value, e["loss_n"] + 1, e["seen"] + len(x) * dd.world
-        w["loss"] += value
-        w["n"] += 1
-        w["images"] += len(x) * dd.world
-        now = time.perf_counter()
-        rate = w["images"] / max(now - w["t"], 1e-9)
-        bar.update()
-        bar.set_postfix(loss=f"{value:.2e}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                        img_s=f"{rate:.0f}", refresh=False)
-        if self.log is not None and (self.step % s.log_every == 0 or self.step == self.max_steps):
-            self.log.metrics({"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": w["loss"] / w["n"],
-                              "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": rate})
-            self.window = {"loss": 0.0, "n": 0, "t": now, "images": 0}
+        self.window.add(loss, self.step, len(x) * dd.world)
+        self.bar.update()
+
+    def _count_bad_samples(self, problems) -> None:
+        bad = [p for p in problems if p]
+        if bad:
+            self.epoch["bad_samples"] += len(bad)
+            self.epoch["first_bad"] = self.epoch["first_bad"] or bad[0]
+
+    def _exchange(self) -> None:
+        """Every rank: the loss window summed over the ranks (one wait for the device); stop on a
+        non-finite loss (float16 AMP: GradScaler skips those steps, unless it cannot recover);
+        rank 0 logs the mean."""
+        w, dd = self.window, self.dd
+        sums = w.sums.clone()
+        if dd.world > 1:
+            dist.all_reduce(sums)
+        loss_sum, finite, nonfinite = sums.tolist()
+        row = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
+               "loss": loss_sum / finite if finite else None, "lr": self.optimizer.param_groups[0]["lr"],
+               "img_per_s": w.images / max(time.perf_counter() - w.t, 1e-9)}
+        if nonfinite:
+            first = w.first_bad.clone()
+            if dd.world > 1:
+                dist.all_reduce(first, op=dist.ReduceOp.MIN)
+            if self.s.amp != "fp16":
+                raise TrainError(f"the loss became NaN or infinite at step {int(first.item())}; lower --lr")
+            row["nonfinite_losses"] = int(nonfinite)
+        if self.scaler.is_enabled():
+            row["amp_scale"] = self.scaler.get_scale()
+            if row["amp_scale"] < MIN_LOSS_SCALE:
+                raise TrainError(f"the float16 loss scale fell to {row['amp_scale']:g} at step {self.step}: the "
+                                 "gradients overflow at any scale; lower --lr, or use --amp bf16")
+        self.epoch["loss_sum"] += loss_sum
+        self.epoch["loss_n"] += finite
+        self.epoch["images"] += w.images
+        if self.log is not None and (self.step % self.s.log_every == 0 or self.step == self.max_steps):
+            self.log.metrics(row)
+        if row["loss"] is not None:
+            self.bar.set_postfix(loss=f"{row['loss']:.2e}", lr=f"{row['lr']:.2e}", img_s=f"{row['img_per_s']:.0f}",
+                                 refresh=False)
+        w.reset()
 
     # --- the end of an epoch ------------------------------------------------------------------
-    def end_of_epoch(self, epoch_done: bool) -> None:
-        """Rank 0: last.pt, validation (best.pt, model.safetensors) when due, the epoch's line."""
-        if self.log is None:
-            return
-        s, e = self.s, self.epoch_stats
+    def end_of_epoch(self, validate_only: bool = False) -> None:
+        """Every rank: the epoch's figures summed over the ranks; rank 0 saves last.pt and logs;
+        then validation when due (every rank its share), and rank 0 keeps the best."""
+        summary = None if validate_only else self._epoch_summary()
+        if summary is not None:
+            on_main(self.dd, self._write_epoch, summary)
+        if self.validation_due() and self.validated_step != self.step:
+            result = self.validation.run(self.model, self.dd, self.out / "val" / "results.json")
+            self.validated_step = self.step
+            on_main(self.dd, self._write_validation, result)
+
+    def _epoch_summary(self) -> dict:
+        e = self.epoch
         elapsed = time.perf_counter() - e["t"]
-        line = (f"epoch {self.step / self.steps_per_epoch:.2f}/{s.epochs}  loss {e['loss_sum'] / max(e['loss_n'], 1):.3e}  "
-                f"lr {self.optimizer.param_groups[0]['lr']:.2e}  {e['seen'] / max(elapsed, 1e-9):.1f} img/s  "
-                f"{elapsed:.0f} s")
-        validate_now = s.val_ann is not None and epoch_done and (
-            (self.step // self.steps_per_epoch) % s.val_every == 0 or self.step == self.total_steps)
+        figures = torch.tensor([e["wait"], float(e["bad_samples"]), elapsed], dtype=torch.float64)
+        if self.dd.world > 1:
+            dist.all_reduce(figures, group=self.dd.control)
+        wait, bad, elapsed_sum = figures.tolist()
+        wait, elapsed = wait / self.dd.world, elapsed_sum / self.dd.world
+        return {"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                "epoch_loss": e["loss_sum"] / e["loss_n"] if e["loss_n"] else None,
+                "crops_per_s": e["images"] / max(elapsed, 1e-9), "epoch_s": elapsed,
+                "data_wait_s": wait, "data_wait_fraction": wait / max(elapsed, 1e-9),
+                "skipped_samples": int(bad), "first_skipped": e["first_bad"]}
+
+    def _write_epoch(self, summary: dict) -> None:
+        """Rank 0: last.pt, the epoch's row and line, warnings about starved devices and bad images."""
+        s = self.s
         self.save_last()
-        if validate_now:
-            line += self._validate()
-        self.say(line)
+        first_skipped = summary.pop("first_skipped")
+        self.log.metrics(summary)
+        loss = f"{summary['epoch_loss']:.3e}" if summary["epoch_loss"] is not None else "n/a"
+        self.say(f"epoch {summary['epoch']:.2f}/{s.epochs}  loss {loss}  lr {self.optimizer.param_groups[0]['lr']:.2e}  "
+                 f"{summary['crops_per_s']:.1f} crops/s  {summary['epoch_s']:.0f} s  "
+                 f"data wait {100 * summary['data_wait_fraction']:.0f}%")
+        if summary["data_wait_fraction"] > DATA_WAIT_WARN and summary["epoch_s"] > 10:
+            self.say(f"refpose train: warning: the device waited for data {100 * summary['data_wait_fraction']:.0f}% "
+                     f"of the epoch with --workers {s.workers}; more loader processes (this machine has "
+                     f"{os.cpu_count()} cores for {self.dd.local_world} training process(es)) or faster storage "
+                     "would keep it busy")
+        if summary["skipped_samples"]:
+            self.say(f"refpose train: warning: {summary['skipped_samples']} sample(s) skipped this epoch: their "
+                     f"image could not be decoded" + (f" (first: {first_skipped})" if first_skipped else ""))
         self.log.curves()
 
+    def _write_validation(self, result) -> None:
+        """Rank 0: the validation's row, best.pt and model.safetensors when it is the best, last.pt."""
+        stats = result.stats
+        self.log.validation(self.step, self.step / self.steps_per_epoch, result)
+        if stats["AP"] is not None and (not self.best or stats["AP"] > self.best["AP"]):
+            self.best = {"AP": stats["AP"], "AP50": stats["AP50"], "epoch": self.step // self.steps_per_epoch,
+                         "step": self.step}
+            self.faults.writing(self.step)
+            save_checkpoint(self.out / "best.pt", self.checkpoint())
+            self.log.write_model(self.out / "best.pt", self.step, self.best)
+        self.save_last()                                        # with `best` and the validation recorded
+        ap = lambda v: "n/a" if v is None else f"{v:.3f}"       # noqa: E731  (undefined: no person scored)
+        self.say(f"validation at epoch {self.step / self.steps_per_epoch:g}: AP {ap(stats['AP'])} "
+                 f"AP50 {ap(stats['AP50'])} on {result.images} images (best {ap(self.best.get('AP'))})")
+        self.log.curves()
+
+    def close(self) -> None:
+        close_loader(self.loader)
+
     def save_last(self) -> None:
+        self.faults.writing(self.step)
         save_checkpoint(self.last_path, self.checkpoint())
         self.saved_step = self.step
 
-    def _validate(self) -> str:
-        stats = self.log.validate(self.last_path, self.step / self.steps_per_epoch)
-        best = self.best
-        if stats["AP"] is not None and (not best or stats["AP"] > best["AP"]):
-            self.best = best = {"AP": stats["AP"], "AP50": stats["AP50"], "epoch": self.step // self.steps_per_epoch,
-                                "step": self.step}
-            save_checkpoint(self.out / "best.pt", self.checkpoint())
-            self.log.write_model(self.out / "best.pt", self.step, best)
-        save_checkpoint(self.last_path, self.checkpoint())         # with `best` up to date
-        return f"  val AP {stats['AP']:.3f} AP50 {stats['AP50']:.3f} (best {best.get('AP', 0):.3f})"
-
     def finish(self) -> None:
         """Rank 0: last.pt if the run stopped inside an epoch, model.safetensors, run.json's outcome."""
-        if self.log is None:
-            return
         if self.saved_step != self.step:      # stopped inside an epoch: its end saved nothing yet
             self.save_last()
         if not self.best:
@@ -429,4 +556,3 @@ class Run:
         self.log.curves()
         if self.stopped == "interrupted":
             self.say(f"refpose train: stopped at step {self.step}; saved {self.last_path}; --resume continues")
-

@@ -1,4 +1,9 @@
-"""Rank 0's writing during a run: run.json, metrics.jsonl, validation, model.safetensors, curves.png."""
+"""Rank 0's writing during a run: run.json, metrics.jsonl, model.safetensors, curves.png.
+
+metrics.jsonl has one JSON object a line: `loss`, `lr`, `img_per_s` every --log-every steps (the
+loss is the mean over every process's steps), an epoch summary with the time the device waited for
+data (`data_wait_s`, `data_wait_fraction`), and the ten COCO figures at each validation (`val`).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -7,12 +12,12 @@ import json
 import sys
 from pathlib import Path
 
-from ..fileio import write_atomic
+from ..fileio import open_append, write_atomic
 from .settings import TrainSettings
 
 
 class RunLog:
-    """Rank 0's writing: run.json, metrics.jsonl, validation, model.safetensors, curves.png."""
+    """Rank 0's writing: run.json, metrics.jsonl, model.safetensors, curves.png."""
 
     def __init__(self, out: Path, s: TrainSettings, cfg, data):
         self.out, self.s, self.cfg, self.data = out, s, cfg, data
@@ -32,45 +37,36 @@ class RunLog:
         rows = []
         for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
             with contextlib.suppress(json.JSONDecodeError):
-                rows.append(json.loads(line))
+                row = json.loads(line)
+                if isinstance(row, dict):
+                    rows.append(row)
         return rows
 
     def metrics(self, row: dict) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
+        with open_append(self.metrics_path) as f:     # a line torn by a crash is cut off first
             f.write(json.dumps(row) + "\n")
 
-    def export(self, checkpoint: Path, path: Path, extra: dict) -> None:
+    def export(self, checkpoint: Path, path: Path, extra: dict, trained: bool = True) -> None:
         """The twin's weights in a checkpoint -> a refpose weights file (`refpose export`'s code)."""
         from ..porting.twin import read_checkpoint
         from ..weights import save_weights
 
         tensors, cfg = read_checkpoint(checkpoint, self.cfg)
-        save_weights(path, tensors, cfg, trained=True, extra=extra)
+        save_weights(path, tensors, cfg, trained=trained, extra=extra)
 
-    def validate(self, checkpoint: Path, epoch: float) -> dict:
-        """COCO AP of the checkpoint's weights on the validation set, run by refpose's own
-        NumPy pipeline exactly as `refpose eval --images` runs (flip test, OKS-NMS)."""
-        from ..data.evaluate import ModelSpec, RunOptions, evaluate_images
-
-        weights = self.out / "val" / "weights.safetensors"
-        self.export(checkpoint, weights, {"epoch": f"{epoch:g}"})
-        run = evaluate_images(self.s.val_ann, self.s.val_images, self.out / "val" / "results.json",
-                              boxes=self.s.val_boxes, model=ModelSpec(weights=str(weights)),
-                              options=RunOptions(flip=True, restart=True, workers=max(1, self.s.workers)),
-                              progress=False)
-        row = {"step": int(round(epoch * self.info["steps_per_epoch"])), "epoch": epoch, "val": run.stats,
-               "val_images": len(run.scored), "val_missing": len(run.missing)}
-        self.metrics(row)
-        return run.stats
+    def validation(self, step: int, epoch: float, result) -> None:
+        self.metrics({"step": step, "epoch": epoch, "val": result.stats, "val_images": result.images,
+                      "val_missing": len(result.missing)})
 
     def write_model(self, checkpoint: Path, step: int, best: dict) -> None:
-        """model.safetensors from a checkpoint, with what it was trained on in its metadata."""
+        """model.safetensors from a checkpoint, with what it was trained on in its metadata;
+        `trained: false` when the run has not made a single step."""
         extra = {"dataset": self.data.source, "persons": str(len(self.data.persons)),
                  "epochs": str(self.s.epochs), "trained_epochs": f"{step / self.info['steps_per_epoch']:g}"}
         if best:
             extra.update({"val_dataset": str(self.s.val_ann), "val_AP": f"{best['AP']:.4f}",
                           "val_AP50": f"{best['AP50']:.4f}", "val_epoch": str(best["epoch"])})
-        self.export(checkpoint, self.out / "model.safetensors", extra)
+        self.export(checkpoint, self.out / "model.safetensors", extra, trained=step > 0)
 
     def finish(self, step: int, stopped: str, best: dict) -> None:
         self.info.update({"finished": stopped, "step": step, "best": best})
