@@ -105,13 +105,17 @@ def init_distributed(device: str) -> Dist:
         dev = torch.device("cpu")
     if world == 1:
         return Dist(1, 0, 0, 1, dev)
-    store, rank, world = next(dist.rendezvous("env://", timeout=RENDEZVOUS_WAIT))
-    if device == "cuda":
-        dist.init_process_group("nccl", store=store, rank=rank, world_size=world, device_id=dev)
-    else:
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
-    control = dist.new_group(backend="gloo", timeout=LONG_WAIT)
-    abort = Abort(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank)
+    try:
+        store, rank, world = next(dist.rendezvous("env://", timeout=RENDEZVOUS_WAIT))
+        if device == "cuda":
+            dist.init_process_group("nccl", store=store, rank=rank, world_size=world, device_id=dev)
+        else:
+            dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+        control = dist.new_group(backend="gloo", timeout=LONG_WAIT)
+        abort = Abort(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank)
+    except (RuntimeError, ValueError, OSError) as e:     # torch's DistError is a RuntimeError
+        raise TrainError(f"cannot join the run's {world} processes at {os.environ['MASTER_ADDR']}:"
+                         f"{os.environ['MASTER_PORT']}: {first_line(e)}") from None
     return Dist(world, rank, local_rank, local_world, dev, control, abort)
 
 

@@ -45,7 +45,7 @@ from .validate import Validation
 
 HEAD_INIT_STD = 0.001      # MMPose HeatmapHead init: Normal(std=0.001) for the final conv, bias 0
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-MIN_LOSS_SCALE = 2.0 ** -14  # GradScaler halves its scale (from 2^16) at each overflow: 30 in a row is no overflow
+MIN_LOSS_SCALE = 2.0 ** -14  # GradScaler halves its scale (from 2^16) per overflow: 30 in a row, no scale helps
 DATA_WAIT_WARN = 0.2       # warn when the device waited for data this fraction of an epoch
 
 

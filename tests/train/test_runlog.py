@@ -57,6 +57,9 @@ def test_a_validation_without_persons_prints_n_a(small_set, tmp_path, capsys):
 
 def test_bf16_mixed_precision_trains_on_the_cpu(small_set, tmp_path):
     out = tmp_path / "run"
-    assert main(train_args(small_set, out, "--batch", 16, "--epochs", 1, "--amp", "bf16", "--log-every", 1)) == 0
+    # bfloat16 autocast on the CPU (emulated without AVX512-BF16, ~2 crops/s: two steps of 4); no
+    # GradScaler, finite losses
+    assert main(train_args(small_set, out, "--batch", 4, "--epochs", 1, "--max-steps", 2, "--amp", "bf16",
+                           "--log-every", 1)) == 0
     rows = [r for r in metrics(out) if "loss" in r]
-    assert len(rows) == 3 and all(0 < r["loss"] < 1 for r in rows) and "amp_scale" not in rows[0]
+    assert len(rows) == 2 and all(0 < r["loss"] < 1 for r in rows) and "amp_scale" not in rows[0]
