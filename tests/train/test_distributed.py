@@ -89,20 +89,15 @@ def test_a_fault_on_one_rank_ends_every_rank_with_the_same_line(small_set, tmp_p
     assert abs(runs[0][2] - runs[1][2]) < 30, [t for _, _, t in runs]
 
 
-def test_an_fp16_overflow_is_skipped_not_fatal(small_set, tmp_path, capsys):
+def test_an_fp16_overflow_is_skipped_not_fatal(small_set, tmp_path, monkeypatch):
     # float16 AMP (on the CPU here) with gradients that overflow at step 2: GradScaler skips that
     # step and halves its scale; the run goes on. Adam's own step count shows the skipped step
-    import os
-
     from refpose.cli import main
 
     out = tmp_path / "amp"
-    os.environ["REFPOSE_TRAIN_FAULT"] = "rank0:step2:fp16-overflow"
-    try:
-        assert main(train_args(small_set, out, "--batch", 2, "--epochs", 1, "--max-steps", 3, "--log-every", 1,
-                               "--amp", "--device", "cpu")) == 0
-    finally:
-        del os.environ["REFPOSE_TRAIN_FAULT"]
+    monkeypatch.setenv("REFPOSE_TRAIN_FAULT", "rank0:step2:fp16-overflow")
+    assert main(train_args(small_set, out, "--batch", 2, "--epochs", 1, "--max-steps", 3, "--log-every", 1,
+                           "--amp", "--device", "cpu")) == 0
     rows = [r for r in metrics(out) if "loss" in r]
     assert [r["amp_scale"] for r in rows] == [65536.0, 32768.0, 32768.0]
     assert all(np.isfinite(r["loss"]) for r in rows)
