@@ -146,10 +146,13 @@ def open_run(s: TrainSettings, model) -> tuple:
 def open_run_folder(s: TrainSettings, model) -> dict | None:
     """The checkpoint to continue (--resume, checked whole), or None for a new run in a folder that
     is new or empty; TrainError when the folder does not fit the request. Reads only."""
+    from ..fileio import path_problem
+
     out = Path(s.out)
     last_path = out / "last.pt"
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"--out {out}: is a file, not a run folder")
+    problem = path_problem(out, folder=True) if os.path.lexists(out) else None
+    if problem:
+        raise TrainError(f"--out {out}: {'is a file, not a run folder' if problem == 'not a folder' else problem}")
     if not s.resume:
         if last_path.exists():
             raise TrainError(f"{out} already holds a run ({last_path}); --resume continues it, or choose another --out")
