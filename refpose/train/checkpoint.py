@@ -117,15 +117,18 @@ def _check_optimizer(opt, params: list) -> str | None:
             and len(opt["param_groups"]) == 1 and isinstance(opt["param_groups"][0], dict)):
         return "optimizer must be Adam's state_dict with one parameter group"
     ids = opt["param_groups"][0].get("params")
-    if not isinstance(ids, list) or len(ids) != len(params):
-        return f"optimizer: the parameter group has {len(ids) if isinstance(ids, list) else 'no'} parameters, " \
-               f"the model {len(params)}"
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids) or len(ids) != len(params):
+        return f"optimizer: the parameter group must number the model's {len(params)} parameters"
     for i, p in zip(ids, params):
         state = opt["state"].get(i)
         if state is None:
             continue                          # no step taken for it yet
         if not isinstance(state, dict):
             return f"optimizer: the state of parameter {i} must be a dict"
+        step = state.get("step")
+        if not (isinstance(step, torch.Tensor) and step.numel() == 1 or isinstance(step, (int, float))) \
+                or isinstance(step, bool):
+            return f"optimizer: the step count of parameter {i} must be a number"
         for moment in ("exp_avg", "exp_avg_sq"):
             t = state.get(moment)
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(p.shape):

@@ -63,3 +63,32 @@ def test_a_checkpoint_that_unpacks_too_far_is_refused_before_unpacking(small_set
         z.writestr("archive/data.pkl", bytes(200 << 20))
     assert (out / "last.pt").stat().st_size < 1 << 20
     fails(capsys, train_args(small_set, out, "--batch", 16, "--epochs", 1, "--resume"), "unpacks to 209,715,200 bytes")
+
+
+FIELDS = ("state_dict", "optimizer", "scheduler", "scaler", "step", "rng", "settings", "world", "best",
+          "validated_step")
+
+
+def test_any_checkpoint_structure_is_a_phrase_never_an_exception():
+    # fuzzing the reader's checks: whatever a (weights-only) unpickled checkpoint holds, the
+    # check names a problem or accepts it; it never raises (a traceback instead of one line)
+    from hypothesis import given, settings, strategies as st
+
+    from refpose.porting.twin import WGNetTwin
+    from refpose.train.checkpoint import CHECKPOINT_FORMAT, check_fields, check_tensors
+
+    model = WGNetTwin("tiny")
+    leaves = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4)
+              | st.builds(torch.zeros, st.integers(0, 3)))
+    values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(max_size=4) | st.integers(0, 3), inner, max_size=3), max_leaves=8)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.dictionaries(st.sampled_from(FIELDS), values))
+    def check(fields):
+        ckpt = {"format": CHECKPOINT_FORMAT, **fields}
+        for problem in (check_fields(ckpt),
+                        check_tensors({"state_dict": ckpt.get("state_dict"), "optimizer": ckpt.get("optimizer")}, model)):
+            assert problem is None or isinstance(problem, str)
+
+    check()
