@@ -160,11 +160,15 @@ def make_jobs(gt: Annotations, images: str, boxes: str | None, limit: int | None
 class Predictor:
     """Runs images: top-down poses on their boxes, flip test, OKS-NMS; COCO records out."""
 
-    def __init__(self, spec: ModelSpec, flip: bool = True):
+    def __init__(self, spec: ModelSpec | None = None, flip: bool = True, model=None):
+        """The model of `spec`, or `model` itself when given (training's validation passes the
+        network being trained)."""
         from ..pose.pipeline import PoseOptions
         from ..pretrained import default_model
 
-        self.model = default_model(weights=spec.weights, config=spec.config, dtype=spec.dtype)
+        spec = spec or ModelSpec()
+        self.model = model if model is not None else default_model(weights=spec.weights, config=spec.config,
+                                                                     dtype=spec.dtype)
         self.options = PoseOptions(flip=flip, oks_nms=OKS_NMS_THR)
 
     def __call__(self, jobs: list[ImageJob]) -> list[tuple[int, list[dict] | None, str | None]]:
