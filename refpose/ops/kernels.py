@@ -166,29 +166,33 @@ PANEL = 3                      # vectors per panel: the TILE_ROWS x 3 register t
 ROW_CHUNK = 64                 # rows per work item (a multiple of TILE_ROWS); a panel stays in L1 across its tiles
 MIN_ITEMS = 8                  # fewer row chunks than this: split the panels between items too
 B_IN_L1 = 32 * 1024            # bytes of B below which `_tiles` goes row by row (see there)
-# Constants passed to the helpers that are compiled apart (`_tiles`, `_dw_row`): a literal 0 or
-# True there would compile one more copy of the helper for that literal.
+# Constants passed to the helpers that are compiled apart (`_tiles`, `_dw_row`), inside an operand
+# tuple too: a literal 0 or True there would compile one more copy of the helper for that literal.
 ZERO, ONE, YES, NO = np.intp(0), np.intp(1), np.bool_(True), np.bool_(False)
 
 
 @njit(**JIT)
-def _edge_tile(rows, cols, K, a, a0, lda, ka, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res):
-    """A tile at the edge of a matmul (see `_tiles`; flat arrays): c[c0 + r*ldc + j] = bias[bias0 + j] +
-    sum_k a[a0 + r*lda + k*ka] b[b0 + k*ldb + j] for r < rows, j < cols, clipped to [0, 6] if
-    `relu6`, plus res[c0 + r*ldc + j] if `add_res`. Blocks of 4 rows of whole vectors go to
-    `simd.tile_fma`, anything else (the rows and columns left over) to a plain loop that does
-    the same arithmetic: `simd.fma` from zero in k order, then the bias, the clip and the sum."""
+def _edge_tile(rows, cols, K, A, B, C, epilogue):
+    """A tile at the edge of a matmul (see `_tiles`): what `simd.tile_fma` computes, with the
+    same operand tuples (A, B, C, epilogue), for any rows <= TILE_ROWS and cols <= PANEL vectors.
+    Blocks of 4 rows of whole vectors go to `simd.tile_fma`, anything else (the rows and columns
+    left over) to a plain loop that does the same arithmetic: `simd.fma` from zero in k order,
+    then the bias, the clip and the sum."""
+    a, a0, lda, ka = A
+    b, b0, ldb = B
+    c, c0, ldc = C
+    bias, bias0, relu6, res, add_res = epilogue
     L = simd.vector_lanes(c)
     nvec = cols // L if cols % L == 0 else 0         # at most PANEL
     r = 0
     while nvec and r + 4 <= rows:
-        ar, cr = a0 + r * lda, c0 + r * ldc
+        Ar, Cr = (a, a0 + r * lda, lda, ka), (c, c0 + r * ldc, ldc)       # from row r
         if nvec == 3:
-            simd.tile_fma(4, 3, K, a, ar, lda, ka, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
+            simd.tile_fma(4, 3, K, Ar, B, Cr, epilogue)
         elif nvec == 2:
-            simd.tile_fma(4, 2, K, a, ar, lda, ka, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
+            simd.tile_fma(4, 2, K, Ar, B, Cr, epilogue)
         else:
-            simd.tile_fma(4, 1, K, a, ar, lda, ka, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
+            simd.tile_fma(4, 1, K, Ar, B, Cr, epilogue)
         r += 4
     lo, hi = c.dtype.type(0), c.dtype.type(6)
     for r in range(r, rows):
@@ -265,31 +269,32 @@ def _tiles(a, a0, lda, ka, R, K, b, b0, packed, c, c0, N, bias, relu6, res, add_
             for t in range(r0, r1, TILE_ROWS):
                 for p in range(p_lo, full):
                     n0 = p * width
-                    simd.tile_fma(TILE_ROWS, PANEL, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
-                                  width if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+                    simd.tile_fma(TILE_ROWS, PANEL, K, (a, a0 + t * lda, lda, ka),
+                                  (b, n0 * K if packed else b0 + n0, width if packed else N),
+                                  (c, c0 + t * N + n0, N), (bias, n0, relu6, res, add_res))
         else:
             for p in range(p_lo, full):
                 n0 = p * width
                 for t in range(r0, r1, TILE_ROWS):
-                    simd.tile_fma(TILE_ROWS, PANEL, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
-                                  width if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+                    simd.tile_fma(TILE_ROWS, PANEL, K, (a, a0 + t * lda, lda, ka),
+                                  (b, n0 * K if packed else b0 + n0, width if packed else N),
+                                  (c, c0 + t * N + n0, N), (bias, n0, relu6, res, add_res))
     # the short panel of whole vectors (1 or 2 of them: PANEL is 3), if there is one in range
     s = N // width
     n0, cols = _panel(s, N, L)
     short = p_lo <= s < p_hi and cols >= L
     if short:
+        Bs, Es = (b, n0 * K if packed else b0 + n0, cols if packed else N), (bias, n0, relu6, res, add_res)
         for t in range(0, whole, TILE_ROWS):
             if cols == 2 * L:
-                simd.tile_fma(TILE_ROWS, 2, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
-                              cols if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+                simd.tile_fma(TILE_ROWS, 2, K, (a, a0 + t * lda, lda, ka), Bs, (c, c0 + t * N + n0, N), Es)
             else:
-                simd.tile_fma(TILE_ROWS, 1, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
-                              cols if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+                simd.tile_fma(TILE_ROWS, 1, K, (a, a0 + t * lda, lda, ka), Bs, (c, c0 + t * N + n0, N), Es)
     for p in range(p_lo, p_hi):                        # the edges: the columns left over, the last rows
         n0, cols = _panel(p, N, L)
+        Bp, Ep = (b, n0 * K if packed else b0 + n0, cols if packed else N), (bias, n0, relu6, res, add_res)
         for t in range(whole if p < full or (short and p == s) else 0, R, TILE_ROWS):
-            _edge_tile(min(TILE_ROWS, R - t), cols, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
-                       cols if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+            _edge_tile(min(TILE_ROWS, R - t), cols, K, (a, a0 + t * lda, lda, ka), Bp, (c, c0 + t * N + n0, N), Ep)
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
