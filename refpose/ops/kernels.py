@@ -599,10 +599,11 @@ def _grouped_attention(qkv, pix, heads, out):
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
-def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bproj, y):
+def _attention_block(x, pix, norm, qkv, heads, proj, y):
     """A whole attention sub-block, y = x + proj(MHSA(qkv(LayerNorm(x)))), one group per
-    iteration: x, y (P, C) pixel rows, pix (G, T), wqkv (3C, C) flat and row-major, wproj packed
-    (`pack_weights`).
+    iteration: x, y (P, C) pixel rows, pix (G, T); each layer's parameters a tuple:
+    norm = (weight (C,), bias (C,), eps), qkv = (W (3C, C) flat and row-major, b (3C,)),
+    proj = (W packed by `pack_weights`, b (C,)).
 
     The group's rows are normalised into a transposed block, from which one matmul gives q, k
     and v transposed (3C x T: W_qkv times it), so each head's blocks are rows of that buffer;
@@ -615,6 +616,9 @@ def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bpro
     G, T = pix.shape
     C = x.shape[1]
     d = C // heads
+    norm_w, norm_b, eps = norm
+    wqkv, bqkv = qkv
+    wproj, bproj = proj
     dtype = x.dtype
     scale = dtype.type(1 / math.sqrt(d))
     n_tok, n_proj = _n_panels(T, simd.vector_lanes(y)), _n_panels(C, simd.vector_lanes(y))
