@@ -125,14 +125,19 @@ def _tile_function(module, ft, bits: int, R: int, V: int, intp):
     each tile's accumulators in registers (inlined side by side, they were spilled and the loop
     ran at half speed). Arguments: K, then the members of A, B, C and the epilogue in order (see
     `OPERANDS`): a, a0, lda, ka, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res
-    (pointers to the first element, offsets in elements, flags as i8)."""
-    name = f"refpose_tile_{R}x{V}_f{bits}"
+    (pointers to the first element, offsets in elements, flags as i8).
+
+    Linkage linkonce_odr, under a name that says all it depends on, so that a kernel keeps one
+    copy of each tile however many of its linked functions define it: with 256-bit vectors
+    `_tiles` and `_edge_tile` both define the tiles of 4 rows, and with internal linkage every
+    kernel that calls `_tiles` compiled each of them twice."""
+    name = f"refpose_tile_{R}x{V}_f{bits}_v{VECTOR_BYTES * 8}"
     fp, i8 = ft.as_pointer(), ir.IntType(8)
     fnty = ir.FunctionType(ir.VoidType(), [intp, fp, intp, intp, intp, fp, intp, intp, fp, intp, intp, fp, intp, i8, fp, i8])
     fn = cgutils.get_or_insert_function(module, fnty, name)
     if not fn.is_declaration:
         return fn
-    fn.linkage = "internal"
+    fn.linkage = "linkonce_odr"
     fn.attributes.add("noinline")
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     K_, pa, a_base, lda_, ka_, pb, b_base, ldb_, pc, c_base, ldc_, pbias, bias_base, relu6, pres, add_res = fn.args
