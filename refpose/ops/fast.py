@@ -218,10 +218,10 @@ def attention_block(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarra
         qkv = linear(layer_norm(x, norm_weight, norm_bias, eps), qkv_w, qkv_b)
         return linear(grouped_attention(qkv, heads, kind, window, patch), proj_w, proj_b, residual=x)
     y = np.empty((N * H * W, C), dtype)
-    kernels._attention_block(_c(x, dtype).reshape(N * H * W, C), pix, _vector(norm_weight, dtype),
-                             _vector(norm_bias, dtype), dtype.type(eps),
-                             _kept(qkv_w, "rows" + dtype.str, lambda: _c(qkv_w, dtype).reshape(-1)),
-                             _vector(qkv_b, dtype), heads, _panels(proj_w, "oi", proj_w, dtype), _vector(proj_b, dtype), y)
+    norm = (_vector(norm_weight, dtype), _vector(norm_bias, dtype), dtype.type(eps))
+    qkv = (_kept(qkv_w, "rows" + dtype.str, lambda: _c(qkv_w, dtype).reshape(-1)), _vector(qkv_b, dtype))
+    proj = (_panels(proj_w, "oi", proj_w, dtype), _vector(proj_b, dtype))
+    kernels._attention_block(_c(x, dtype).reshape(N * H * W, C), pix, norm, qkv, heads, proj, y)
     return y.reshape(N, H, W, C)
 
 

@@ -166,29 +166,33 @@ PANEL = 3                      # vectors per panel: the TILE_ROWS x 3 register t
 ROW_CHUNK = 64                 # rows per work item (a multiple of TILE_ROWS); a panel stays in L1 across its tiles
 MIN_ITEMS = 8                  # fewer row chunks than this: split the panels between items too
 B_IN_L1 = 32 * 1024            # bytes of B below which `_tiles` goes row by row (see there)
-# Constants passed to the helpers that are compiled apart (`_tiles`, `_dw_row`): a literal 0 or
-# True there would compile one more copy of the helper for that literal.
+# Constants passed to the helpers that are compiled apart (`_tiles`, `_dw_row`), inside an operand
+# tuple too: a literal 0 or True there would compile one more copy of the helper for that literal.
 ZERO, ONE, YES, NO = np.intp(0), np.intp(1), np.bool_(True), np.bool_(False)
 
 
 @njit(**JIT)
-def _edge_tile(rows, cols, K, a, a0, lda, ka, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res):
-    """A tile at the edge of a matmul (see `_tiles`; flat arrays): c[c0 + r*ldc + j] = bias[bias0 + j] +
-    sum_k a[a0 + r*lda + k*ka] b[b0 + k*ldb + j] for r < rows, j < cols, clipped to [0, 6] if
-    `relu6`, plus res[c0 + r*ldc + j] if `add_res`. Blocks of 4 rows of whole vectors go to
-    `simd.tile_fma`, anything else (the rows and columns left over) to a plain loop that does
-    the same arithmetic: `simd.fma` from zero in k order, then the bias, the clip and the sum."""
+def _edge_tile(rows, cols, K, A, B, C, epilogue):
+    """A tile at the edge of a matmul (see `_tiles`): what `simd.tile_fma` computes, with the
+    same operand tuples (A, B, C, epilogue), for any rows <= TILE_ROWS and cols <= PANEL vectors.
+    Blocks of 4 rows of whole vectors go to `simd.tile_fma`, anything else (the rows and columns
+    left over) to a plain loop that does the same arithmetic: `simd.fma` from zero in k order,
+    then the bias, the clip and the sum."""
+    a, a0, lda, ka = A
+    b, b0, ldb = B
+    c, c0, ldc = C
+    bias, bias0, relu6, res, add_res = epilogue
     L = simd.vector_lanes(c)
     nvec = cols // L if cols % L == 0 else 0         # at most PANEL
     r = 0
     while nvec and r + 4 <= rows:
-        ar, cr = a0 + r * lda, c0 + r * ldc
+        Ar, Cr = (a, a0 + r * lda, lda, ka), (c, c0 + r * ldc, ldc)       # from row r
         if nvec == 3:
-            simd.tile_fma(4, 3, K, a, ar, lda, ka, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
+            simd.tile_fma(4, 3, K, Ar, B, Cr, epilogue)
         elif nvec == 2:
-            simd.tile_fma(4, 2, K, a, ar, lda, ka, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
+            simd.tile_fma(4, 2, K, Ar, B, Cr, epilogue)
         else:
-            simd.tile_fma(4, 1, K, a, ar, lda, ka, b, b0, ldb, c, cr, ldc, bias, bias0, relu6, res, add_res)
+            simd.tile_fma(4, 1, K, Ar, B, Cr, epilogue)
         r += 4
     lo, hi = c.dtype.type(0), c.dtype.type(6)
     for r in range(r, rows):
@@ -239,25 +243,36 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
 
 
 @njit(**JIT)
-def _tiles(a, a0, lda, ka, R, K, b, b0, packed, c, c0, N, bias, relu6, res, add_res, p_lo, p_hi):
-    """c = A B + bias, clipped to [0, 6] if `relu6`, plus res if `add_res`, over the columns of
-    panels p_lo .. p_hi - 1, in this thread. a, b, c, res are flat arrays (one signature per
-    dtype, so this compiles once): A (R, K) is a[a0 + r*lda + k*ka] (lda = K, ka = 1 for rows in
-    place; lda = 1 for a transposed block), c and res hold R rows of N from c0; B (K, N) is b
-    from b0 (row stride N) or, when `packed`, the panels of `pack_weights` (w (N, K) with
-    B = w^T; b0 = 0).
+def _tiles(M, N, K, A, B, C, epilogue, panels):
+    """C (M, N) = A (M, K) B (K, N) + bias, clipped to [0, 6] if `relu6`, plus res if `add_res`,
+    over the columns of panels p_lo .. p_hi - 1, in this thread. The operands are tuples of flat
+    arrays (one signature per dtype, so this compiles once), as `simd.tile_fma`'s but with the
+    row strides of B and C the width N:
+      A = (a, a0, lda, ka)              A[m, k] is a[a0 + m*lda + k*ka] (lda = K, ka = 1 for rows
+                                        in place; lda = 1 for a transposed block)
+      B = (b, b0, packed)               B[k, n] is b[b0 + k*N + n], or when `packed` the panels of
+                                        `pack_weights` (w (N, K) with B = w^T; b0 = 0)
+      C = (c, c0)                       C[m, n] is c[c0 + m*N + n]
+      epilogue = (bias, relu6, res, add_res)    bias[n] added to column n; res has C's layout
+      panels = (p_lo, p_hi)
 
     Whole TILE_ROWS x PANEL tiles go to `simd.tile_fma` from a loop that calls nothing else
     (with the edge cases in the same loop it ran at half speed), then the short panel's tiles of
     TILE_ROWS rows from a loop of their own; the edges (the columns left over, the last rows) to
     `_edge_tile`. Where B fits in L1 the tiles go row by row (each output row written whole);
     otherwise panel by panel over ROW_CHUNK rows, so a panel stays in L1 while its tiles read
-    it.
+    it. Each tile's operands: A from row t, B from panel column n0 (the panel's own rows when
+    packed), C from (t, n0), the bias from n0.
     """
+    a, a0, lda, ka = A
+    b, b0, packed = B
+    c, c0 = C
+    bias, relu6, res, add_res = epilogue
+    p_lo, p_hi = panels
     L = simd.vector_lanes(c)
     width = PANEL * L
     full = min(p_hi, N // width)
-    whole = R // TILE_ROWS * TILE_ROWS
+    whole = M // TILE_ROWS * TILE_ROWS
     rows_first = K * N * c.itemsize <= B_IN_L1
     for r0 in range(0, whole, ROW_CHUNK):
         r1 = min(whole, r0 + ROW_CHUNK)
@@ -265,14 +280,16 @@ def _tiles(a, a0, lda, ka, R, K, b, b0, packed, c, c0, N, bias, relu6, res, add_
             for t in range(r0, r1, TILE_ROWS):
                 for p in range(p_lo, full):
                     n0 = p * width
-                    simd.tile_fma(TILE_ROWS, PANEL, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
-                                  width if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+                    simd.tile_fma(TILE_ROWS, PANEL, K, (a, a0 + t * lda, lda, ka),
+                                  (b, n0 * K if packed else b0 + n0, width if packed else N),
+                                  (c, c0 + t * N + n0, N), (bias, n0, relu6, res, add_res))
         else:
             for p in range(p_lo, full):
                 n0 = p * width
                 for t in range(r0, r1, TILE_ROWS):
-                    simd.tile_fma(TILE_ROWS, PANEL, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
-                                  width if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+                    simd.tile_fma(TILE_ROWS, PANEL, K, (a, a0 + t * lda, lda, ka),
+                                  (b, n0 * K if packed else b0 + n0, width if packed else N),
+                                  (c, c0 + t * N + n0, N), (bias, n0, relu6, res, add_res))
     # the short panel of whole vectors (1 or 2 of them: PANEL is 3), if there is one in range
     s = N // width
     n0, cols = _panel(s, N, L)
@@ -280,16 +297,19 @@ def _tiles(a, a0, lda, ka, R, K, b, b0, packed, c, c0, N, bias, relu6, res, add_
     if short:
         for t in range(0, whole, TILE_ROWS):
             if cols == 2 * L:
-                simd.tile_fma(TILE_ROWS, 2, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
-                              cols if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+                simd.tile_fma(TILE_ROWS, 2, K, (a, a0 + t * lda, lda, ka),
+                              (b, n0 * K if packed else b0 + n0, cols if packed else N),
+                              (c, c0 + t * N + n0, N), (bias, n0, relu6, res, add_res))
             else:
-                simd.tile_fma(TILE_ROWS, 1, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
-                              cols if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+                simd.tile_fma(TILE_ROWS, 1, K, (a, a0 + t * lda, lda, ka),
+                              (b, n0 * K if packed else b0 + n0, cols if packed else N),
+                              (c, c0 + t * N + n0, N), (bias, n0, relu6, res, add_res))
     for p in range(p_lo, p_hi):                        # the edges: the columns left over, the last rows
         n0, cols = _panel(p, N, L)
-        for t in range(whole if p < full or (short and p == s) else 0, R, TILE_ROWS):
-            _edge_tile(min(TILE_ROWS, R - t), cols, K, a, a0 + t * lda, lda, ka, b, n0 * K if packed else b0 + n0,
-                       cols if packed else N, c, c0 + t * N + n0, N, bias, n0, relu6, res, add_res)
+        for t in range(whole if p < full or (short and p == s) else 0, M, TILE_ROWS):
+            _edge_tile(min(TILE_ROWS, M - t), cols, K, (a, a0 + t * lda, lda, ka),
+                       (b, n0 * K if packed else b0 + n0, cols if packed else N),
+                       (c, c0 + t * N + n0, N), (bias, n0, relu6, res, add_res))
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
@@ -311,8 +331,8 @@ def _matmul_bias_act(x, wp, b, relu6, res, y):
     for item in prange(chunks * groups):
         c, g = item // groups, item % groups
         r0, r1 = c * ROW_CHUNK, min(M, c * ROW_CHUNK + ROW_CHUNK)
-        _tiles(x.reshape(-1), r0 * K, K, ONE, r1 - r0, K, wp, ZERO, YES, y.reshape(-1), r0 * N, N, b, relu6,
-               res.reshape(-1), add_res, g * per_group, min(n_panels, g * per_group + per_group))
+        _tiles(r1 - r0, N, K, (x.reshape(-1), r0 * K, K, ONE), (wp, ZERO, YES), (y.reshape(-1), r0 * N),
+               (b, relu6, res.reshape(-1), add_res), (g * per_group, min(n_panels, g * per_group + per_group)))
 
 
 @njit(inline="always")
@@ -533,11 +553,12 @@ def _attend(x, q0, k0, v0, T, d, out, o0):
     dtype = x.dtype
     sT = np.empty(T * T, dtype)
     peak, total, zero = np.empty(T, dtype), np.empty(T, dtype), np.zeros(T, dtype)
-    n = _n_panels(T, simd.vector_lanes(x))
-    # sT[j, i] = k_j . q_i: A = k, read from its transposed block (row j at k0 + j, step T along c)
-    _tiles(x, k0, ONE, T, T, d, x, q0, NO, sT, ZERO, T, zero, NO, sT, NO, ZERO, n)
+    panels = (ZERO, _n_panels(T, simd.vector_lanes(x)))
+    # sT[j, i] = k_j . q_i: A = k, read from its transposed block (row j at k0 + j, step T along c);
+    # the epilogue adds a bias of zeros, without clip or residual
+    _tiles(T, T, d, (x, k0, ONE, T), (x, q0, NO), (sT, ZERO), (zero, NO, sT, NO), panels)
     _softmax_columns(sT.reshape((T, T)), peak, total)
-    _tiles(x, v0, T, ONE, d, T, sT, ZERO, NO, out, o0, T, zero, NO, out, NO, ZERO, n)   # sum_j v[j, c] p[j, i]
+    _tiles(d, T, T, (x, v0, T, ONE), (sT, ZERO, NO), (out, o0), (zero, NO, out, NO), panels)   # sum_j v[j, c] p[j, i]
     inv = np.empty(T, np.float64)
     for i in range(T):
         inv[i] = 1 / total[i]
@@ -578,10 +599,11 @@ def _grouped_attention(qkv, pix, heads, out):
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
-def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bproj, y):
+def _attention_block(x, pix, norm, qkv, heads, proj, y):
     """A whole attention sub-block, y = x + proj(MHSA(qkv(LayerNorm(x)))), one group per
-    iteration: x, y (P, C) pixel rows, pix (G, T), wqkv (3C, C) flat and row-major, wproj packed
-    (`pack_weights`).
+    iteration: x, y (P, C) pixel rows, pix (G, T); each layer's parameters a tuple:
+    norm = (weight (C,), bias (C,), eps), qkv = (W (3C, C) flat and row-major, b (3C,)),
+    proj = (W packed by `pack_weights`, b (C,)).
 
     The group's rows are normalised into a transposed block, from which one matmul gives q, k
     and v transposed (3C x T: W_qkv times it), so each head's blocks are rows of that buffer;
@@ -594,6 +616,9 @@ def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bpro
     G, T = pix.shape
     C = x.shape[1]
     d = C // heads
+    norm_w, norm_b, eps = norm
+    wqkv, bqkv = qkv
+    wproj, bproj = proj
     dtype = x.dtype
     scale = dtype.type(1 / math.sqrt(d))
     n_tok, n_proj = _n_panels(T, simd.vector_lanes(y)), _n_panels(C, simd.vector_lanes(y))
@@ -606,7 +631,8 @@ def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bpro
         _transpose(xg, xnT)
         _norm_columns(xnT, norm_w, norm_b, eps, xnT)            # in place: each column is read before it is written
         qkvT, zero = np.empty(3 * C * T, dtype), np.zeros(T, dtype)
-        _tiles(wqkv, ZERO, C, ONE, 3 * C, C, xnT.reshape(-1), ZERO, NO, qkvT, ZERO, T, zero, NO, qkvT, NO, ZERO, n_tok)
+        _tiles(3 * C, T, C, (wqkv, ZERO, C, ONE), (xnT.reshape(-1), ZERO, NO), (qkvT, ZERO), (zero, NO, qkvT, NO),
+               (ZERO, n_tok))
         for o in range(3 * C):                              # the bias; q scaled as the unfused kernel does
             bo = bqkv[o]
             if o < C:
@@ -619,7 +645,7 @@ def _attention_block(x, pix, norm_w, norm_b, eps, wqkv, bqkv, heads, wproj, bpro
         for h in range(heads):
             _attend(qkvT, h * d * T, (C + h * d) * T, (2 * C + h * d) * T, T, d, attT, h * d * T)
         yg = np.empty((T, C), dtype)
-        _tiles(attT, ZERO, ONE, T, T, C, wproj, ZERO, YES, yg.reshape(-1), ZERO, C, bproj, NO, xg.reshape(-1), YES,
-               ZERO, n_proj)
+        _tiles(T, C, C, (attT, ZERO, ONE, T), (wproj, ZERO, YES), (yg.reshape(-1), ZERO),
+               (bproj, NO, xg.reshape(-1), YES), (ZERO, n_proj))
         for t in range(T):
             y[rows[t]] = yg[t]

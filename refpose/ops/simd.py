@@ -56,13 +56,33 @@ def _vector_lanes_impl(a):
     return lambda a: n
 
 
+# The operands of a tile, each a tuple: a flat array with its offset and strides, in BLAS's words.
+#   A = (a, a0, lda, ka)                A[r, k] is a[a0 + r*lda + k*ka]
+#   B = (b, b0, ldb)                    B[k, j] is b[b0 + k*ldb + j]
+#   C = (c, c0, ldc)                    C[r, j] is c[c0 + r*ldc + j]
+#   epilogue = (bias, bias0, relu6, res, add_res)
+#       bias[bias0 + j] added to column j, then the clip to [0, 6] if relu6, then the residual
+#       res[c0 + r*ldc + j] added if add_res (res has c's layout)
+# A compiled function takes a tuple's members as separate arguments: the grouping costs nothing.
+# Members by kind: an array of the tile's dtype, an index (offset or stride, in elements), a flag.
+OPERANDS = {"A": ("array", "index", "index", "index"), "B": ("array", "index", "index"),
+            "C": ("array", "index", "index"), "epilogue": ("array", "index", "flag", "array", "flag")}
+
+
+def _is_operand(t, kinds, dtype) -> bool:
+    """Whether the Numba type t is a tuple with members of these kinds (see `OPERANDS`)."""
+    test = {"array": lambda m: isinstance(m, types.Array) and m.dtype == dtype,
+            "index": lambda m: isinstance(m, types.Integer), "flag": lambda m: isinstance(m, types.Boolean)}
+    return isinstance(t, types.BaseTuple) and len(t) == len(kinds) and all(test[k](m) for k, m in zip(kinds, t.types))
+
+
 @intrinsic
-def tile_fma(typingctx, rows, nvec, K, a, a0, lda, ka, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res):
-    """c[c0 + r*ldc + j] = bias[bias0 + j] + sum_{k < K} a[a0 + r*lda + k*ka] * b[b0 + k*ldb + j]
-    for r < rows and j < nvec * lanes, then clipped to [0, 6] when `relu6` (NaN stays NaN, as
-    np.clip), then added to res[c0 + r*ldc + j] when `add_res` (a residual sum: res has c's
-    layout); `rows` and `nvec` are compile-time constants. a is read one element at a time
-    (broadcast), so its strides are free: ka = 1 reads a row-major, lda = 1 a transposed.
+def tile_fma(typingctx, rows, nvec, K, A, B, C, epilogue):
+    """C[r, j] = bias[bias0 + j] + sum_{k < K} A[r, k] B[k, j] for r < rows and j < nvec * lanes,
+    then clipped to [0, 6] when `relu6` (NaN stays NaN, as np.clip), then added to res at C's
+    place when `add_res` (A, B, C, epilogue: the tuples described at `OPERANDS`); `rows` and
+    `nvec` are compile-time constants. A is read one element at a time (broadcast), so its
+    strides are free: ka = 1 reads a row-major, lda = 1 a transposed.
 
     a, b, c, bias, res are contiguous arrays of one float dtype addressed by flat element
     offsets (the caller checks the bounds); the k loop keeps rows x nvec accumulators in
@@ -71,28 +91,29 @@ def tile_fma(typingctx, rows, nvec, K, a, a0, lda, ka, b, b0, ldb, c, c0, ldc, b
     """
     if not (isinstance(rows, types.IntegerLiteral) and isinstance(nvec, types.IntegerLiteral)):
         return None
-    dtype = c.dtype
-    if any(t.dtype != dtype for t in (a, b, bias, res)) or dtype not in (types.float32, types.float64):
+    dtype = getattr(C.types[0], "dtype", None) if isinstance(C, types.BaseTuple) and len(C) else None
+    if dtype not in (types.float32, types.float64) or not isinstance(K, types.Integer):
+        return None
+    if not all(_is_operand(t, kinds, dtype) for t, kinds in zip((A, B, C, epilogue), OPERANDS.values())):
         return None
     R, V = rows.literal_value, nvec.literal_value
-    sig = types.void(rows, nvec, K, a, a0, lda, ka, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res)
+    sig = types.void(rows, nvec, K, A, B, C, epilogue)
 
     def codegen(context, builder, signature, args):
-        tys = signature.args
-        intp = context.get_value_type(types.intp)
+        def scalar(value, ty):
+            """A member as `_tile_function` takes it: the data pointer of an array, a flag as i8, an index as intp."""
+            if isinstance(ty, types.Array):
+                return context.make_array(ty)(context, builder, value=value).data
+            if isinstance(ty, types.Boolean):
+                return builder.zext(context.cast(builder, value, ty, types.boolean), ir.IntType(8))
+            return context.cast(builder, value, ty, types.intp)
 
-        def index(i):
-            return context.cast(builder, args[i], tys[i], types.intp)
-
-        def flag(i):
-            return builder.zext(context.cast(builder, args[i], tys[i], types.boolean), ir.IntType(8))
-
-        def data(i):
-            return context.make_array(tys[i])(context, builder, value=args[i]).data
-
-        fn = _tile_function(builder.module, context.get_value_type(dtype), dtype.bitwidth, R, V, intp)
-        builder.call(fn, [index(2), data(3), index(4), index(5), index(6), data(7), index(8), index(9), data(10),
-                          index(11), index(12), data(13), index(14), flag(15), data(16), flag(17)])
+        operands = [scalar(args[2], signature.args[2])]                             # K, then the members in order
+        for value, ty in zip(args[3:], signature.args[3:]):
+            operands += [scalar(v, t) for v, t in zip(cgutils.unpack_tuple(builder, value, len(ty)), ty.types)]
+        fn = _tile_function(builder.module, context.get_value_type(dtype), dtype.bitwidth, R, V,
+                            context.get_value_type(types.intp))
+        builder.call(fn, operands)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -102,15 +123,21 @@ def _tile_function(module, ft, bits: int, R: int, V: int, intp):
     """The tile as a function of its own in the module (one per shape and dtype), so that each
     call site only passes pointers and offsets: a loop that calls tiles of several shapes keeps
     each tile's accumulators in registers (inlined side by side, they were spilled and the loop
-    ran at half speed). Arguments: K, a, a0, lda, ka, b, b0, ldb, c, c0, ldc, bias, bias0, relu6,
-    res, add_res (pointers to the first element, offsets in elements, flags as i8)."""
-    name = f"refpose_tile_{R}x{V}_f{bits}"
+    ran at half speed). Arguments: K, then the members of A, B, C and the epilogue in order (see
+    `OPERANDS`): a, a0, lda, ka, b, b0, ldb, c, c0, ldc, bias, bias0, relu6, res, add_res
+    (pointers to the first element, offsets in elements, flags as i8).
+
+    Linkage linkonce_odr, under a name that says all it depends on, so that a kernel keeps one
+    copy of each tile however many of its linked functions define it: with 256-bit vectors
+    `_tiles` and `_edge_tile` both define the tiles of 4 rows, and with internal linkage every
+    kernel that calls `_tiles` compiled each of them twice."""
+    name = f"refpose_tile_{R}x{V}_f{bits}_v{VECTOR_BYTES * 8}"
     fp, i8 = ft.as_pointer(), ir.IntType(8)
     fnty = ir.FunctionType(ir.VoidType(), [intp, fp, intp, intp, intp, fp, intp, intp, fp, intp, intp, fp, intp, i8, fp, i8])
     fn = cgutils.get_or_insert_function(module, fnty, name)
     if not fn.is_declaration:
         return fn
-    fn.linkage = "internal"
+    fn.linkage = "linkonce_odr"
     fn.attributes.add("noinline")
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     K_, pa, a_base, lda_, ka_, pb, b_base, ldb_, pc, c_base, ldc_, pbias, bias_base, relu6, pres, add_res = fn.args

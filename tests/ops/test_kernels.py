@@ -632,8 +632,8 @@ def test_the_forward_has_the_same_bits_for_every_vector_width(tmp_path):
 
 @njit
 def _unpacked_matmul(a, a0, lda, ka, R, K, b, b0, N, out):
-    kernels._tiles(a, a0, lda, ka, R, K, b, b0, False, out, 0, N, np.zeros(N, out.dtype), False, out, False,
-                   0, kernels._n_panels(N, simd.vector_lanes(out)))
+    kernels._tiles(R, N, K, (a, a0, lda, ka), (b, b0, False), (out, 0), (np.zeros(N, out.dtype), False, out, False),
+                   (0, kernels._n_panels(N, simd.vector_lanes(out))))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
