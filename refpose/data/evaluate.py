@@ -21,7 +21,7 @@ import numpy as np
 from ..pose.boxes import find_detections, load_detections
 from ..fileio import is_number
 from ..errors import DataError, ImageError, RefposeError, WeightsError
-from ..fileio import check_output_path, open_append, write_atomic
+from ..fileio import InputFiles, check_output_path, open_append, write_atomic
 from ..pose.nms import OKS_NMS_THR
 from .coco import Annotations, coco_eval, load_annotations, load_results
 
@@ -368,7 +368,8 @@ def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.Pat
     check_image_folder(images)
     options.check()
     jobs, box_source = make_jobs(gt, images, boxes, options.limit)
-    inputs = (ann if not isinstance(ann, (dict, Annotations)) else None, boxes, model.weights)
+    inputs = InputFiles([ann, boxes, model.weights] + [os.path.join(images, img["file_name"])
+                                                         for img in gt.images.values()])
     check_output_path(results_out, inputs)    # before the long run, not after it
     check_output_path(results_out + PROGRESS_SUFFIX, inputs)
     progress_path = results_out + PROGRESS_SUFFIX

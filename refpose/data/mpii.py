@@ -287,8 +287,9 @@ def predict_entries(entries: list[dict], images, *, weights=None, config: str | 
 
 def evaluate_pckh(ann, gt, images, *, results_out: "str | os.PathLike" = "pred_mpii.json", **run) -> dict:
     """Predict every entry (`predict_entries`), write the records to `results_out`, score them."""
-    from ..fileio import write_atomic
+    from ..fileio import check_output_path, write_atomic
 
+    check_output_path(results_out, [ann, gt, run.get("weights")])   # before the long run, not after it
     truth = load_ground_truth(gt)                    # fail on a bad .mat before the long run
     entries = load_entries(ann)
     if len(entries) != truth.num_persons:

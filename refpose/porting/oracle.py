@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import WGNetConfig, get_config
-from ..fileio import write_atomic
+from ..fileio import check_output_path, read_npz, write_atomic
 from ..errors import BackendError, DataError, InputShapeError
 from ..model import TAPS, tap_shapes
 from .onnx_export import OUTPUT_NAME, TAP_OUTPUTS, resolve_weights
@@ -287,6 +287,8 @@ def dump(weights, out_path, n: int = 2, seed: int = 0, config=None) -> WGNetConf
     heatmaps           (N, K, H/4, W/4) float64, the output (the tap "head")
     config             the config as JSON (0-d string); format "refpose-oracle/1"; seed (0-d int)
     """
+    if not isinstance(weights, dict):
+        check_output_path(out_path, [weights])     # before the work, not after it
     tensors, cfg = resolve_weights(weights, config)
     x = make_inputs(cfg, n, seed)
     taps = reference_taps(tensors, x, cfg)
