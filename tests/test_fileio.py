@@ -203,3 +203,41 @@ def test_an_output_that_is_an_input_is_one_line_and_the_input_stays(tmp_path, ca
     assert err.count("\n") == 1 and "is the input" in err and "an output never replaces an input" in err
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()}
     assert after == before                      # nothing replaced, nothing written
+
+
+# --- refpose's temporary names and the leftovers of killed runs -----------------------------------
+def test_temporary_names_are_recognised():
+    from refpose.fileio import is_temporary, temporary_path
+
+    for path in (temporary_path("out/a.pose.json"), temporary_path("b.npz", "old"),
+                 temporary_path("c.pose.mp4", keep_suffix=True)):
+        assert path.name.startswith(".") and is_temporary(path)
+    assert temporary_path("c.pose.mp4", keep_suffix=True).suffix == ".mp4"
+    for name in (".hidden.png", "a.tmp", ".a.0123456789ab.tmp.", ".a.0123456789AB.tmp", "a.0123456789ab.tmp"):
+        assert not is_temporary(name)
+
+
+def test_sweep_removes_only_what_killed_runs_left(tmp_path):
+    import subprocess
+    import sys
+
+    from refpose.fileio import _sweep, sweep_temporaries
+
+    (tmp_path / "target").mkdir()
+    stale = [".a.json.0123456789ab.tmp", ".b.png.0123456789ab.old", ".c.pose.0123456789ab.tmp.mp4"]
+    for name in stale + [".d.json.0123456789ab.tmp", ".user-file", "e.json"]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".ds.0123456789ab.tmp").mkdir()                             # synth's folder
+    (tmp_path / ".ds.0123456789ab.tmp" / "annotations.json").write_bytes(b"{}")
+    os.symlink(tmp_path / "target", tmp_path / ".link.0123456789ab.old")    # a link: removed, not followed
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from refpose.fileio import hold; "
+                               "print(hold(sys.argv[1]) is not None, flush=True); time.sleep(60)",
+                               str(tmp_path / ".d.json.0123456789ab.tmp")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        _sweep.cache_clear()
+        sweep_temporaries(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(os.listdir(tmp_path)) == [".d.json.0123456789ab.tmp", ".user-file", "e.json", "target"]

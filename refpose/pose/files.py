@@ -16,10 +16,11 @@ def collect_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
     """Image and video paths to run (a folder gives its image and video files, sorted) and the
     problems found on the way.
 
-    Every entry of a folder with an image or video name is run, except folders: a broken
-    link, a link loop or an unreadable file is reported with its reason when it is read
+    Every entry of a folder with an image or video name is run, except folders, refpose's own
+    outputs and its temporary files (`refpose.fileio.is_temporary`: those a killed run left): a
+    broken link, a link loop or an unreadable file is reported with its reason when it is read
     (`refpose.fileio.path_problem`), never skipped in silence."""
-    from ..fileio import path_problem
+    from ..fileio import is_temporary, path_problem
     from .imageio import IMAGE_SUFFIXES
     from .video import VIDEO_SUFFIXES
 
@@ -38,7 +39,7 @@ def collect_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
             problems.append(f"{p}: cannot list this directory: {problem}")
             continue
         found = [e.path for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
-                 and not e.name.endswith(OUTPUT_SUFFIXES) and not _is_dir(e)]
+                 and not e.name.endswith(OUTPUT_SUFFIXES) and not is_temporary(e.name) and not _is_dir(e)]
         if not found:
             problems.append(f"{p}: no image files in this directory")
         jobs += found

@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import os
-import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 
 from ..errors import RefposeError
 from .driver import IMAGES_PER_FORWARD
-from ..fileio import path_problem
+from ..fileio import hold, path_problem, release, sweep_temporaries, temporary_path
 from .imageio import quiet_stderr     # FFmpeg and OpenCV print on fd 2
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
@@ -87,11 +86,17 @@ def frame_range(fps: float, start: float = 0.0, end: float | None = None) -> tup
 
 @contextlib.contextmanager
 def staged(paths: list[Path]):
-    """Temporary paths beside `paths` (same suffix, so that writers pick the same format); renamed onto
-    `paths` when the block completes, deleted when it does not."""
-    token = secrets.token_hex(6)
-    temps = [p.with_name(f".{p.stem}.{token}.tmp{p.suffix}") for p in paths]
+    """Temporary paths beside `paths` (refpose's temporary names, same suffix, so that writers pick
+    the same format: `fileio.temporary_path`), created empty and held locked while in use; renamed
+    onto `paths` when the block completes, deleted when it does not."""
+    for folder in {p.parent for p in paths}:
+        sweep_temporaries(folder)
+    temps = [temporary_path(p, keep_suffix=True) for p in paths]
+    held = []
     try:
+        for tmp in temps:
+            with open(tmp, "xb"):                  # created here, so that it is locked before anyone writes
+                held.append(hold(tmp))
         yield temps
         for tmp, path in zip(temps, paths):
             os.replace(tmp, path)
@@ -99,6 +104,8 @@ def staged(paths: list[Path]):
         for tmp in temps:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        for fd in held:
+            release(fd)
 
 
 def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *, boxes=None, detector=None,
@@ -142,7 +149,7 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
             if not cap.grab():
                 break
         with staged(outputs) as (tmp_video, tmp_lines):
-            with open(tmp_lines, "x", encoding="utf-8") as lines, \
+            with open(tmp_lines, "w", encoding="utf-8") as lines, \
                     tqdm(total=total if total and total > 0 else None, unit="frame", desc=Path(path).name,
                          file=sys.stderr, disable=None if progress else True, leave=False) as bar:
                 for chunk in _frame_chunks(cap, first, stop, every):
