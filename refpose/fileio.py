@@ -281,19 +281,84 @@ def open_append(path: "str | os.PathLike"):
     without its newline), so that the next line starts on a line of its own: an append-only log
     never glues a new line onto a half-written one."""
     with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size:
-            f.seek(size - 1)
-            if f.read(1) != b"\n":
-                start = max(0, size - (1 << 16))
-                while True:                   # find the last newline, reading back in blocks
-                    f.seek(start)
-                    end = f.read(size - start).rfind(b"\n")
-                    if end >= 0 or start == 0:
-                        f.truncate(start + end + 1 if end >= 0 else 0)
-                        break
-                    start = max(0, start - (1 << 16))
+        _cut_torn_line(f)
     return open(path, "a", encoding="utf-8")
+
+
+def _cut_torn_line(f) -> None:
+    """Truncate a file opened "rb+" after its last newline (to nothing when it has none)."""
+    size = f.seek(0, os.SEEK_END)
+    if not size:
+        return
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+        return
+    start = max(0, size - (1 << 16))
+    while True:                               # find the last newline, reading back in blocks
+        f.seek(start)
+        end = f.read(size - start).rfind(b"\n")
+        if end >= 0 or start == 0:
+            f.truncate(start + end + 1 if end >= 0 else 0)
+            return
+        start = max(0, start - (1 << 16))
+
+
+class LineLog:
+    """An append-only file of lines (JSON Lines) that one process at a time writes: created when
+    absent, opened under an exclusive lock (`busy`, an OutputError, when another process holds it),
+    a torn last line (one a crash left without its newline) cut off. `lines` are its complete
+    lines; `append` adds one and flushes it; `reset` starts it over. Use it as a context manager."""
+
+    def __init__(self, path: "str | os.PathLike", busy: str = "in use by another process"):
+        try:
+            import fcntl
+        except ImportError:                   # not POSIX: no locks
+            fcntl = None
+        self.path = os.fspath(path)
+        problem = path_problem(self.path) if os.path.lexists(self.path) else None
+        if problem:                           # a pipe would block the open, a folder cannot be appended to
+            raise OutputError(f"{self.path}: {problem}")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise OutputError(f"{self.path}: cannot write: {_reason(e)}") from None
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(f"{self.path}: {busy}") from None
+        except OSError:                       # a file system without locks: one writer is the caller's care
+            pass
+        self.file = os.fdopen(fd, "rb+")
+        try:
+            _cut_torn_line(self.file)
+            self.file.seek(0)
+            self.lines = self.file.read().decode("utf-8", "replace").split("\n")[:-1]
+        except OSError as e:
+            self.file.close()
+            raise OutputError(f"{self.path}: cannot read: {_reason(e)}") from None
+
+    def append(self, line: str) -> None:
+        self.file.seek(0, os.SEEK_END)
+        self.file.write(line.encode() + b"\n")
+        self.file.flush()
+        self.lines.append(line)
+
+    def reset(self, first: str) -> None:
+        """Empty the file and write `first` as its first line."""
+        self.file.truncate(0)
+        self.lines = []
+        self.append(first)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def unpacked_size(path: "str | os.PathLike") -> int:

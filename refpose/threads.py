@@ -109,6 +109,15 @@ def environment_problem() -> str | None:
     return NUMBA_THREADS_PROBLEM
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as taskset and container limits set it;
+    else every core of the machine)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):         # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def kernel_threads(requested: int) -> int:
     """The Numba threads the kernels may use when `requested` are asked for."""
     import numba
