@@ -11,6 +11,7 @@ import argparse
 import math
 
 SEED_MAX = 2 ** 32 - 1          # NumPy's and torch's seeds: 0 .. 2^32 - 1
+WORKERS_MAX = 100_000           # actors of a Ray pool: far above any cluster a pose run is given
 
 
 def _number(text: str, kind) -> float | int | None:
@@ -59,6 +60,34 @@ def int_range(lo: int, hi: int | None = None, *, what: str = "a whole number"):
         return value
     parse.__name__ = "int"
     return parse
+
+
+def worker_range(text: str) -> tuple[int, int]:
+    """'N' (a pool of N) or 'MIN-MAX' (a pool that grows from MIN to MAX) -> (MIN, MAX), 1 <= MIN <= MAX."""
+    parts = [_number(v, int) for v in text.split("-")] if text.count("-") <= 1 else []
+    if len(parts) not in (1, 2) or any(v is None or v < 1 for v in parts) or parts[0] > parts[-1] \
+            or parts[-1] > WORKERS_MAX:
+        raise argparse.ArgumentTypeError(f"expected a number of workers N or a range MIN-MAX (1 <= MIN <= MAX "
+                                         f"<= {WORKERS_MAX:,}), got {text!r}")
+    return parts[0], parts[-1]
+
+
+def ray_address(text: str) -> str:
+    """Where the Ray cluster is: 'local' (a private instance), 'auto' (the one `ray start` made, or
+    RAY_ADDRESS), HOST:PORT or ray://HOST:PORT."""
+    from urllib.parse import urlsplit
+
+    if text in ("local", "auto"):
+        return text
+    try:
+        parts = urlsplit(text if "://" in text else f"tcp://{text}")
+        ok = parts.scheme in ("tcp", "ray") and bool(parts.hostname) and parts.port is not None \
+            and not parts.path.strip("/") and not parts.query
+    except ValueError:                      # a port out of range or not a number
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"expected local, auto, HOST:PORT or ray://HOST:PORT, got {text!r}")
+    return text
 
 
 positive_int = int_range(1)

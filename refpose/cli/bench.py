@@ -14,8 +14,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="latency of the NumPy path, the fast path, PyTorch, ONNX Runtime and OpenVINO",
                        description="Time refpose's NumPy reference path and fast path and, where installed, "
                        "PyTorch eager (the twin), ONNX Runtime and OpenVINO (the twin exported to ONNX) on the "
-                       "same seeded weights and input, alternating the candidates inside each round and rotating their "
-                       "order between rounds. Prints median and min latency, each candidate's ratio to the "
+                       "same seeded weights and input, alternating the candidates inside each round, in orders "
+                       "balanced so that each candidate follows every other one equally often (a Williams design). Prints median and min latency, each candidate's ratio to the "
                        "fast path with a 95 % bootstrap interval (this run's own noise), MACs per second, the machine's numpy sgemm throughput from the same run and "
                        "each candidate's peak memory. --profile shows where the fast path's time goes instead.")
     p.add_argument("--config", default="wgnet", help=f"a named config: {', '.join(CONFIGS)} (default wgnet)")

@@ -11,7 +11,8 @@ import json
 import os
 import sys
 
-from .args import positive_int
+from .args import positive_int, worker_range
+from .cluster import add_ray_options, eval_runner
 
 NOTE = ("COCO keypoint AP/AR from pycocotools' COCOeval (standard COCO OKS sigmas); "
         "AP, AP50, AP75, APm, APl are the columns of the paper's Table 2")
@@ -52,10 +53,12 @@ def add_parser(sub) -> None:
                      help="where to write the results (default result_keypoints.json); progress is "
                      "kept in RES.json.progress.jsonl until every image is done")
     run.add_argument("--limit", type=positive_int, metavar="N", help="only the first N images of GT.json")
-    run.add_argument("--workers", type=positive_int, metavar="N",
-                     help="processes to spread the images over (default 1)")
+    run.add_argument("--workers", type=worker_range, metavar="N",
+                     help="processes to spread the images over (default 1); with --ray, actors (N or MIN-MAX; "
+                     "default: as many as the cluster's CPUs hold)")
     run.add_argument("--restart", action="store_true",
                      help="ignore the progress of an earlier interrupted run and start over")
+    add_ray_options(p, infer=False)
     p.set_defaults(run=run_eval, parser=p)
 
 
@@ -65,7 +68,7 @@ def run_pckh(args) -> int:
 
     if args.gt is None:
         args.parser.error("--metric pckh needs --gt GT.mat (the official MPII validation ground truth)")
-    not_here = [f"--{k.replace('_', '-')}" for k in ("boxes", "limit", "workers", "restart")
+    not_here = [f"--{k.replace('_', '-')}" for k in ("boxes", "limit", "workers", "restart", "ray", "threads")
                 if getattr(args, k) is not None and getattr(args, k) is not False]
     if not_here:
         args.parser.error(f"{', '.join(not_here)} do not go with --metric pckh")
@@ -99,7 +102,7 @@ def run_eval(args) -> int:
         args.parser.error("--gt goes with --metric pckh")
     if args.results:
         used = [f"--{k.replace('_', '-')}" for k in ("boxes", "weights", "config", "results_out", "limit",
-                                                     "workers", "restart")
+                                                     "workers", "restart", "ray", "threads")
                 if getattr(args, k) is not None and getattr(args, k) is not False]
         used += ["--no-flip"] if not args.flip else []
         if used:
@@ -113,11 +116,15 @@ def run_eval(args) -> int:
         return 0
 
     args.results_out = args.results_out or "result_keypoints.json"
+    if args.ray is None and args.workers is not None and args.workers[0] != args.workers[1]:
+        args.parser.error("--workers MIN-MAX goes with --ray; a process pool takes a number")
     try:
-        run = evaluate_images(args.ann, args.images, args.results_out, boxes=args.boxes,
-                              model=ModelSpec(args.weights, args.config),
-                              options=RunOptions(flip=args.flip, limit=args.limit, restart=args.restart,
-                                                 workers=1 if args.workers is None else args.workers))
+        with eval_runner(args) as runner:
+            run = evaluate_images(args.ann, args.images, args.results_out, boxes=args.boxes,
+                                  model=ModelSpec(args.weights, args.config),
+                                  options=RunOptions(flip=args.flip, limit=args.limit, restart=args.restart,
+                                                     workers=1 if args.workers is None or runner else args.workers[1]),
+                                  runner=runner)
     except KeyboardInterrupt:
         progress = args.results_out + PROGRESS_SUFFIX
         if os.path.exists(progress):

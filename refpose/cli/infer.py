@@ -20,6 +20,7 @@ from pathlib import Path
 from ..config import CONFIGS
 from ..errors import BoxError, RefposeError
 from .args import finite_float, probability
+from .cluster import add_ray_options, check_infer_options, run_infer as run_infer_on_ray
 from .infer_video import add_video_options, infer_video, load_detector
 
 PROGRESS_MIN = 4          # a progress bar from this many images on (and only on a terminal)
@@ -45,7 +46,7 @@ def add_parser(sub) -> None:
                    "to images by file name or by image_id = the numeric file stem")
     p.add_argument("--box-thr", type=probability, default=0.3, metavar="T",
                    help="keep detections with score >= T (default 0.3)")
-    p.add_argument("--out", metavar="DIR", default=".", help="output directory (default: the current one)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: the current one)")
     p.add_argument("--json", action="store_true", help="also print all records to stdout as one JSON list")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop's heatmaps")
     p.add_argument("--dark", action="store_true", help="DARK sub-pixel decoding instead of the quarter-pixel shift")
@@ -54,6 +55,7 @@ def add_parser(sub) -> None:
     p.add_argument("--heatmaps", action="store_true",
                    help="also save <name>.person<i>.heatmaps.png: the crop and its 17 heatmaps")
     add_video_options(p)
+    add_ray_options(p, infer=True)
     p.set_defaults(run=run)
 
 
@@ -77,6 +79,10 @@ def run(args) -> int:
 
     if args.bbox and args.boxes:
         raise BoxError("give person boxes with --bbox or with --boxes, not both")
+    check_infer_options(args)
+    if args.ray is not None:
+        return run_infer_on_ray(args)
+    args.out = "." if args.out is None else args.out
     detector = load_detector(args.detector, args.box_thr, args.bbox, args.boxes, args.start, args.end)
     detections = load_detections(args.boxes, args.box_thr) if args.boxes else None
     options = PoseOptions(flip=args.flip, dark=args.dark, heatmaps=args.heatmaps)

@@ -1,14 +1,14 @@
 """`refpose train`: train WGNet (the PyTorch twin) on COCO keypoints and write a weights file.
 
 Needs the torch extra. `torchrun --nproc_per_node N -m refpose train ...` runs one process per
-device (DistributedDataParallel); rank 0 alone logs, validates and writes.
+device (DistributedDataParallel); rank 0 alone logs and writes, every rank validates its share.
 """
 from __future__ import annotations
 
 from dataclasses import fields
 
 from ..config import CONFIGS
-from ..train.settings import DEFAULTS as D, MAX_SIGMA, TrainSettings
+from ..train.settings import AMP_DTYPES, DEFAULTS as D, MAX_AUTO_WORKERS, MAX_SIGMA, TrainSettings
 from .args import float_range, int_range, nonnegative_int, positive_int, seed
 
 PAPER = "paper section 4.2"
@@ -66,10 +66,14 @@ def add_parser(sub) -> None:
     e = p.add_argument_group("execution")
     e.add_argument("--device", choices=("cpu", "cuda", "auto"), default=D["device"],
                    help=f"default {D['device']}: CUDA when PyTorch sees a GPU, else the CPU")
-    e.add_argument("--amp", action="store_true", help="float16 mixed precision on CUDA (default off)")
+    e.add_argument("--amp", nargs="?", const="fp16", choices=AMP_DTYPES, default=D["amp"],
+                   help="mixed precision: fp16 (the default of a bare --amp; GradScaler skips steps whose "
+                   "gradients overflow) or bf16 (float32's range, no scaler; the CPU's mixed precision). "
+                   "Default off: float32, with TF32 matmuls on Ampere and later GPUs unless --deterministic")
     e.add_argument("--workers", type=int_range(0, 64), default=D["workers"],
-                   help=f"data-loading processes per training process (default {D['workers']}: {MMPOSE}); 0 loads "
-                   "in-process. Validation runs refpose on as many processes (at least one)")
+                   help="data-loading processes per training process; 0 loads in-process. Default: the "
+                   f"cores this process may use, shared by the training processes of the machine, less one, "
+                   f"at most {MAX_AUTO_WORKERS} (a GPU needs 3-7 to be kept busy: see docs/training-distributed.md)")
     e.add_argument("--threads", type=int_range(1, 1024), help="PyTorch CPU threads (default: PyTorch's choice)")
     e.add_argument("--max-steps", type=positive_int, metavar="N",
                    help="stop after N optimiser steps in all (the schedule still spans --epochs); last.pt "

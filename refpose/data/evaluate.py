@@ -169,11 +169,15 @@ def make_jobs(gt: Annotations, images: str, boxes: str | None, limit: int | None
 class Predictor:
     """Runs images: top-down poses on their boxes, flip test, OKS-NMS; COCO records out."""
 
-    def __init__(self, spec: ModelSpec, flip: bool = True):
+    def __init__(self, spec: ModelSpec | None = None, flip: bool = True, model=None):
+        """The model of `spec`, or `model` itself when given (training's validation passes the
+        network being trained)."""
         from ..pose.pipeline import PoseOptions
         from ..pretrained import default_model
 
-        self.model = default_model(weights=spec.weights, config=spec.config, dtype=spec.dtype)
+        spec = spec or ModelSpec()
+        self.model = model if model is not None else default_model(weights=spec.weights, config=spec.config,
+                                                                     dtype=spec.dtype)
         self.options = PoseOptions(flip=flip, oks_nms=OKS_NMS_THR)
 
     def __call__(self, jobs: list[ImageJob]) -> list[tuple[int, list[dict] | None, str | None]]:
@@ -363,12 +367,13 @@ def _progress_entry(line: str, gt: Annotations) -> tuple[int, list[dict]]:
 
 
 def run_with_progress(todo: list[ImageJob], done: dict, log: LineLog, spec: ModelSpec,
-                      options: RunOptions, bar) -> list[tuple[str, str]]:
-    """Run the jobs, appending each finished image to the progress file and to `done`;
-    returns (path, problem) of the images that could not be read."""
+                      options: RunOptions, bar, runner=None) -> list[tuple[str, str]]:
+    """Run the jobs (with `runner`, a function of the signature of `run_jobs`, when given),
+    appending each finished image to the progress file and to `done`; returns (path, problem)
+    of the images that could not be read."""
     paths, missing = {job.image_id: job.path for job in todo}, []
     persons, start = 0, time.perf_counter()
-    for image_id, records, problem in run_jobs(todo, spec, options.flip, options.workers):
+    for image_id, records, problem in (runner or run_jobs)(todo, spec, options.flip, options.workers):
         if problem is None:
             done[image_id] = records
             log.append(json.dumps({"image_id": image_id, "records": records}, allow_nan=False))
@@ -384,7 +389,7 @@ def run_with_progress(todo: list[ImageJob], done: dict, log: LineLog, spec: Mode
 
 def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.PathLike" = "result_keypoints.json",
                     *, boxes: "str | os.PathLike | None" = None, model: ModelSpec = ModelSpec(),
-                    options: RunOptions = RunOptions(), progress: bool | None = None) -> EvalRun:
+                    options: RunOptions = RunOptions(), progress: bool | None = None, runner=None) -> EvalRun:
     """Run top-down pose estimation over the annotated images and score the results.
 
     MMPose `TopDownCocoDataset` protocol: one pose per person box (the ground truth's when
@@ -393,7 +398,8 @@ def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.Pat
     Each finished image is appended to `<results_out>.progress.jsonl`, so an interrupted
     run started again with the same settings skips them; the file is removed once every
     image is done (kept after a `limit` run, which a longer one then continues).
-    `options.workers` > 1 spreads images over processes that each load the model once.
+    `options.workers` > 1 spreads images over processes that each load the model once; a
+    `runner` (`refpose.cluster.evaluate.RayJobRunner`) runs them elsewhere instead.
     Images that are missing or unreadable are listed in `EvalRun.missing` and left out of
     the figures (COCOeval's `imgIds` are the images that were run); images without a person
     box are only looked for, not decoded.
@@ -416,7 +422,7 @@ def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.Pat
         todo = [job for job in jobs if job.image_id not in done]
         with tqdm(total=len(jobs), initial=resumed, desc="eval", unit="img",
                   disable=None if progress is None else not progress) as bar:
-            missing = sorted(run_with_progress(todo, done, log, model, options, bar))
+            missing = sorted(run_with_progress(todo, done, log, model, options, bar, runner))
 
         scored = [job.image_id for job in jobs if job.image_id in done]
         if not scored:

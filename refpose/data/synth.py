@@ -420,7 +420,7 @@ def synthesize(out: "str | os.PathLike", images: int, seed: int, *, size: tuple[
         for index in tqdm(range(images), desc="synth", unit="img", disable=not progress):
             scene = sample_scene(image_rng(seed, index), width, height, persons)
             drawn = render(scene)
-            name = f"{index:06d}.{fmt}"
+            name = f"{index + 1:06d}.{fmt}"          # the numeric stem is the image id, as in COCO
             (tmp / IMAGE_DIR / name).write_bytes(encode(drawn.image, fmt))
             entries.append({"id": index + 1, "file_name": name, "width": width, "height": height})
             for a in label(scene, drawn):

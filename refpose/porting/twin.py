@@ -176,7 +176,9 @@ class Attention(nn.Module):
         qkv = self.qkv(t)                                              # (G, T, 3C)
         qkv = qkv.reshape(G, T, 3, self.heads, self.head_dim)          # (G, T, 3, heads, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)                           # each (G, heads, T, d)
-        scores = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5     # (G, heads, T, T)
+        # q scaled before the product, as timm and Swin do: under float16 autocast q @ kT is a
+        # float16 matmul, and unscaled scores overflow to inf (then NaN) head_dim^0.5 times sooner
+        scores = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)     # (G, heads, T, T)
         o = scores.softmax(dim=-1) @ v                                 # (G, heads, T, d)
         o = o.transpose(1, 2).reshape(G, T, C)                         # (G, T, heads·d) = (G, T, C)
         return self.proj(o)

@@ -58,8 +58,8 @@ class OutputNames:
     anything of an input runs: outputs that would overwrite an earlier input's, and an output that
     is one of the run's `inputs` (the images and videos, the weights, boxes or detector file)."""
 
-    def __init__(self, out_dir: "str | os.PathLike" = ".", inputs=()):
-        self.out_dir = Path(out_dir)
+    def __init__(self, out_dir: "str | os.PathLike | None" = None, inputs=()):
+        self.out_dir = None if out_dir is None else Path(out_dir)     # None: the names only are claimed
         self.inputs = InputFiles(inputs)
         self.taken: dict[str, str] = {}          # stem -> the input that claimed it
 
@@ -71,8 +71,9 @@ class OutputNames:
             if os.path.realpath(self.taken[name]) == os.path.realpath(path):
                 raise RefposeError(f"{path}: given more than once (its outputs are written already)")
             raise RefposeError(f"{path}: its outputs {name}.pose.* would overwrite those of {self.taken[name]}")
-        for out in (video_outputs if is_video(path) else output_paths)(path, self.out_dir):
-            check_output_path(out, self.inputs)
+        if self.out_dir is not None:
+            for out in (video_outputs if is_video(path) else output_paths)(path, self.out_dir):
+                check_output_path(out, self.inputs)
         self.taken[name] = path
 
 

@@ -26,6 +26,9 @@ from .targets import SIGMA, heatmap_targets
 
 # joints of the upper body, per dataset (MMPose dataset meta `upper_body_ids`); the rest are lower
 UPPER_BODY = {"coco": tuple(range(11))}          # nose .. right wrist
+MAX_COORDINATE = 1e6     # pixels: beyond any image refpose reads (200 MP), far below where the affine overflows
+OTHER_IMAGE_MAGIC = (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"\x00\x00\x00\x0cjP  ")  # PNM, JPEG 2000: OpenCV reads them
+HEADER_BYTES = 4096      # read of each training image when the set is indexed: its format and declared size
 
 
 class TrainDataError(DataError):
@@ -68,13 +71,30 @@ class TrainSet:
     images: int                                       # images with at least one usable person
     source: str
     skipped_unlabelled: int = 0                       # annotations without a labelled joint or area (crowds)
-    missing: list = field(default_factory=list)      # image paths not found
+    missing: list = field(default_factory=list)      # image paths not found, or not images: "path: problem"
     missing_persons: int = 0                          # persons in those images
 
     def summary(self) -> dict:
         return {"annotations": self.source, "persons": len(self.persons), "images": self.images,
                 "skipped_unlabelled": self.skipped_unlabelled, "missing_images": len(self.missing),
                 "missing_persons": self.missing_persons, "missing": self.missing}
+
+    # pickled compactly (rank 0 indexes the set and sends it to the other ranks): the persons as
+    # three arrays and the image paths once, not 150k objects of two small arrays each
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        persons = state.pop("persons")
+        paths = sorted({p.image for p in persons})
+        index = {path: i for i, path in enumerate(paths)}
+        state["packed"] = (paths, np.array([index[p.image] for p in persons], dtype=np.int64),
+                           np.array([p.box for p in persons]).reshape(-1, 4),
+                           np.array([p.keypoints for p in persons]))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        paths, which, boxes, keypoints = state.pop("packed")
+        state["persons"] = [Person(paths[i], box, kp) for i, box, kp in zip(which, boxes, keypoints)]
+        self.__dict__.update(state)
 
 
 def load_train_set(ann: "str | os.PathLike", images_dir: "str | os.PathLike",
@@ -84,8 +104,11 @@ def load_train_set(ann: "str | os.PathLike", images_dir: "str | os.PathLike",
     The file is checked as `refpose eval` checks a ground truth, and the persons are those it
     evaluates (`evaluate.person_box`: a labelled joint, as HRNet and MMPose require, a positive
     area and a box left after clipping to the image); the others are counted.
-    Images that are not in the folder are listed; TrainDataError when none is found or no person
-    is left.
+    Images that are not in the folder, or whose first bytes are not an image refpose can decode
+    (an empty file, an unknown format, a declared size beyond the pixel limit), are listed as
+    "path: problem"; a `file_name` that leads out of the folder (`../x`, an absolute path) is
+    listed and never opened. Joint and box coordinates beyond MAX_COORDINATE pixels are refused.
+    TrainDataError when no image is usable or no person is left.
     """
     from ..data.evaluate import person_box
     from ..data.coco import load_annotations
@@ -102,6 +125,9 @@ def load_train_set(ann: "str | os.PathLike", images_dir: "str | os.PathLike",
         if len(kp) != K:
             raise TrainDataError(f"{gt.source}: annotation id {a['id']} has {len(kp)} joints, "
                                  f"{keypoints.name} has {K}")
+        if np.abs(kp[:, :2]).max() > MAX_COORDINATE or max(map(abs, a["bbox"])) > MAX_COORDINATE:
+            raise TrainDataError(f"{gt.source}: annotation id {a['id']} has a coordinate beyond "
+                                 f"{MAX_COORDINATE:,.0f} pixels")
         box = person_box(a, gt.images[a["image_id"]])
         if box is None:
             skipped += 1
@@ -109,10 +135,9 @@ def load_train_set(ann: "str | os.PathLike", images_dir: "str | os.PathLike",
         by_image.setdefault(a["image_id"], []).append((np.array(box), kp))
     persons, missing, missing_persons = [], [], 0
     for image_id, entries in by_image.items():
-        name = gt.images[image_id].get("file_name")
-        path = os.path.join(images_dir, name) if isinstance(name, str) else None
-        if path is None or not os.path.isfile(path):
-            missing.append(path or f"image id {image_id} (no file_name)")
+        path, problem = image_in_folder(images_dir, gt.images[image_id].get("file_name"), image_id)
+        if problem:
+            missing.append(f"{path}: {problem}")
             missing_persons += len(entries)
             continue
         persons += [Person(path, box, kp) for box, kp in entries]
@@ -123,6 +148,40 @@ def load_train_set(ann: "str | os.PathLike", images_dir: "str | os.PathLike",
         raise TrainDataError(f"{images_dir}: none of the {len(by_image)} images of {gt.source} is there "
                              f"(first: {missing[0]})")
     return TrainSet(persons, len(by_image) - len(missing), gt.source, skipped, sorted(missing), missing_persons)
+
+
+def image_in_folder(images_dir: str, name, image_id) -> tuple[str, str | None]:
+    """The path of an annotated image in the image folder, and why it cannot be used, or None.
+
+    The name must stay inside the folder (no absolute path, no `..` leading out); the file must
+    pass the one path check and its first HEADER_BYTES must be an image (`imageio.image_format`)
+    of no more than the pixel limit. Nothing is decoded: a file damaged further on is found
+    when its sample is made, and skipped then."""
+    from ..fileio import path_problem
+    from ..pose.imageio import MAX_PIXELS, image_format, image_size
+
+    if not isinstance(name, str) or not name:
+        return f"image id {image_id}", "no file_name"
+    rel = os.path.normpath(name)
+    if os.path.isabs(name) or rel == ".." or rel.startswith(".." + os.sep):
+        return name, f"file_name leads outside {images_dir}; names must be relative to the image folder"
+    path = os.path.join(images_dir, rel)
+    problem = path_problem(path)
+    if problem:
+        return path, problem
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BYTES)
+    except OSError as e:
+        return path, f"cannot read: {e.strerror or e}"
+    if not head:
+        return path, "empty file (0 bytes)"
+    if image_format(head) is None and not head.startswith(OTHER_IMAGE_MAGIC):
+        return path, "not an image file (no JPEG, PNG, BMP, GIF, WebP, TIFF, PNM or JPEG 2000 header)"
+    size = image_size(head)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        return path, f"image too large: its header declares {size[0]}x{size[1]} pixels"
+    return path, None
 
 
 # --- one sample -------------------------------------------------------------------------------

@@ -26,6 +26,29 @@ def test_refuses_with_what_it_expected(parse, text):
         parse(text)
 
 
+@pytest.mark.parametrize("text, value", [("1", (1, 1)), ("8", (8, 8)), ("2-6", (2, 6)), (" 3-3 ", (3, 3))])
+def test_worker_range_accepts_a_count_or_a_range(text, value):
+    assert args.worker_range(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "3-2", "1-", "a", "1-2-3", "1.5", "1-100001"])
+def test_worker_range_refuses(text):
+    with pytest.raises(argparse.ArgumentTypeError, match=f"expected a number of workers N or a range .*got {text!r}"):
+        args.worker_range(text)
+
+
+@pytest.mark.parametrize("text", ["local", "auto", "127.0.0.1:6379", "head.example:6379", "ray://head:10001",
+                                  "[::1]:6379"])
+def test_ray_address_accepts(text):
+    assert args.ray_address(text) == text
+
+
+@pytest.mark.parametrize("text", ["", "head", "head:", "head:99999", "http://head:6379", "head:6379/x", "Local"])
+def test_ray_address_refuses(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="expected local, auto, HOST:PORT or ray://HOST:PORT"):
+        args.ray_address(text)
+
+
 # --- every parser takes its numbers through this module (issue 23, items 14 and 15) -------------------
 def _parsers(parser, prefix="refpose"):
     yield prefix, parser

@@ -99,7 +99,7 @@ def test_png_files_hold_the_rendered_pixels(tmp_path):
     make(tmp_path / "p", images=2, fmt="png")
     for i in range(2):
         scene = sample_scene(image_rng(3, i), *SIZE, (1, 4))
-        stored = read_image(tmp_path / "p" / "images" / f"{i:06d}.png")
+        stored = read_image(tmp_path / "p" / "images" / f"{i + 1:06d}.png")
         np.testing.assert_array_equal(stored, render(scene).image)    # lossless: exact
 
 
@@ -246,6 +246,22 @@ def test_eval_runs_on_it_end_to_end(tmp_path, capsys):
                  "--config", "tiny", "--results-out", str(tmp_path / "res.json"), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert 0 <= stats["AP"] < 0.1
+
+
+def test_image_ids_are_the_numeric_file_stems_so_infer_records_score(tmp_path, capsys):
+    """COCO names image 397133 `000000397133.jpg`; `refpose infer` keys its records by that stem."""
+    import json
+
+    out = tmp_path / "d"
+    assert main(["synth", str(out), "--images", "3", "--size", "96x64", "--quiet"]) == 0
+    d = json.loads((out / "annotations.json").read_text())
+    assert [(img["id"], img["file_name"]) for img in d["images"]] == [(1, "000001.jpg"), (2, "000002.jpg"),
+                                                                      (3, "000003.jpg")]
+    assert main(["infer", str(out / "images"), "--config", "tiny", "--json", "--out", str(tmp_path / "poses")]) == 0
+    records = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sorted(r["image_id"] for r in records) == [1, 2, 3]
+    (tmp_path / "res.json").write_text(json.dumps(records))
+    assert main(["eval", "--ann", str(out / "annotations.json"), "--results", str(tmp_path / "res.json")]) == 0
 
 
 def test_force_through_a_symbolic_link_writes_where_it_points(tmp_path, capsys):

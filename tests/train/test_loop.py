@@ -1,9 +1,8 @@
-"""`refpose train`: a short run that learns, resume, torchrun, the run folder and bad input.
+"""`refpose train`: a short run that learns, resume, the run folder and bad input (several processes: test_distributed).
 
 Runs go through the command (`refpose.cli.main`) on small synthetic sets from `refpose synth`.
 """
 import json
-import os
 import subprocess
 import sys
 
@@ -93,7 +92,8 @@ def test_resume_gives_the_weights_of_a_run_never_stopped(sets, tmp_path, capsys)
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
     # the resumed run's log has each step once
-    steps = [r["step"] for r in map(json.loads, (tmp_path / "b" / "metrics.jsonl").read_text().splitlines())]
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "b" / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r]
     assert steps == [1, 2, 3, 4, 5]
     # resuming with another recipe is refused, naming what differs
     _fails(capsys, _args(sets, tmp_path / "b", *common, "--resume", "--lr", "0.01"), "lr 0.001 -> 0.01")
@@ -130,21 +130,6 @@ def test_run_folder_and_a_weights_file_refpose_loads_as_trained(sets, tmp_path, 
     assert "untrained" not in capsys.readouterr().err
 
 
-def test_torchrun_two_cpu_processes(sets, tmp_path):
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "refpose", *_args(sets, out, "--batch", "4", "--epochs", "1", "--max-steps", "2",
-                                   "--device", "cpu", "--threads", "1")]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert "2 process(es) on cpu, batch 4 each = effective batch 8" in p.stderr
-    assert p.stderr.count("refpose train: tiny,") == 1            # rank 0 alone speaks
-    info = json.loads((out / "run.json").read_text())
-    assert info["world_size"] == 2 and info["effective_batch"] == 8
-    assert _state(out / "last.pt")["step"] == 2
-
-
 def test_bad_input_is_one_line_and_status_2(sets, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1}],
@@ -160,7 +145,6 @@ def test_bad_input_is_one_line_and_status_2(sets, tmp_path, capsys):
     _fails(capsys, _args(sets, tmp_path / "r3", "--resume"), "nothing to continue")
     if not torch.cuda.is_available():
         _fails(capsys, _args(sets, tmp_path / "r4", "--device", "cuda"), "no CUDA device")
-    _fails(capsys, _args(sets, tmp_path / "r5", "--amp", "--device", "cpu"), "--amp")
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
 
 
@@ -182,8 +166,8 @@ def test_a_finished_run_writes_last_pt_once_per_epoch(sets, tmp_path, monkeypatc
     import refpose.train.loop as loop
 
     saves = []
-    save = loop._save
-    monkeypatch.setattr(loop, "_save", lambda path, obj: (saves.append((path.name, obj["step"])), save(path, obj)))
+    save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda path, obj: (saves.append((path.name, obj["step"])), save(path, obj)))
     # 168 persons in batches of 56: 3 steps per epoch
     assert main(_args(sets, tmp_path / "full", "--batch", "56", "--epochs", "2", "--warmup-iters", "1")) == 0
     assert saves == [("last.pt", 3), ("last.pt", 6)]
@@ -213,10 +197,10 @@ def test_ctrl_c_on_an_epoch_boundary_still_validates(sets, tmp_path, capsys, mon
 
     calls = {"n": 0}
 
-    def stop_at_step_3(flag, dd):           # the loop asks once per step whether Ctrl-C was pressed
+    def stop_at_step_3(vote):               # the loop asks once per step whether Ctrl-C was pressed
         calls["n"] += 1
         return calls["n"] >= 3
-    monkeypatch.setattr(loop, "_any", stop_at_step_3)
+    monkeypatch.setattr(loop.StopVote, "poll", stop_at_step_3)
     out = tmp_path / "stopped"
     argv = _args(sets, out, "--batch", "56", "--epochs", "2", "--warmup-iters", "1", "--threads", "2",
                  "--val-ann", str(sets / "heldout" / "annotations.json"),

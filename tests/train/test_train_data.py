@@ -136,7 +136,7 @@ def test_dataset_counts_skipped_persons_and_missing_images(tmp_path):
     data = load_train_set(ann, tmp_path / "images")
     assert len(data.persons) == 1
     assert data.skipped_unlabelled == 1
-    assert data.missing == [str(tmp_path / "images" / "b.png")] and data.missing_persons == 1
+    assert data.missing == [f"{tmp_path / 'images' / 'b.png'}: no such file"] and data.missing_persons == 1
 
 
 def test_dataset_refuses_an_empty_image_folder(tmp_path):
