@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
