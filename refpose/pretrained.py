@@ -11,13 +11,20 @@ DEFAULT_CONFIG = "wgnet"
 def default_weights_path(config=DEFAULT_CONFIG) -> Path | None:
     """`weights/<the config's weights file>` (`weights/wgnet.safetensors` for wgnet: `Variant.weights_file`),
     looked for in the current directory, then in the source checkout beside the package; None
-    when neither exists."""
+    when neither exists. A current directory that was deleted is passed over."""
     name = variant_of(get_config(config).name).weights_file
-    for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        path = root / "weights" / name
-        if path.is_file():
+    for root in (_cwd(), Path(__file__).resolve().parent.parent):
+        path = None if root is None else root / "weights" / name
+        if path is not None and path.is_file():
             return path
     return None
+
+
+def _cwd() -> Path | None:
+    try:
+        return Path.cwd()
+    except OSError:                   # the current directory was deleted (getcwd: ENOENT)
+        return None
 
 
 def default_model(weights=None, config=None, dtype: str = "float32"):

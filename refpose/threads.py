@@ -43,6 +43,8 @@ def ask_openmp_not_to_spin() -> bool:
 @functools.cache
 def policy() -> ThreadPolicy:
     """The process's thread policy, applied on the first call (see the module docstring)."""
+    if NUMBA_THREADS_PROBLEM:
+        warnings.warn(NUMBA_THREADS_PROBLEM + "; it is ignored", RuntimeWarning, stacklevel=3)
     if SPINNING_OPENMP_AT_IMPORT:
         import numba
 
@@ -64,6 +66,56 @@ def _openmp_loaded() -> bool:
 
 
 SPINNING_OPENMP_AT_IMPORT = ask_openmp_not_to_spin()     # once, when refpose is imported
+
+# Numba's thread pool crashed (SIGSEGV) with NUMBA_NUM_THREADS=100000 on a 2-core machine; no
+# machine refpose runs on has more cores than this
+MAX_NUMBA_THREADS = 1024
+
+
+def _numba_threads_problem() -> str | None:
+    """What is wrong with NUMBA_NUM_THREADS, or None. Numba reads it when it is imported and fails
+    only at the first parallel kernel (0: a ValueError traceback) or prints a traceback of its own
+    and goes on (not a number); a bad value is therefore taken out of the environment here, before
+    Numba is imported, and reported by `environment_problem`."""
+    text = os.environ.get("NUMBA_NUM_THREADS")
+    if text is None:
+        return None
+    if not text.strip():                   # set but empty: unset, as for most variables (Numba would complain)
+        del os.environ["NUMBA_NUM_THREADS"]
+        return None
+    try:
+        n = int(text.strip())
+    except ValueError:
+        n = None
+    if n is not None and 1 <= n <= MAX_NUMBA_THREADS:
+        return None
+    del os.environ["NUMBA_NUM_THREADS"]
+    import sys
+
+    default = getattr(sys.modules.get("numba.core.config"), "NUMBA_DEFAULT_NUM_THREADS", None)
+    if default is not None:                # Numba was imported first and read the value: use its default
+        sys.modules["numba.core.config"].NUMBA_NUM_THREADS = default
+    return (f"NUMBA_NUM_THREADS={text!r} in the environment: expected a whole number of threads between 1 "
+            f"and {MAX_NUMBA_THREADS} (or leave it unset: one per core)")
+
+
+NUMBA_THREADS_PROBLEM = _numba_threads_problem()          # once, when refpose is imported, before Numba is
+
+
+def environment_problem() -> str | None:
+    """What is wrong with the environment variables refpose's kernels read, or None: the command
+    line refuses to run with it (one line, status 2); a program that imports refpose gets one
+    warning, and Numba's default thread count."""
+    return NUMBA_THREADS_PROBLEM
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as taskset and container limits set it;
+    else every core of the machine)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):         # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def kernel_threads(requested: int) -> int:

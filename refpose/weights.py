@@ -17,7 +17,7 @@ import numpy as np
 
 from .config import MAX_PARAMS, WGNetConfig, get_config
 from .errors import ConfigError, WeightsError
-from .fileio import path_problem, unpacked_size, write_atomic
+from .fileio import path_problem, read_npz, write_atomic
 from .layers import walk
 from .model import WGNet
 
@@ -112,17 +112,12 @@ def _read_safetensors(path: str):
 
 
 def _read_npz(path: str):
-    unpacked = unpacked_size(path)
-    if unpacked > MAX_WEIGHTS_BYTES:
-        raise WeightsError(f"{path}: unpacks to {unpacked:,} bytes, more than the weights of any config refpose builds")
     tensors, meta = {}, {}
-    with np.load(path, allow_pickle=False) as z:
-        for k in z.files:
-            a = z[k]
-            if k in ("format", "config", "trained") and a.ndim == 0 and a.dtype.kind in "US":
-                meta[k] = str(a)
-            else:
-                tensors[k] = a
+    for k, a in read_npz(path, "weights file", MAX_WEIGHTS_BYTES, WeightsError).items():
+        if k in ("format", "config", "trained") and a.ndim == 0 and a.dtype.kind in "US":
+            meta[k] = str(a)
+        else:
+            tensors[k] = a
     return tensors, meta
 
 

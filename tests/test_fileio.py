@@ -145,3 +145,99 @@ def test_open_append_cuts_a_torn_last_line_first(tmp_path, content, expected):
     with open_append(path) as f:
         f.write("new\n")
     assert path.read_bytes() == expected
+
+
+# --- every command that writes: an output that is one of its inputs is refused (issue 23, item 2) ----
+def _files_for_output_checks(tmp_path):
+    import json
+
+    import cv2
+    import numpy as np
+
+    import refpose
+
+    refpose.save_weights(tmp_path / "w.safetensors", refpose.init_weights("tiny", 0), "tiny", trained=False)
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "1.jpg"), np.full((48, 64, 3), 90, np.uint8))
+    (tmp_path / "gt.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "1.jpg", "width": 64, "height": 48}],
+        "categories": [{"id": 1, "name": "person"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "keypoints": [10, 10, 2] * 17,
+                         "num_keypoints": 17, "area": 400.0, "bbox": [5, 5, 30, 30], "iscrowd": 0}]}))
+    (tmp_path / "1.pose.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [5, 5, 30, 30],
+                                                       "score": 0.9}]))     # detections named like an output
+
+
+@pytest.mark.parametrize("argv, needs", [
+    (["eval", "--ann", "gt.json", "--images", "images", "--config", "tiny", "--results-out", "gt.json"], None),
+    (["eval", "--ann", "gt.json", "--images", "images", "--config", "tiny", "--results-out", "images/1.jpg",
+      "--limit", "1"], None),
+    (["eval", "--ann", "gt.json", "--images", "images", "--weights", "w.safetensors", "--results-out",
+      "w.safetensors"], None),
+    (["infer", "images/1.jpg", "--config", "tiny", "--boxes", "1.pose.json", "--out", "."], None),
+    (["infer", "images/1.jpg", "--weights", "w.safetensors", "--out", "images", "--bbox", "1,1,9,9"], "link"),
+    (["export-onnx", "w.safetensors", "w.safetensors"], "onnx"),
+    (["oracle", "dump", "w.safetensors", "w.safetensors"], None),
+    (["export", "ckpt.pt", "ckpt.pt"], "torch"),
+])
+def test_an_output_that_is_an_input_is_one_line_and_the_input_stays(tmp_path, capsys, monkeypatch, argv, needs):
+    """`refpose eval --results-out gt.json` turned the annotations into results, `export-onnx w w`
+    and `oracle dump w w` replaced the weights, all with status 0."""
+    _files_for_output_checks(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    if needs in ("onnx", "torch"):
+        pytest.importorskip("torch", reason="the command needs torch")
+        if needs == "onnx":
+            pytest.importorskip("onnx", reason="export-onnx needs onnx")
+        import torch
+
+        from refpose.porting.twin import WGNetTwin
+
+        torch.save(WGNetTwin("tiny").state_dict(), "ckpt.pt")
+    if needs == "link":                          # the image's output name is a link to the weights
+        os.symlink(tmp_path / "w.safetensors", tmp_path / "images" / "1.pose.json")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()}
+    status = main(argv)
+    out, err = capsys.readouterr()
+    assert status == 2, err
+    assert err.count("\n") == 1 and "is the input" in err and "an output never replaces an input" in err
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()}
+    assert after == before                      # nothing replaced, nothing written
+
+
+# --- refpose's temporary names and the leftovers of killed runs -----------------------------------
+def test_temporary_names_are_recognised():
+    from refpose.fileio import is_temporary, temporary_path
+
+    for path in (temporary_path("out/a.pose.json"), temporary_path("b.npz", "old"),
+                 temporary_path("c.pose.mp4", keep_suffix=True)):
+        assert path.name.startswith(".") and is_temporary(path)
+    assert temporary_path("c.pose.mp4", keep_suffix=True).suffix == ".mp4"
+    for name in (".hidden.png", "a.tmp", ".a.0123456789ab.tmp.", ".a.0123456789AB.tmp", "a.0123456789ab.tmp"):
+        assert not is_temporary(name)
+
+
+def test_sweep_removes_only_what_killed_runs_left(tmp_path):
+    import subprocess
+    import sys
+
+    from refpose.fileio import _sweep, sweep_temporaries
+
+    (tmp_path / "target").mkdir()
+    stale = [".a.json.0123456789ab.tmp", ".b.png.0123456789ab.old", ".c.pose.0123456789ab.tmp.mp4"]
+    for name in stale + [".d.json.0123456789ab.tmp", ".user-file", "e.json"]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".ds.0123456789ab.tmp").mkdir()                             # synth's folder
+    (tmp_path / ".ds.0123456789ab.tmp" / "annotations.json").write_bytes(b"{}")
+    os.symlink(tmp_path / "target", tmp_path / ".link.0123456789ab.old")    # a link: removed, not followed
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from refpose.fileio import hold; "
+                               "print(hold(sys.argv[1]) is not None, flush=True); time.sleep(60)",
+                               str(tmp_path / ".d.json.0123456789ab.tmp")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        _sweep.cache_clear()
+        sweep_temporaries(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(os.listdir(tmp_path)) == [".d.json.0123456789ab.tmp", ".user-file", "e.json", "target"]

@@ -8,7 +8,13 @@
 - configs: any JSON value, and the tiny config with one field (or a stage's) set to any JSON value;
 - detections, COCO keypoint results and annotations, MPII annotations and predictions: any JSON
   value as the whole file, and a valid file with one field of one record set to any JSON value
-  (or removed); what a reader accepts is then scored or used, which must not fail either.
+  (or removed); what a reader accepts is then scored or used, which must not fail either;
+- the evaluation's progress file: any header, then lines that are a valid entry with one field
+  changed, any JSON value or any text; what is accepted is scored;
+- person detector files: any bytes, and ModelProto-shaped messages (often with a signature the
+  reader recognises, so that ONNX Runtime gets the file) with bytes changed, inserted or cut;
+- the MPII ground-truth .mat: any bytes, and a valid file with up to two variables replaced by
+  NaN, infinities, other shapes, cell arrays, strings or structs; what is accepted is scored.
 
 Each test tries REFPOSE_FUZZ_EXAMPLES inputs (200 by default, for CI); set it higher for a long
 run, e.g. `REFPOSE_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py --hypothesis-show-statistics`.
@@ -276,3 +282,150 @@ def test_mpii_files_from_any_json(folder, ann, pred):
     accepts_or_refuses(load_mpii_annotations, _json_file(folder, "mpii.json", ann))
     out = accepts_or_refuses(load_predictions, _json_file(folder, "pred.json", pred))
     assert out is None or np.isfinite(out).all()
+
+
+# --- the evaluation's progress file ----------------------------------------------------------------
+from refpose.data.evaluate import read_progress  # noqa: E402
+
+PROGRESS_SETTINGS = {"annotations": None, "weights": "untrained, seed 0", "config": "tiny", "dtype": "float32",
+                     "flip": True, "boxes": "ground truth"}
+PROGRESS_HEADER = json.dumps({"format": "refpose-eval-progress/1", "settings": PROGRESS_SETTINGS})
+PROGRESS_LINE = {"image_id": 1, "records": [{"image_id": 1, "category_id": 1, "keypoints": KPTS, "score": 0.9}]}
+
+
+@st.composite
+def progress_lines(draw):
+    """A header (as written, or any JSON), then lines each a valid entry with one field changed,
+    any JSON value, or any text (a torn or damaged line)."""
+    header = draw(st.just(PROGRESS_HEADER) | json_values.map(json.dumps))
+    body = draw(st.lists(one_field_changed([PROGRESS_LINE]).map(lambda d: json.dumps(d[0]))
+                         | one_field_changed(PROGRESS_LINE["records"]).map(lambda r: json.dumps({"image_id": 1, "records": r}))
+                         | json_values.map(json.dumps) | st.text(max_size=40).filter(lambda t: "\n" not in t),
+                         max_size=4))
+    return [header] + body
+
+
+@FUZZ
+@given(progress_lines())
+def test_progress_file_from_any_lines(lines):
+    gt = load_annotations(GT)
+    done = accepts_or_refuses(read_progress, lines, "p.jsonl", PROGRESS_SETTINGS, gt)
+    if done is not None:               # what is accepted is scored as the run would score it
+        assert set(done) <= set(gt.images)
+        records = [r for image_records in done.values() for r in image_records]
+        coco_eval(gt, records, image_ids=sorted(done) or None)
+
+
+# --- person detector files ---------------------------------------------------------------------------
+from refpose.pose.detector import PersonDetector  # noqa: E402
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, value) -> bytes:
+    if isinstance(value, int):
+        return _varint(number << 3) + _varint(value)
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+# a ModelProto skeleton: graph (7) with inputs (11) and outputs (12), each a ValueInfoProto with a
+# name (1) and a type (2) -> tensor_type (1) -> shape (2) -> dims (1) -> dim_value (1)
+dims = (st.sampled_from([[1, 3, 64, 64], [1, 3, 100000, 100000], [1, 3, 0, 0], [1, 84, 7], [1, 100, 5], [1, 100]])
+        | st.lists(st.integers(0, 2 ** 64 - 1) | st.sampled_from([1, 3, 5, 64, 640, 8400]), max_size=5))
+names = st.sampled_from(["images", "input", "dets", "labels", "output"]) | st.text(max_size=6)
+
+
+@st.composite
+def value_info(draw):
+    shape = b"".join(_field(1, _field(1, d)) for d in draw(dims))
+    return _field(1, draw(names).encode()) + _field(2, _field(1, _field(2, shape)))
+
+
+def _signature(name: str, shape: list) -> bytes:
+    return _field(1, name.encode()) + _field(2, _field(1, _field(2, b"".join(_field(1, _field(1, d)) for d in shape))))
+
+
+MMDEPLOY_SIGNATURE = (_field(11, _signature("input", [1, 3, 64, 64])) + _field(12, _signature("dets", [1, 100, 5]))
+                      + _field(12, _signature("labels", [1, 100])))      # recognised: the runtime gets the file
+
+
+@st.composite
+def protobuf_ish(draw):
+    """A ModelProto-shaped message (often one whose signature is recognised, so that the runtime
+    loads it), then bytes changed, inserted or cut, and junk fields mixed in."""
+    if draw(st.booleans()):
+        graph = MMDEPLOY_SIGNATURE
+    else:
+        graph = b"".join(_field(11, draw(value_info())) for _ in range(draw(st.integers(0, 2))))
+        graph += b"".join(_field(12, draw(value_info())) for _ in range(draw(st.integers(0, 3))))
+    graph += draw(st.just(b"") | st.binary(max_size=8))
+    data = bytearray(_field(1, 7) + _field(7, graph))
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2, 3]))):
+        i = draw(st.integers(0, max(len(data) - 1, 0)))
+        op = draw(st.sampled_from(["set", "insert", "cut"]))
+        if op == "set" and data:
+            data[i] = draw(st.integers(0, 255))
+        elif op == "insert":
+            data[i:i] = draw(st.binary(min_size=1, max_size=4))
+        else:
+            del data[draw(st.integers(0, len(data))):]
+    return bytes(data)
+
+
+@FUZZ
+@given(st.binary(max_size=256) | protobuf_ish())
+def test_detector_from_any_bytes(folder, data):
+    pytest.importorskip("onnxruntime", reason="a file that parses is handed to ONNX Runtime")
+    detector = accepts_or_refuses(PersonDetector, _write(folder, "det.onnx", data))
+    if detector is not None:           # what loads runs on an image, or refuses it in one error
+        boxes, scores = accepts_or_refuses(detector, np.zeros((48, 64, 3), np.uint8)) or (np.zeros((0, 4)), [])
+        assert np.isfinite(boxes).all()
+
+
+# --- the MPII ground-truth .mat ----------------------------------------------------------------------
+from refpose.data.mpii import MAT_KEYS, load_ground_truth  # noqa: E402
+
+GOOD_MAT = {"dataset_joints": np.array([["rank", "rkne", "rhip", "lhip", "lkne", "lank", "pelv", "thor", "neck",
+                                         "head", "rwri", "relb", "rsho", "lsho", "lelb", "lwri"]], dtype=object),
+            "jnt_missing": np.zeros((16, 2), np.uint8),
+            "pos_gt_src": np.arange(64, dtype=np.float64).reshape(16, 2, 2) + 10,
+            "headboxes_src": np.array([[[0.0, 5.0], [0.0, 5.0]], [[20.0, 30.0], [20.0, 30.0]]])}
+
+mat_values = (
+    st.sampled_from([np.nan, np.inf, -1.0, 0.0, 1.0, 2.0, 1e300]).map(lambda v: np.full((16, 2), v))
+    | st.sampled_from([(16, 2), (16, 2, 2), (2, 2, 2), (16,), (0,), (16, 2, 3), ()]).map(np.zeros)
+    | st.sampled_from(list(GOOD_MAT)).map(lambda k: np.array([GOOD_MAT[k]], dtype=object))   # a cell around it
+    | st.text(max_size=10).map(np.array)
+    | st.lists(st.text(max_size=4), min_size=1, max_size=17).map(lambda v: np.array([v], dtype=object))
+    | st.just(np.array([[{"a": 1}]], dtype=object))
+)
+
+
+@FUZZ
+@given(changes=st.dictionaries(st.sampled_from(MAT_KEYS), mat_values | st.none(), max_size=2),
+       raw=st.none() | st.binary(max_size=300))
+def test_mpii_mat_from_any_content(folder, changes, raw):
+    io = pytest.importorskip("scipy.io", reason="the MPII .mat is read with scipy")
+    path = folder / "gt.mat"
+    if raw is not None:
+        path.write_bytes(raw)
+    else:
+        mat = {k: v for k, v in {**GOOD_MAT, **changes}.items() if v is not None}
+        try:
+            io.savemat(path, mat)
+        except Exception:                  # a value scipy cannot write is no test of the reader
+            return
+    gt = accepts_or_refuses(load_ground_truth, path)
+    if gt is not None:                     # what is accepted scores without a warning or an error
+        assert gt.positions.shape == (gt.num_persons, 16, 2) and gt.visible.dtype == bool
+        from refpose.data.mpii import pckh
+
+        stats = pckh(np.where(gt.visible[..., None], gt.positions - 1, 0.0), gt)
+        assert all(v is None or 0 <= v <= 100 for v in stats.values())

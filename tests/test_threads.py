@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numba
+import numpy as np
 import pytest
 
 
@@ -88,3 +89,20 @@ def test_evaluation_workers_have_the_threads_the_docs_give(capfd):
         counts = pool.map(_worker_threads, range(2))
     assert counts == [(2, [1] * len(counts[0][1]))] * 2 and counts[0][1], counts
     assert "Warning" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "abc", "100000", "1e3"])
+def test_a_bad_numba_num_threads_is_one_line_status_2(tmp_path, value):
+    """NUMBA_NUM_THREADS=0 was a ValueError traceback at the first kernel; 'abc' a traceback that
+    Numba prints and goes on; 100000 a segmentation fault."""
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((40, 30, 3), 120, np.uint8))
+    env = dict(os.environ, NUMBA_NUM_THREADS=value)
+    p = subprocess.run([sys.executable, "-c", "import sys; from refpose.cli import main; sys.exit(main())",
+                        "infer", str(tmp_path / "a.png"), "--config", "tiny", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 2
+    assert p.stderr == (f"refpose infer: error: NUMBA_NUM_THREADS={value!r} in the environment: expected a whole "
+                        "number of threads between 1 and 1024 (or leave it unset: one per core)\n")
+    assert sorted(os.listdir(tmp_path)) == ["a.png"]

@@ -95,7 +95,7 @@ def run(args) -> int:
     for message in problems:
         _err(f"refpose infer: error: {message}")
     tally = _Tally(len(jobs), len(problems))
-    names = OutputNames()
+    names = OutputNames(out_dir, jobs + [args.weights, args.boxes, args.detector])
     for video, group in itertools.groupby(jobs, key=is_video):
         if video:
             for path in group:
@@ -148,7 +148,7 @@ def _infer_images(paths, model, options, names, detections, detector, out_dir: P
             if detections is not None and not result.poses:
                 _err(f"refpose infer: note: {path}: {no_box}")
             write_outputs(path, result.image, result.poses, result.records, out_dir, args.kpt_thr,
-                          model.config.input_size)
+                          model.config.input_size, names.inputs)
         except (RefposeError, OSError) as e:
             tally.failed(e, path)
             continue

@@ -59,6 +59,8 @@ def infer_video(path: str, model, out_dir: Path, args, detector) -> None:
 
     if args.boxes:
         raise RefposeError(f"{path}: --boxes matches images by name; give a video's boxes with --detector or --bbox")
+    if args.heatmaps:
+        _note(f"refpose infer: note: {path}: --heatmaps applies to images; no heatmaps are saved for a video")
     s = run_video(path, model, out_dir, boxes=args.bbox, detector=detector, every=args.every, start=args.start,
                   end=args.end, smooth=args.smooth, flip=args.flip, dark=args.dark, kpt_thr=args.kpt_thr)
     if s["size_written"] != s["size"]:

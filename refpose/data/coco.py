@@ -160,36 +160,38 @@ def load_results(results: "str | os.PathLike | list", gt: Annotations) -> list[d
         raise DataError(f"{source}: results must be a JSON list of records, got a {type(recs).__name__}")
     if not recs:
         raise DataError(f"{source}: the results list is empty")
-    categories = {c["id"] for c in gt.dataset["categories"]}
-    clean = []
-    for i, r in enumerate(recs):
-        where = f"{source}: record {i}"
-        if not isinstance(r, dict):
-            raise DataError(f"{where}: not a JSON object")
-        if "image_id" in r:
-            image_id = r["image_id"]
-            if not is_number(image_id) or image_id not in gt.images:
-                raise DataError(f"{where}: image_id {brief(image_id)} is not an image of {gt.source}")
-            image_id = int(image_id)
-        elif "file_name" in r:
-            image_id = gt.image_id_of(r["file_name"]) if isinstance(r["file_name"], str) else None
-            if image_id is None:
-                raise DataError(f"{where}: file_name {brief(r['file_name'])} is not an image of {gt.source}")
-        else:
-            raise DataError(f"{where}: needs an image_id (or a file_name of {gt.source})")
-        if "keypoints" not in r:
-            raise DataError(f"{where}: no keypoints")
-        problem = _check_keypoints(r["keypoints"])
-        if problem:
-            raise DataError(f"{where}: {problem}")
-        if not is_number(r.get("score")):
-            raise DataError(f"{where}: needs a finite number 'score', got {brief(r.get('score'))}")
-        category = r.get("category_id", PERSON_CATEGORY)
-        if not is_int(category) or category not in categories:
-            raise DataError(f"{where}: category_id {brief(category)} is not a category of {gt.source}")
-        clean.append({"image_id": image_id, "category_id": category,
-                      "keypoints": [float(v) for v in r["keypoints"]], "score": float(r["score"])})
-    return clean
+    return [check_result(r, gt, f"{source}: record {i}") for i, r in enumerate(recs)]
+
+
+def check_result(r, gt: Annotations, where: str) -> dict:
+    """One keypoint-results record checked against the ground truth (see `load_results`), as the
+    clean record pycocotools takes; DataError naming `where` and the field at fault. The one rule
+    for a result record: results files and the evaluation's progress file are both read with it."""
+    if not isinstance(r, dict):
+        raise DataError(f"{where}: not a JSON object")
+    if "image_id" in r:
+        image_id = r["image_id"]
+        if not is_number(image_id) or image_id not in gt.images:
+            raise DataError(f"{where}: image_id {brief(image_id)} is not an image of {gt.source}")
+        image_id = int(image_id)
+    elif "file_name" in r:
+        image_id = gt.image_id_of(r["file_name"]) if isinstance(r["file_name"], str) else None
+        if image_id is None:
+            raise DataError(f"{where}: file_name {brief(r['file_name'])} is not an image of {gt.source}")
+    else:
+        raise DataError(f"{where}: needs an image_id (or a file_name of {gt.source})")
+    if "keypoints" not in r:
+        raise DataError(f"{where}: no keypoints")
+    problem = _check_keypoints(r["keypoints"])
+    if problem:
+        raise DataError(f"{where}: {problem}")
+    if not is_number(r.get("score")):
+        raise DataError(f"{where}: needs a finite number 'score', got {brief(r.get('score'))}")
+    category = r.get("category_id", PERSON_CATEGORY)
+    if not is_int(category) or category not in {c["id"] for c in gt.dataset["categories"]}:
+        raise DataError(f"{where}: category_id {brief(category)} is not a category of {gt.source}")
+    return {"image_id": image_id, "category_id": category,
+            "keypoints": [float(v) for v in r["keypoints"]], "score": float(r["score"])}
 
 
 # --- scoring -------------------------------------------------------------------------------

@@ -8,22 +8,24 @@ Each finished image is appended to a progress file, so an interrupted run resume
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..pose.boxes import find_detections, load_detections
-from ..fileio import is_number
 from ..errors import DataError, ImageError, RefposeError, WeightsError
-from ..fileio import check_output_path, open_append, write_atomic
+from ..fileio import InputFiles, LineLog, brief, check_output_path, is_int, is_number, path_problem, write_atomic
 from ..pose.nms import OKS_NMS_THR
-from .coco import Annotations, coco_eval, load_annotations, load_results
+from ..threads import available_cores
+from .coco import Annotations, check_result, coco_eval, load_annotations, load_results
 
 PROGRESS_SUFFIX = ".progress.jsonl"
 PROGRESS_FORMAT = "refpose-eval-progress/1"
@@ -49,11 +51,19 @@ class RunOptions:
     workers: int = 1
     restart: bool = False
 
-    def check(self) -> None:
+    def check(self) -> "RunOptions":
+        """These options, with `workers` capped at the cores this process may use (said in a
+        warning: more processes than cores only share them, each with its own model)."""
         if self.limit is not None and self.limit < 1:
             raise DataError(f"limit must be a positive number of images, got {self.limit}")
         if self.workers < 1:
             raise DataError(f"workers must be at least 1, got {self.workers}")
+        cores = available_cores()
+        if self.workers > cores:
+            warnings.warn(f"{self.workers} workers asked for, {cores} core{'s' if cores != 1 else ''} here: "
+                          f"running {cores}", RuntimeWarning, stacklevel=3)
+            return replace(self, workers=cores)
+        return self
 
 
 @dataclass(frozen=True)
@@ -133,7 +143,6 @@ def detections_per_image(path: str, gt: Annotations) -> dict[int, tuple[np.ndarr
 
 def check_image_folder(images: str) -> None:
     """DataError with the real reason when the image folder of a run cannot be used."""
-    from ..fileio import path_problem
 
     problem = path_problem(images, folder=True)
     if problem:
@@ -248,7 +257,7 @@ def run_jobs(jobs: list[ImageJob], spec: ModelSpec, flip: bool, workers: int):
 
     # spawn, not fork: a forked child would inherit the parent's BLAS and Numba thread pools
     ctx = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, available_cores() // workers)
     with ctx.Pool(min(workers, len(chunks)), _Worker.start, (spec, flip, threads)) as pool:
         for results in pool.imap_unordered(_Worker.run, chunks):
             yield from results
@@ -269,8 +278,10 @@ def _weights_key(spec: ModelSpec) -> str:
     from ..pretrained import DEFAULT_CONFIG, default_weights_path
     from ..weights import weights_path
 
-    if spec.weights is not None and not os.path.isfile(weights_path(spec.weights)):
-        raise WeightsError(f"{spec.weights}: no such weights file")
+    if spec.weights is not None:
+        problem = path_problem(weights_path(spec.weights), kind="a weights file")
+        if problem:
+            raise WeightsError(f"{spec.weights}: {problem if problem != 'no such file' else 'no such weights file'}")
     path = weights_path(spec.weights) if spec.weights else default_weights_path(spec.config or DEFAULT_CONFIG)
     return _file_digest(str(path)) if path is not None else "untrained, seed 0"
 
@@ -282,69 +293,95 @@ def run_settings(gt: Annotations, spec: ModelSpec, flip: bool, boxes: str | None
             "boxes": "ground truth" if boxes is None else _file_digest(boxes)}
 
 
-def open_progress(path: str, settings: dict, gt: Annotations, restart: bool) -> dict[int, list[dict]]:
-    """Start a progress file (new, or `restart`), or read the finished images of an earlier run."""
+def open_progress(path: str, settings: dict, gt: Annotations, restart: bool) -> tuple[LineLog, dict[int, list[dict]]]:
+    """The progress file, locked for this run (another run writing it is refused), and the
+    finished images of an earlier run with the same settings ({image id: records}); a new file,
+    an empty one (a crash before its first line was whole) or `restart` starts over."""
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)   # as write_atomic does
-        if not restart and os.path.exists(path):
-            return _read_progress(path, settings, gt)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"format": PROGRESS_FORMAT, "settings": settings}, allow_nan=False) + "\n")
-        return {}
     except OSError as e:
         raise DataError(f"{path}: cannot write the progress file: {e.strerror or e}") from None
+    log = LineLog(path, busy="another `refpose eval` is writing this progress file (the same --results-out); "
+                  "let it finish, or give another --results-out")
+    try:
+        if restart or not log.lines:
+            log.reset(json.dumps({"format": PROGRESS_FORMAT, "settings": settings}, allow_nan=False))
+            return log, {}
+        return log, read_progress(log.lines, path, settings, gt)
+    except OSError as e:
+        log.close()
+        raise DataError(f"{path}: cannot write the progress file: {e.strerror or e}") from None
+    except BaseException:
+        log.close()
+        raise
 
 
-def _read_progress(path: str, settings: dict, gt: Annotations) -> dict[int, list[dict]]:
-    """Finished images of an earlier run with the same settings: {image id: records}."""
-    with open(path, encoding="utf-8", errors="replace") as f:   # garbage fails the header check
-        lines = f.read().split("\n")
+def read_progress(lines: list[str], path: str, settings: dict, gt: Annotations) -> dict[int, list[dict]]:
+    """The finished images of an earlier run with the same settings: {image id: records}.
+
+    Every line is checked here, once, before any image is run again or anything is written: a
+    header with these settings, then one JSON object per line with `image_id` (an image of the
+    ground truth) and `records`, each record a keypoint result of that image
+    (`refpose.data.coco.check_result`: finite numbers, known category). A damaged line is a
+    DataError naming it; a torn last line was already cut off (`refpose.fileio.LineLog`)."""
     try:
         header = json.loads(lines[0])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError, IndexError):
         header = None
     if not isinstance(header, dict) or header.get("format") != PROGRESS_FORMAT:
         raise DataError(f"{path}: not a refpose eval progress file; delete it or pass --restart")
     if header.get("settings") != settings:
-        diff = sorted(k for k in settings if header.get("settings", {}).get(k) != settings[k])
-        raise DataError(f"{path}: an earlier run with other settings ({', '.join(diff)}) left this "
+        theirs = header.get("settings") if isinstance(header.get("settings"), dict) else {}
+        diff = sorted(k for k in settings if theirs.get(k) != settings[k])
+        raise DataError(f"{path}: an earlier run with other settings ({', '.join(diff) or 'unknown'}) left this "
                         "progress file; pass --restart to start over")
     done = {}
     for n, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
         try:
-            entry = json.loads(line)
-            done[int(entry["image_id"])] = entry["records"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            if n == len(lines):           # the last line of an interrupted write: redo that image
-                break
-            raise DataError(f"{path}: line {n} is damaged; pass --restart to start over") from None
-    unknown = [i for i in done if i not in gt.images]
-    if unknown:
-        raise DataError(f"{path}: image id {unknown[0]} is not an image of {gt.source}; "
-                        "pass --restart to start over")
+            image_id, records = _progress_entry(line, gt)
+        except DataError as e:
+            raise DataError(f"{path}: line {n} is damaged ({e}); pass --restart to start over") from None
+        done[image_id] = records
     return done
 
 
-def run_with_progress(todo: list[ImageJob], done: dict, progress_path: str, spec: ModelSpec,
+def _progress_entry(line: str, gt: Annotations) -> tuple[int, list[dict]]:
+    """(image id, checked records) of one progress line; DataError saying what is wrong."""
+    try:
+        entry = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise DataError(f"not JSON: {getattr(e, 'msg', e)}") from None
+    if not isinstance(entry, dict) or set(entry) != {"image_id", "records"}:
+        raise DataError("expected an object with image_id and records")
+    image_id, records = entry["image_id"], entry["records"]
+    if not is_int(image_id) or image_id not in gt.images:
+        raise DataError(f"image_id {brief(image_id)} is not an image of {gt.source}")
+    if not isinstance(records, list):
+        raise DataError(f"records must be a list, got {brief(records)}")
+    clean = [check_result(r, gt, f"record {i}") for i, r in enumerate(records)]
+    if any(r["image_id"] != image_id for r in clean):
+        raise DataError(f"a record of another image than {image_id}")
+    return int(image_id), clean
+
+
+def run_with_progress(todo: list[ImageJob], done: dict, log: LineLog, spec: ModelSpec,
                       options: RunOptions, bar, runner=None) -> list[tuple[str, str]]:
     """Run the jobs (with `runner`, a function of the signature of `run_jobs`, when given),
     appending each finished image to the progress file and to `done`; returns (path, problem)
     of the images that could not be read."""
     paths, missing = {job.image_id: job.path for job in todo}, []
     persons, start = 0, time.perf_counter()
-    with open_append(progress_path) as log:           # a line torn by a crash is cut off first
-        for image_id, records, problem in (runner or run_jobs)(todo, spec, options.flip, options.workers):
-            if problem is None:
-                done[image_id] = records
-                log.write(json.dumps({"image_id": image_id, "records": records}, allow_nan=False) + "\n")
-                log.flush()
-                persons += len(records)
-            else:
-                missing.append((paths[image_id], problem))
-            bar.set_postfix_str(f"{persons / (time.perf_counter() - start):.1f} persons/s", refresh=False)
-            bar.update()
+    for image_id, records, problem in (runner or run_jobs)(todo, spec, options.flip, options.workers):
+        if problem is None:
+            done[image_id] = records
+            log.append(json.dumps({"image_id": image_id, "records": records}, allow_nan=False))
+            persons += len(records)
+        else:
+            missing.append((paths[image_id], problem))
+        bar.set_postfix_str(f"{persons / (time.perf_counter() - start):.1f} persons/s", refresh=False)
+        bar.update()
     return missing
 
 
@@ -372,26 +409,29 @@ def evaluate_images(ann, images: "str | os.PathLike", results_out: "str | os.Pat
     gt, images, results_out = load_annotations(ann), str(images), str(results_out)
     boxes = None if boxes is None else str(boxes)
     check_image_folder(images)
-    options.check()
+    options = options.check()
     jobs, box_source = make_jobs(gt, images, boxes, options.limit)
-    inputs = (ann if not isinstance(ann, (dict, Annotations)) else None, boxes, model.weights)
+    inputs = InputFiles([ann, boxes, model.weights] + [os.path.join(images, img["file_name"])
+                                                         for img in gt.images.values()])
     check_output_path(results_out, inputs)    # before the long run, not after it
     check_output_path(results_out + PROGRESS_SUFFIX, inputs)
     progress_path = results_out + PROGRESS_SUFFIX
-    done = open_progress(progress_path, run_settings(gt, model, options.flip, boxes), gt, options.restart)
-    resumed = sum(job.image_id in done for job in jobs)
-    todo = [job for job in jobs if job.image_id not in done]
-    with tqdm(total=len(jobs), initial=resumed, desc="eval", unit="img",
-              disable=None if progress is None else not progress) as bar:
-        missing = sorted(run_with_progress(todo, done, progress_path, model, options, bar, runner))
+    log, done = open_progress(progress_path, run_settings(gt, model, options.flip, boxes), gt, options.restart)
+    with log:
+        resumed = sum(job.image_id in done for job in jobs)
+        todo = [job for job in jobs if job.image_id not in done]
+        with tqdm(total=len(jobs), initial=resumed, desc="eval", unit="img",
+                  disable=None if progress is None else not progress) as bar:
+            missing = sorted(run_with_progress(todo, done, log, model, options, bar, runner))
 
-    scored = [job.image_id for job in jobs if job.image_id in done]
-    if not scored:
-        raise DataError(f"{images}: none of the {len(jobs)} images of {gt.source} could be read "
-                        f"(first: {missing[0][0]}: {missing[0][1]})")
-    records = [r for image_id in scored for r in done[image_id]]
-    write_atomic(results_out, json.dumps(records, allow_nan=False).encode())
-    if not missing and len(jobs) == len(gt.images):
-        os.unlink(progress_path)      # kept after a --limit run, so that a longer one continues it
+        scored = [job.image_id for job in jobs if job.image_id in done]
+        if not scored:
+            raise DataError(f"{images}: none of the {len(jobs)} images of {gt.source} could be read "
+                            f"(first: {missing[0][0]}: {missing[0][1]})")
+        records = [r for image_id in scored for r in done[image_id]]
+        write_atomic(results_out, json.dumps(records, allow_nan=False).encode())
+        if not missing and len(jobs) == len(gt.images):
+            with contextlib.suppress(FileNotFoundError):     # removed by hand meanwhile: nothing is lost
+                os.unlink(progress_path)      # kept after a --limit run, so that a longer one continues it
     stats = coco_eval(gt, load_results(records, gt) if records else [], image_ids=scored)
     return EvalRun(stats, results_out, len(records), len(jobs), scored, resumed, missing, box_source)

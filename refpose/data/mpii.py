@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..fileio import is_number
+from ..fileio import is_number, path_problem
 from ..errors import DataError, RefposeError
 from ..keypoints import MPII
 from .coco import read_json
@@ -42,6 +42,7 @@ LOW_THRESHOLD = np.arange(0, 0.5 + 0.01, 0.01)[11]   # MMPose / HRNet `pckAll[11
 # the joint names of the official .mat, in refpose.keypoints.MPII's order
 MAT_JOINTS = ("rank", "rkne", "rhip", "lhip", "lkne", "lank", "pelv", "thor", "neck", "head",
               "rwri", "relb", "rsho", "lsho", "lelb", "lwri")
+MAT_KEYS = ("dataset_joints", "jnt_missing", "pos_gt_src", "headboxes_src")   # the .mat's variables read
 COLUMNS = ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Mean", "Mean@0.1")
 # column -> the joints it averages (indices of refpose.keypoints.MPII)
 _PARTS = {"Head": (9,), "Shoulder": (13, 12), "Elbow": (14, 11), "Wrist": (15, 10),
@@ -73,7 +74,7 @@ def _loadmat(path: str) -> dict:
     except ImportError:
         raise MissingDependency("reading the MPII .mat needs scipy: pip install 'refpose[mpii]'") from None
     try:
-        return loadmat(path)
+        return loadmat(path, variable_names=list(MAT_KEYS))       # the rest of the file is not read
     except FileNotFoundError:
         raise DataError(f"{path}: no such ground-truth file") from None
     except (OSError, ValueError, TypeError, KeyError) as e:
@@ -85,10 +86,11 @@ def _loadmat(path: str) -> dict:
 def load_ground_truth(path: "str | os.PathLike") -> MpiiGroundTruth:
     """Read and check the official MPII validation .mat (see the module docstring)."""
     path = str(path)
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a directory, not a .mat file")
+    problem = path_problem(path, kind="a .mat file")
+    if problem:
+        raise DataError(f"{path}: {problem if problem != 'no such file' else 'no such ground-truth file'}")
     d = _loadmat(path)
-    missing = [k for k in ("dataset_joints", "jnt_missing", "pos_gt_src", "headboxes_src") if k not in d]
+    missing = [k for k in MAT_KEYS if k not in d]
     if missing:
         raise DataError(f"{path}: not an MPII ground truth: no {', '.join(missing)}")
     try:
@@ -101,6 +103,10 @@ def load_ground_truth(path: "str | os.PathLike") -> MpiiGroundTruth:
                         f"({', '.join(MAT_JOINTS)}); got {', '.join(names)}")
     order = [names.index(n) for n in MAT_JOINTS]              # .mat row of each of our joints
     jnt_missing, pos, boxes = (np.asarray(d[k]) for k in ("jnt_missing", "pos_gt_src", "headboxes_src"))
+    for key, a in (("jnt_missing", jnt_missing), ("pos_gt_src", pos), ("headboxes_src", boxes)):
+        if a.dtype.kind not in "biuf":              # a cell array (dtype object), strings, a struct
+            what = "a cell array" if a.dtype.kind == "O" else f"an array of {a.dtype}"
+            raise DataError(f"{path}: {key} must be a numeric array, got {what}")
     if pos.ndim != 3 or pos.shape[:2] != (16, 2):
         raise DataError(f"{path}: pos_gt_src must have shape (16, 2, N), got {pos.shape}")
     N = pos.shape[2]
@@ -108,6 +114,9 @@ def load_ground_truth(path: "str | os.PathLike") -> MpiiGroundTruth:
         raise DataError(f"{path}: jnt_missing must have shape (16, {N}), got {jnt_missing.shape}")
     if boxes.shape != (2, 2, N):
         raise DataError(f"{path}: headboxes_src must have shape (2, 2, {N}), got {boxes.shape}")
+    if not np.isin(jnt_missing, (0, 1)).all():
+        bad = jnt_missing.ravel()[~np.isin(jnt_missing.ravel(), (0, 1))][0]
+        raise DataError(f"{path}: jnt_missing must hold 0 (visible) or 1 (missing), found {bad}")
     visible = (1 - jnt_missing.astype(np.float64))[order].T == 1          # (N, 16)
     positions = pos.astype(np.float64)[order].transpose(2, 0, 1)          # (N, 16, 2)
     corners = boxes.astype(np.float64)                                    # (corner, xy, N)
@@ -287,8 +296,9 @@ def predict_entries(entries: list[dict], images, *, weights=None, config: str | 
 
 def evaluate_pckh(ann, gt, images, *, results_out: "str | os.PathLike" = "pred_mpii.json", **run) -> dict:
     """Predict every entry (`predict_entries`), write the records to `results_out`, score them."""
-    from ..fileio import write_atomic
+    from ..fileio import check_output_path, write_atomic
 
+    check_output_path(results_out, [ann, gt, run.get("weights")])   # before the long run, not after it
     truth = load_ground_truth(gt)                    # fail on a bad .mat before the long run
     entries = load_entries(ann)
     if len(entries) != truth.num_persons:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import shutil
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import cv2
 import numpy as np
 
 from ..errors import RefposeError
+from ..fileio import absolute_path, hold, path_problem, release, sweep_temporaries, temporary_path
 from ..keypoints import COCO
 
 DEFAULT_SIZE = (320, 240)            # width, height
@@ -373,16 +373,24 @@ def check_options(images: int, seed: int, size: tuple[int, int], persons: tuple[
         raise SynthError(f"--format {fmt}: jpg or png")
 
 
-def _prepare_out(out: Path, force: bool) -> None:
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
+def _prepare_out(out: Path, force: bool) -> Path:
+    """The folder to write: `out`, or, when `out` is a symbolic link to a folder, that folder (the
+    link stays as it is). SynthError unless it is absent, empty, or `force` is given."""
+    absolute_path(out)                        # a relative path needs a current directory
+    if os.path.lexists(out):
+        problem = path_problem(out, folder=True)
+        if problem == "not a folder":
             raise SynthError(f"{out}: exists and is not a folder")
+        if problem:
+            raise SynthError(f"{out}: {problem}")
+        out = Path(os.path.realpath(out))
         if any(out.iterdir()) and not force:
             raise SynthError(f"{out}: folder exists and is not empty (--force replaces it)")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SynthError(f"{out.parent}: cannot create the folder: {e.strerror or e}") from None
+    return out
 
 
 def synthesize(out: "str | os.PathLike", images: int, seed: int, *, size: tuple[int, int] = DEFAULT_SIZE,
@@ -397,14 +405,17 @@ def synthesize(out: "str | os.PathLike", images: int, seed: int, *, size: tuple[
     from tqdm import tqdm
 
     check_options(images, seed, size, persons, fmt)
-    out = Path(out)
-    _prepare_out(out, force)
+    given = Path(out)
+    out = _prepare_out(given, force)
     start = time.perf_counter()
     width, height = size
-    tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+    sweep_temporaries(out.parent)
+    tmp = temporary_path(out)
     counts = np.zeros(3, np.int64)
+    held = []
     try:
         (tmp / IMAGE_DIR).mkdir(parents=True)
+        held.append(hold(tmp))
         entries, annotations = [], []
         for index in tqdm(range(images), desc="synth", unit="img", disable=not progress):
             scene = sample_scene(image_rng(seed, index), width, height, persons)
@@ -426,7 +437,8 @@ def synthesize(out: "str | os.PathLike", images: int, seed: int, *, size: tuple[
         }
         (tmp / ANN_NAME).write_text(json.dumps(dataset, sort_keys=True, separators=(",", ":")) + "\n")
         if out.exists():
-            old = out.parent / f".{out.name}.{secrets.token_hex(6)}.old"
+            old = temporary_path(out, "old")
+            held.append(hold(out))                  # the lock moves with the folder to its second name
             os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old)
@@ -435,5 +447,7 @@ def synthesize(out: "str | os.PathLike", images: int, seed: int, *, size: tuple[
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return SynthSummary(str(out), images, len(annotations), int(counts[2]), int(counts[1]), int(counts[0]),
+        for fd in held:
+            release(fd)
+    return SynthSummary(str(given), images, len(annotations), int(counts[2]), int(counts[1]), int(counts[0]),
                         time.perf_counter() - start)

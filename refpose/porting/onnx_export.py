@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import TAPS, WGNetConfig, get_config
 from ..errors import BackendError, WeightsError
-from ..fileio import write_atomic
+from ..fileio import check_output_path, write_atomic
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "heatmaps"
@@ -91,6 +91,8 @@ def export_onnx(weights, config, out_path, opset: int = DEFAULT_OPSET, taps: boo
                            "pip install 'refpose[onnx]'") from None
     if int(opset) not in OPSETS:
         raise BackendError(f"opset {opset} is not supported: use {OPSETS.start}..{OPSETS.stop - 1}")
+    if not isinstance(weights, dict):
+        check_output_path(out_path, [weights])     # before the export, not after it
     tensors, cfg = resolve_weights(weights, config)
     model = _tapped(twin_from_weights(tensors, cfg, "float32"))
     # the stages are always exported as outputs, which gives their tensors these names; without

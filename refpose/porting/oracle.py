@@ -50,13 +50,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..config import WGNetConfig, get_config
-from ..fileio import write_atomic
+from ..fileio import check_output_path, read_npz, write_atomic
 from ..errors import BackendError, DataError, InputShapeError
 from ..model import TAPS, tap_shapes
 from .onnx_export import OUTPUT_NAME, TAP_OUTPUTS, resolve_weights
@@ -73,6 +72,9 @@ TOLERANCE_REASONS = {
 }
 DUMP_FORMAT = "refpose-oracle/1"
 DUMP_KEYS = ("input",) + TAP_OUTPUTS + (OUTPUT_NAME,)
+# what a golden file (or a port's outputs) may unpack to: 64 wgnet inputs with every tap in float64,
+# the most `refpose oracle dump --inputs` writes, take 0.62 GB
+MAX_GOLDEN_BYTES = 1 << 30
 
 
 def tolerance(dtype) -> float:
@@ -287,6 +289,8 @@ def dump(weights, out_path, n: int = 2, seed: int = 0, config=None) -> WGNetConf
     heatmaps           (N, K, H/4, W/4) float64, the output (the tap "head")
     config             the config as JSON (0-d string); format "refpose-oracle/1"; seed (0-d int)
     """
+    if not isinstance(weights, dict):
+        check_output_path(out_path, [weights])     # before the work, not after it
     tensors, cfg = resolve_weights(weights, config)
     x = make_inputs(cfg, n, seed)
     taps = reference_taps(tensors, x, cfg)
@@ -308,33 +312,34 @@ class Golden:
     seed: int
 
 
-def read_npz(path, what: str = "file") -> dict[str, np.ndarray]:
-    """Every array of a .npz file, read without pickle; DataError if it is missing or damaged."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such {what}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:   # a damaged zip raises several types
-        raise DataError(f"{path}: not a readable .npz ({type(e).__name__})") from None
-
-
 def load_dump(path) -> Golden:
-    """Read a file written by `dump` (no pickle), checking its keys and shapes."""
+    """Read a file written by `dump` (no pickle), checking its keys, shapes and types before use."""
     path = str(path)
-    arrays = read_npz(path, "golden file")
-    if str(arrays.get("format", "")) != DUMP_FORMAT:
+    arrays = read_npz(path, "golden file", MAX_GOLDEN_BYTES)
+    fmt = arrays.get("format")
+    if fmt is None or fmt.ndim != 0 or fmt.dtype.kind not in "US" or str(fmt) != DUMP_FORMAT:
         raise DataError(f"{path}: not a refpose golden file (format {DUMP_FORMAT!r} expected)")
     missing = [k for k in DUMP_KEYS + ("config", "seed") if k not in arrays]
     if missing:
         raise DataError(f"{path}: missing key {missing[0]!r}")
-    cfg = get_config(json.loads(str(arrays["config"])))
-    n = len(arrays["input"])
-    for name, shape in tap_shapes(cfg, n).items():
+    config, seed, x = arrays["config"], arrays["seed"], arrays["input"]
+    if config.ndim != 0 or config.dtype.kind not in "US":
+        raise DataError(f"{path}: 'config' must be the config as a JSON string, got an array of shape {config.shape}")
+    try:
+        cfg = get_config(json.loads(str(config)))
+    except (ValueError, TypeError, RecursionError) as e:      # JSONDecodeError and ConfigError are ValueErrors
+        raise DataError(f"{path}: 'config' is not a refpose config: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if seed.ndim != 0 or seed.dtype.kind not in "iu":
+        raise DataError(f"{path}: 'seed' must be one integer, got an array of shape {seed.shape} ({seed.dtype})")
+    if x.ndim != 4 or len(x) == 0:
+        raise DataError(f"{path}: 'input' must have shape (N, 3, H, W) with N >= 1, got {x.shape}")
+    n = len(x)
+    for name, shape in {"input": (n, 3, *cfg.input_size), **tap_shapes(cfg, n)}.items():
         key = OUTPUT_NAME if name == "head" else name
         if arrays[key].shape != shape:
             raise DataError(f"{path}: {key!r} has shape {arrays[key].shape}, expected {shape}")
+        if arrays[key].dtype.kind != "f":
+            raise DataError(f"{path}: {key!r} holds {arrays[key].dtype}, expected floating-point numbers")
     taps = {k: arrays[k] for k in TAP_OUTPUTS}
     taps["head"] = arrays[OUTPUT_NAME]
     return Golden(arrays["input"], taps, cfg, int(arrays["seed"]))

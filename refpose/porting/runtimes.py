@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import WGNetConfig, get_config
 from ..errors import BackendError, InputShapeError, WeightsError
+from ..fileio import path_problem
 from ..model import TAPS, tap_shapes
 from .onnx_export import INPUT_NAME, META_CONFIG, OUTPUT_NAME, TAP_OUTPUTS
 
@@ -28,6 +29,14 @@ def _require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError:
         raise BackendError(f"{module} is not installed: pip install 'refpose[{extra}]'") from None
+
+
+def _check_model_path(path: str, what: str) -> None:
+    """BackendError naming why a model path cannot be read (`refpose.fileio.path_problem`): a named
+    pipe would block the runtime's open forever."""
+    problem = path_problem(path, kind=f"an {what}" if what[0] in "aeiou" else f"a {what}")
+    if problem:
+        raise BackendError(f"{path}: {problem if problem != 'no such file' else f'no such {what}'}")
 
 
 def ort_session(model: "str | bytes", threads: int | None = None, profile_prefix: str | None = None):
@@ -77,8 +86,7 @@ class OnnxBackend:
         _require("onnxruntime", "onnx")
         self.path = str(path)
         self.name = f"ONNX Runtime ({self.path})"
-        if not os.path.isfile(self.path):
-            raise BackendError(f"{self.path}: no such ONNX file")
+        _check_model_path(self.path, "ONNX file")
         model, tensors = _expose_stages(self.path, dict(taps or {}))
         try:
             self.session = ort_session(model)
@@ -220,8 +228,7 @@ class OpenVinoBackend:
 
     def __init__(self, path: str, taps: "dict[str, str] | None" = None):
         ov = _require("openvino", "openvino")
-        if not os.path.isfile(path):
-            raise BackendError(f"{path}: no such model file")
+        _check_model_path(path, "model file")
         self.path, self.name = path, f"OpenVINO ({path})"
         core = ov.Core()
         try:

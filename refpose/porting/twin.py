@@ -17,7 +17,7 @@ from ..config import CONFIGS, TAPS, WGNetConfig, get_config
 from ..errors import WeightsError
 from ..model import check_size
 from ..ops.geometry import check_grouping, clamp_window
-from ..fileio import path_problem, unpacked_size
+from ..fileio import check_output_path, path_problem, unpacked_size
 from ..weights import IGNORED_SUFFIXES, MAX_WEIGHTS_BYTES, check_tensors
 
 BN_EPS = 1e-5   # BatchNorm2d and LayerNorm eps, DESIGN section 1
@@ -418,6 +418,7 @@ def read_checkpoint(checkpoint_path, config=None) -> tuple[dict[str, np.ndarray]
 def export_checkpoint(checkpoint_path, out_path, config=None) -> WGNetConfig:
     """Write a twin checkpoint as a refpose weights file marked trained (`refpose export`).
     Returns the config used (see read_checkpoint)."""
+    check_output_path(out_path, [checkpoint_path])
     tensors, cfg = read_checkpoint(checkpoint_path, config)
     from ..weights import save_weights  # the weights format lives there
     save_weights(out_path, tensors, cfg, trained=True)

@@ -62,10 +62,10 @@ def _check_record(d, where: str) -> tuple:
 
 def image_keys(file_name: str, image_id=None) -> list:
     """The keys a detection record may use for an image, in the order they are tried: its
-    image id (given, else the numeric file stem, as COCO names its files), its file name as
-    given, its base name."""
+    image id (given, else the numeric file stem, as COCO names its files: ASCII digits 0-9), its
+    file name as given, its base name."""
     stem = os.path.splitext(os.path.basename(file_name))[0]
-    if image_id is None and stem.isdigit():
+    if image_id is None and stem.isascii() and stem.isdigit():   # '²³' is digits to isdigit, not to int
         image_id = int(stem)
     keys = [image_id, file_name, os.path.basename(file_name)]
     return [k for i, k in enumerate(keys) if k is not None and k not in keys[:i]]

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from ..errors import RefposeError
+from ..fileio import brief, is_number, path_problem
 
 PERSON = 0                            # class index of a person in the detector's outputs
 YOLOX_STRIDES = (8, 16, 32)
@@ -44,6 +45,11 @@ RTMDET_MEAN = (103.53, 116.28, 123.675)   # B, G, R (MMDetection RTMDet configs,
 RTMDET_STD = (57.375, 57.12, 58.395)
 DEFAULT_INPUT = (640, 640)            # network size (H, W) when the file leaves it dynamic
 RUNTIMES = ("onnxruntime", "opencv")
+# the largest network input taken: detectors run at 416..1536 pixels a side; 4096x4096 as float32
+# is a 200 MB tensor, and a file that declares 100000x100000 would ask for 120 GB
+MAX_INPUT_SIDE = 4096
+MAX_INPUT_PIXELS = MAX_INPUT_SIDE * MAX_INPUT_SIDE
+MAX_FILE_BYTES = 2 ** 31               # protobuf's own limit on a serialised model
 
 
 class DetectorError(RefposeError):
@@ -59,50 +65,56 @@ def default_runtime() -> str:
 
 # --- reading the file's signature (no onnx package needed) -------------------------------------------
 def _varint(buf, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = buf[i]
+    """A base-128 varint at buf[i] (at most 10 bytes: 64 bits) and the index after it."""
+    value = 0
+    for shift in range(0, 70, 7):
+        b = buf[i]                                          # IndexError when the message ends inside it
         i += 1
         value |= (b & 0x7F) << shift
         if b < 0x80:
             return value, i
-        shift += 7
+    raise ValueError("varint longer than 10 bytes")
 
 
 def _fields(buf):
     """(field number, value) of each field of a protobuf message: an int for varints, a
-    memoryview for everything else (protobuf wire format, developers.google.com/protocol-buffers)."""
+    memoryview for everything else (protobuf wire format, developers.google.com/protocol-buffers).
+    A length that runs past the end of the message is a ValueError, before anything is sliced."""
     i, n = 0, len(buf)
     while i < n:
         key, i = _varint(buf, i)
         field, wire = key >> 3, key & 7
         if wire == 0:
             value, i = _varint(buf, i)
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            value, i = buf[i:i + size], i + size
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
+        elif wire in (1, 2, 5):
+            size, i = _varint(buf, i) if wire == 2 else ({1: 8, 5: 4}[wire], i)
+            if size > n - i:
+                raise ValueError("truncated message")
             value, i = buf[i:i + size], i + size
         else:
             raise ValueError(f"protobuf wire type {wire}")
-        if i > n:
-            raise ValueError("truncated message")
         yield field, value
+
+
+def _messages(buf, number: int):
+    """The length-delimited values (sub-messages, strings) of field `number` of a message; a field
+    of that number with another wire type is a ValueError (the file is not what it claims)."""
+    for f, v in _fields(buf):
+        if f == number:
+            if isinstance(v, int):
+                raise ValueError(f"field {number} is a number, expected a message")
+            yield v
 
 
 def _value_info(buf) -> tuple[str, tuple]:
     """ValueInfoProto -> (name, dims); a dim is an int, or None when symbolic or absent."""
     name, dims = "", ()
-    for f, v in _fields(buf):
-        if f == 1:
-            name = bytes(v).decode("utf-8", "replace")
-        elif f == 2:                                        # TypeProto
-            for tf, tv in _fields(v):
-                if tf == 1:                                 # tensor_type
-                    for sf, sv in _fields(tv):
-                        if sf == 2:                         # TensorShapeProto
-                            dims = tuple(_dim(dv) for df, dv in _fields(sv) if df == 1)
+    for v in _messages(buf, 1):
+        name = bytes(v).decode("utf-8", "replace")
+    for tv in _messages(buf, 2):                            # TypeProto
+        for tt in _messages(tv, 1):                         # tensor_type
+            for shape in _messages(tt, 2):                  # TensorShapeProto
+                dims = tuple(_dim(dv) for dv in _messages(shape, 1))
     return name, dims
 
 
@@ -114,26 +126,20 @@ def _dim(buf):
 
 
 def onnx_signature(data: bytes) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
-    """Graph inputs and outputs [(name, dims)] of a serialised ONNX ModelProto.
+    """Graph inputs and outputs [(name, dims)] of a serialised ONNX ModelProto; ValueError or
+    IndexError when the bytes are not one.
 
     ModelProto.graph is field 7; GraphProto.input 11, output 12, initializer 5 (TensorProto,
     name 8). Initializers listed among the inputs (IR version < 4) are left out.
     """
     buf = memoryview(data)
-    graph = None
-    for f, v in _fields(buf):
-        if f == 7 and not isinstance(v, int):
-            graph = v
-    if graph is None:
+    graphs = list(_messages(buf, 7))
+    if not graphs:
         raise ValueError("no graph")
-    inputs, outputs, constants = [], [], set()
-    for f, v in _fields(graph):
-        if f == 11:
-            inputs.append(_value_info(v))
-        elif f == 12:
-            outputs.append(_value_info(v))
-        elif f == 5:
-            constants.update(bytes(tv).decode("utf-8", "replace") for tf, tv in _fields(v) if tf == 8)
+    graph = graphs[-1]
+    inputs = [_value_info(v) for v in _messages(graph, 11)]
+    outputs = [_value_info(v) for v in _messages(graph, 12)]
+    constants = {bytes(name).decode("utf-8", "replace") for t in _messages(graph, 5) for name in _messages(t, 8)}
     return [i for i in inputs if i[0] not in constants], outputs
 
 
@@ -153,30 +159,47 @@ RTMDET_PREPROCESSING = Preprocessing(RTMDET_MEAN, RTMDET_STD)
 
 def mmdeploy_preprocessing(model_path: str) -> Preprocessing:
     """The preprocessing of an MMDeploy export: from `pipeline.json` beside the model when present
-    (its `Normalize` and `Pad` transforms), else RTMDet's."""
-    import json
+    (its `Normalize` and `Pad` transforms), else RTMDet's. Every value is checked when read: a
+    mean and a std of 3 finite numbers each, std > 0, a finite pad value."""
+    from ..fileio import read_json
 
     pipeline = os.path.join(os.path.dirname(os.path.abspath(model_path)), "pipeline.json")
-    if not os.path.isfile(pipeline):
+    if not os.path.lexists(pipeline):
         return RTMDET_PREPROCESSING
     try:
-        with open(pipeline, encoding="utf-8") as f:
-            tasks = json.load(f)["pipeline"]["tasks"]
+        data = read_json(pipeline, "MMDeploy pipeline")
+    except RefposeError as e:
+        raise DetectorError(str(e)) from None
+
+    def fail(problem: str):
+        return DetectorError(f"{pipeline}: not an MMDeploy pipeline this reader understands: {problem}")
+
+    try:
+        tasks = data["pipeline"]["tasks"]
         transforms = [t for task in tasks for t in task.get("transforms", [])]
         normalize = next((t for t in transforms if t.get("type") == "Normalize"), None)
         pad = next((t for t in transforms if t.get("type") == "Pad" and "pad_val" in t), None)
-        pad_value = PAD_VALUE
-        if pad is not None:
-            v = pad["pad_val"]
-            v = v.get("img", PAD_VALUE) if isinstance(v, dict) else v
-            pad_value = float(v[0] if isinstance(v, (list, tuple)) else v)
-        if normalize is None:
-            return Preprocessing(pad_value=pad_value)
-        return Preprocessing(tuple(float(m) for m in normalize["mean"]), tuple(float(s) for s in normalize["std"]),
-                             bool(normalize.get("to_rgb", False)), pad_value)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
-        raise DetectorError(f"{pipeline}: not an MMDeploy pipeline this reader understands ({type(e).__name__}: "
-                            f"{e})") from None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise fail(f"no list of tasks with transforms ({type(e).__name__}: {e})") from None
+    pad_value = PAD_VALUE
+    if pad is not None:
+        v = pad["pad_val"]
+        v = v.get("img", PAD_VALUE) if isinstance(v, dict) else v
+        v = v[0] if isinstance(v, list) and v else v
+        if not is_number(v):
+            raise fail(f"Pad's pad_val must be a finite number, got {brief(pad['pad_val'])}")
+        pad_value = float(v)
+    if normalize is None:
+        return Preprocessing(pad_value=pad_value)
+    stats = {}
+    for key in ("mean", "std"):
+        v = normalize.get(key)
+        if not (isinstance(v, list) and len(v) == 3 and all(is_number(x) for x in v)):
+            raise fail(f"Normalize's {key} must be 3 finite numbers (one per channel), got {brief(v)}")
+        stats[key] = tuple(float(x) for x in v)
+    if min(stats["std"]) <= 0:
+        raise fail(f"Normalize's std must be positive, got {brief(normalize['std'])}")
+    return Preprocessing(stats["mean"], stats["std"], bool(normalize.get("to_rgb", False)), pad_value)
 
 
 @dataclass(frozen=True)
@@ -204,6 +227,9 @@ def recognise(inputs, outputs, name: str = "detector") -> ExportFormat:
         raise DetectorError(f"{name}: expected one image input (1, 3, H, W), found {given}")
     input_name, (_, _, H, W) = inputs[0]
     size = (H, W) if H and W else DEFAULT_INPUT
+    if size[0] * size[1] > MAX_INPUT_PIXELS:
+        raise DetectorError(f"{name}: declares a {size[0]}x{size[1]} input, more than the {MAX_INPUT_PIXELS:,} pixels "
+                            f"({MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}) a person detector is run at here")
     by_name = dict(outputs)
     if "dets" in by_name and "labels" in by_name:
         dets, labels = by_name["dets"], by_name["labels"]
@@ -315,13 +341,16 @@ class PersonDetector:
         self.runtime = runtime or default_runtime()
         if self.runtime not in RUNTIMES:
             raise DetectorError(f"unknown detector runtime {self.runtime!r}; expected one of {', '.join(RUNTIMES)}")
+        problem = path_problem(self.path, kind="an ONNX detector")
+        if problem:
+            raise DetectorError(f"{self.path}: {problem if problem != 'no such file' else 'no such detector file'}")
         try:
             with open(self.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise DetectorError(f"{self.path}: no such detector file") from None
+                data = f.read(MAX_FILE_BYTES + 1)
         except OSError as e:
             raise DetectorError(f"{self.path}: cannot read the detector: {e.strerror or e}") from None
+        if len(data) > MAX_FILE_BYTES:
+            raise DetectorError(f"{self.path}: larger than the {MAX_FILE_BYTES:,} bytes an ONNX model can hold")
         try:
             inputs, outputs = onnx_signature(data)
         except (ValueError, IndexError):
@@ -364,13 +393,21 @@ class PersonDetector:
         ok = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)          # a box wholly in the padding has no area left
         return boxes[ok], scores[ok]
 
+    def _check_finite(self, what: str, values: np.ndarray) -> None:
+        bad = np.argwhere(~np.isfinite(values))
+        if bad.size:
+            raise DetectorError(f"{self.path}: the detector gave {values[tuple(bad[0])]} in its {what} at "
+                                f"{tuple(int(i) for i in bad[0])}; boxes and scores must be finite numbers")
+
     def decode(self, out: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Raw outputs -> person boxes (K, 4) x1, y1, x2, y2 in input pixels and scores (K,), score >= box_thr."""
         if self.kind == "yolox":
-            pred = np.asarray(out[0])
+            pred = np.asarray(out[0], dtype=np.float64)
             if pred.ndim != 3 or pred.shape[0] != 1 or pred.shape[2] < 6:
                 raise DetectorError(f"{self.path}: YOLOX output of shape {pred.shape}, expected (1, N, 5 + classes)")
-            boxes, class_scores = yolox_decode(pred[0], self.input_size)
+            self._check_finite("YOLOX output", pred)
+            with np.errstate(over="ignore"):            # exp of a huge log-size: an infinite box, clipped to the image
+                boxes, class_scores = yolox_decode(pred[0], self.input_size)
             scores = class_scores[:, PERSON]
             ok = scores >= self.box_thr
             boxes, scores = boxes[ok], scores[ok]
@@ -381,6 +418,7 @@ class PersonDetector:
             raise DetectorError(f"{self.path}: MMDeploy outputs dets {dets.shape} and labels {labels.shape}, "
                                 "expected (1, N, 5) and (1, N)")
         dets, labels = dets[0], labels[0]
+        self._check_finite("MMDeploy dets", dets)
         ok = (labels == PERSON) & (dets[:, 4] >= self.box_thr)
         dets = dets[ok]
         order = np.argsort(-dets[:, 4], kind="stable")

@@ -74,7 +74,7 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
     kind = image_format(data)
     declared = image_size(data)
     if declared is not None:
-        _check_pixels(name, kind or "the header", declared, max_pixels)
+        check_pixels(name, kind or "the header", declared, max_pixels)
     if kind == "JPEG" and _jpeg_truncated(data):
         raise ImageError(f"{name}: truncated JPEG file (no end-of-image marker after the last scan)")
     with quiet_stderr():
@@ -86,7 +86,7 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
         if kind is None:
             raise ImageError(f"{name}: not an image file OpenCV can decode (JPEG, PNG, BMP, WebP, TIFF, ...)")
         raise ImageError(f"{name}: truncated or corrupt {kind} file")
-    _check_pixels(name, "the decoder", (raw.shape[1], raw.shape[0]), max_pixels)
+    check_pixels(name, "the decoder", (raw.shape[1], raw.shape[0]), max_pixels)
     rgb = to_rgb8(raw, name)
     return apply_orientation(rgb, exif_orientation(data))
 
@@ -101,11 +101,14 @@ def image_format(data: bytes) -> str | None:
     return None
 
 
-def _check_pixels(name: str, source: str, size: tuple[int, int], max_pixels: int) -> None:
+def check_pixels(name: str, source: str, size: tuple[int, int], max_pixels: int = MAX_PIXELS,
+                 error: type = ImageError, what: str = "image") -> None:
+    """`error` unless `size` (width, height), as `source` declares it, is at most `max_pixels`:
+    the one pixel limit of images and video frames."""
     w, h = size
     if w * h > max_pixels:
-        raise ImageError(f"{name}: image too large: {source} declares {w}x{h} pixels ({w * h:,}), "
-                         f"more than the {max_pixels:,} allowed")
+        raise error(f"{name}: {what} too large: {source} declares {w}x{h} pixels ({w * h:,}), "
+                    f"more than the {max_pixels:,} allowed")
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:

@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import os
-import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +29,18 @@ import numpy as np
 
 from ..errors import RefposeError
 from .driver import IMAGES_PER_FORWARD
-from ..fileio import path_problem
-from .imageio import quiet_stderr     # FFmpeg and OpenCV print on fd 2
+from ..fileio import hold, path_problem, release, sweep_temporaries, temporary_path
+from .imageio import MAX_PIXELS, check_pixels, quiet_stderr     # FFmpeg and OpenCV print on fd 2
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
                   ".ts", ".3gp", ".ogv")
 FOURCC = "mp4v"
 DEFAULT_FPS = 30.0           # when the container does not give a frame rate
+# what the output codec (mp4v, MPEG-4 Part 2) stores, as OpenCV's FFmpeg writer takes it: frame rates
+# of 1/500 to 65535 per second (a 16-bit time resolution) and at most 8190 pixels a side (even sizes
+# of a 13-bit width and height)
+MIN_FPS, MAX_FPS = 0.002, 65535.0
+MAX_SIDE = 8190
 
 
 class VideoError(RefposeError):
@@ -58,10 +62,13 @@ def output_paths(path: "str | os.PathLike", out_dir: "str | os.PathLike") -> tup
 class VideoInfo:
     fps: float
     frames: int              # the container's frame count (0 when it does not say; may be approximate)
+    size: tuple[int, int]    # (width, height) as the container declares it
 
 
-def open_video(path: "str | os.PathLike") -> tuple[cv2.VideoCapture, VideoInfo]:
-    """An opened cv2.VideoCapture and what the container says about the video; VideoError otherwise."""
+def open_video(path: "str | os.PathLike", max_pixels: int = MAX_PIXELS) -> tuple[cv2.VideoCapture, VideoInfo]:
+    """An opened cv2.VideoCapture and what the container says about the video; VideoError otherwise,
+    among others for frames larger than `max_pixels` (the pixel limit of images), before any frame
+    is decoded: a 3.5 MB file can hold a 15000x15000 JPEG frame, 675 MB decoded."""
     path = os.fspath(path)
     problem = path_problem(path, kind="a video")
     if problem:
@@ -74,8 +81,26 @@ def open_video(path: "str | os.PathLike") -> tuple[cv2.VideoCapture, VideoInfo]:
         raise VideoError(f"{path}: OpenCV cannot read this file as a video")
     fps = cap.get(cv2.CAP_PROP_FPS)
     fps = fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS
-    info = VideoInfo(fps, max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))))
-    return cap, info
+    count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    size = tuple(int(v) if math.isfinite(v) and v > 0 else 0
+                 for v in (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    try:
+        check_pixels(path, "the container", size, max_pixels, VideoError, "frame")
+    except VideoError:
+        cap.release()
+        raise
+    return cap, VideoInfo(fps, int(count) if math.isfinite(count) and count > 0 else 0, size)
+
+
+def check_writable(path: str, info: VideoInfo, fourcc: str = FOURCC) -> None:
+    """VideoError naming the cause when the output video cannot take the input's frame rate or
+    size (checked before any frame is decoded; the writer itself only says it cannot open)."""
+    if fourcc == FOURCC and not MIN_FPS <= info.fps <= MAX_FPS:
+        raise VideoError(f"{path}: the container declares {info.fps:,.10g} frames per second; the output video "
+                         f"(codec {fourcc}) takes {MIN_FPS:g} to {MAX_FPS:,.0f}")
+    if fourcc == FOURCC and max(info.size) > MAX_SIDE + 1:
+        raise VideoError(f"{path}: frames of {info.size[0]}x{info.size[1]} pixels; the output video (codec "
+                         f"{fourcc}) takes at most {MAX_SIDE} pixels a side")
 
 
 def frame_range(fps: float, start: float = 0.0, end: float | None = None) -> tuple[int, int | None]:
@@ -87,11 +112,17 @@ def frame_range(fps: float, start: float = 0.0, end: float | None = None) -> tup
 
 @contextlib.contextmanager
 def staged(paths: list[Path]):
-    """Temporary paths beside `paths` (same suffix, so that writers pick the same format); renamed onto
-    `paths` when the block completes, deleted when it does not."""
-    token = secrets.token_hex(6)
-    temps = [p.with_name(f".{p.stem}.{token}.tmp{p.suffix}") for p in paths]
+    """Temporary paths beside `paths` (refpose's temporary names, same suffix, so that writers pick
+    the same format: `fileio.temporary_path`), created empty and held locked while in use; renamed
+    onto `paths` when the block completes, deleted when it does not."""
+    for folder in {p.parent for p in paths}:
+        sweep_temporaries(folder)
+    temps = [temporary_path(p, keep_suffix=True) for p in paths]
+    held = []
     try:
+        for tmp in temps:
+            with open(tmp, "xb"):                  # created here, so that it is locked before anyone writes
+                held.append(hold(tmp))
         yield temps
         for tmp, path in zip(temps, paths):
             os.replace(tmp, path)
@@ -99,6 +130,8 @@ def staged(paths: list[Path]):
         for tmp in temps:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        for fd in held:
+            release(fd)
 
 
 def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *, boxes=None, detector=None,
@@ -126,6 +159,11 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
     if start < 0 or (end is not None and end <= start):
         raise VideoError(f"the range must have 0 <= start < end, got start {start}, end {end}")
     cap, info = open_video(path)
+    try:
+        check_writable(path, info, fourcc)
+    except VideoError:
+        cap.release()
+        raise
     smoother = PoseSmoother() if smooth else None
     first, stop = frame_range(info.fps, start, end)
     known = [n for n in (stop, info.frames or None) if n is not None]
@@ -142,12 +180,14 @@ def run_video(path: "str | os.PathLike", model, out_dir: "str | os.PathLike", *,
             if not cap.grab():
                 break
         with staged(outputs) as (tmp_video, tmp_lines):
-            with open(tmp_lines, "x", encoding="utf-8") as lines, \
+            with open(tmp_lines, "w", encoding="utf-8") as lines, \
                     tqdm(total=total if total and total > 0 else None, unit="frame", desc=Path(path).name,
                          file=sys.stderr, disable=None if progress else True, leave=False) as bar:
                 for chunk in _frame_chunks(cap, first, stop, every):
                     if writer is None:
                         size = (chunk[0][1].shape[1], chunk[0][1].shape[0])     # (W, H) of the frames
+                        check_pixels(path, "the decoder", size, MAX_PIXELS, VideoError, "frame")   # the container lied
+                        check_writable(path, VideoInfo(info.fps, info.frames, size), fourcc)
                         even = (size[1] & ~1, size[0] & ~1)                     # (H, W) that the writer keeps
                         writer = _open_writer(tmp_video, outputs[0], fourcc, info.fps, even[1], even[0])
                     inputs = [ImageInput(image=np.ascontiguousarray(bgr[..., ::-1]), boxes=frame_boxes, image_id=index)
@@ -212,5 +252,6 @@ def _open_writer(tmp: Path, final: Path, fourcc: str, fps: float, width: int, he
     with quiet_stderr():
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
     if not writer.isOpened():
-        raise VideoError(f"{final}: OpenCV cannot write a {width}x{height} video with codec {fourcc}")
+        raise VideoError(f"{final}: OpenCV cannot write a {width}x{height} video at {fps:g} frames per second "
+                         f"with codec {fourcc}")
     return writer

@@ -1,5 +1,6 @@
 """The option types of every command (refpose/cli/args.py): what each accepts and how it refuses."""
 import argparse
+import os
 
 import pytest
 
@@ -46,3 +47,54 @@ def test_ray_address_accepts(text):
 def test_ray_address_refuses(text):
     with pytest.raises(argparse.ArgumentTypeError, match="expected local, auto, HOST:PORT or ray://HOST:PORT"):
         args.ray_address(text)
+
+
+# --- every parser takes its numbers through this module (issue 23, items 14 and 15) -------------------
+def _parsers(parser, prefix="refpose"):
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{prefix} {name}")
+
+
+def test_no_option_of_any_command_takes_a_bare_int_or_float():
+    """`type=float` lets 'nan' and 'inf' through, `type=int` negative counts and sizes too large
+    to allocate: every number goes through refpose.cli.args."""
+    from refpose.cli import build_parser
+
+    bare = [f"{prog} {'/'.join(a.option_strings) or a.dest}" for prog, p in _parsers(build_parser())
+            for a in p._actions if a.type in (int, float)]
+    assert bare == []
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["infer", "v.mp4", "--config", "tiny", "--end", "1e308"], "argument --end: expected a time in seconds"),
+    (["infer", "v.mp4", "--config", "tiny", "--start", "1e308"], "argument --start: expected a time in seconds"),
+    (["infer", "v.mp4", "--config", "tiny", "--end", "nan"], "argument --end: expected a time in seconds"),
+    (["oracle", "--onnx", "m.onnx", "--weights", "w", "--seed", "-1"], "argument --seed: expected a seed"),
+    (["oracle", "dump", "w", "g.npz", "--seed", "-1"], "argument --seed: expected a seed"),
+    (["oracle", "--onnx", "m.onnx", "--weights", "w", "--inputs", "100000000"], "argument --inputs: expected a whole number between 1 and 64"),
+    (["oracle", "dump", "w", "g.npz", "--inputs", "100000000"], "argument --inputs: expected a whole number between 1 and 64"),
+    (["oracle", "--onnx", "m.onnx", "--weights", "w", "--rtol", "-1"], "argument --rtol: expected a number > 0"),
+    (["oracle", "--onnx", "m.onnx", "--weights", "w", "--rtol", "nan"], "argument --rtol: expected a number > 0"),
+    (["bench", "--batch", "1000000"], "argument --batch: expected a whole number between 1 and 64"),
+    (["bench", "--seed", "-1"], "argument --seed: expected a seed"),
+    (["init", "--config", "tiny", "--seed", "-1", "w.safetensors"], "argument --seed: expected a seed"),
+    (["synth", "d", "--seed", "99999999999"], "argument --seed: expected a seed"),
+    (["eval", "--ann", "a.json", "--images", "d", "--workers", "0"], "argument --workers: expected a number of workers"),
+    (["eval", "--ann", "a.json", "--images", "d", "--limit", "-3"], "argument --limit: expected a whole number >= 1"),
+    (["export-onnx", "w", "o.onnx", "--opset", "99"], "argument --opset: expected a whole number between 13 and 20"),
+    (["infer", "a.jpg", "--box-thr", "inf"], "argument --box-thr: expected a number between 0 and 1"),
+])
+def test_out_of_range_numbers_are_one_usage_line(tmp_path, capsys, monkeypatch, argv, words):
+    """`--end 1e308` was an OverflowError, `oracle --seed -1` a ValueError, `--inputs 100000000` and
+    `bench --batch 1000000` tried 26.8 TiB and 275 GiB, `oracle --rtol -1` reported every stage diverging."""
+    from refpose.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and words in err, err
+    assert os.listdir(tmp_path) == []

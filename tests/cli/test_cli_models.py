@@ -204,3 +204,28 @@ def test_installed_script_runs_info():
     s = json.loads(p.stdout)
     assert s["config"] == "tiny" and s["input"] == [128, 96]
     assert s["params"] == refpose.build("tiny").num_params    # the script runs this package's code
+
+
+@pytest.mark.torch
+def test_export_of_a_checkpoint_that_unpacks_beyond_the_limit_is_refused_before_unpacking(capsys, tmp_path,
+                                                                                        monkeypatch):
+    """A .pt holding a 100M-element tensor deflated to 390 KB: `refpose export` peaked at 637 MB
+    (1000:1). The zip's declared sizes are read first (fileio.unpacked_size), as for .npz."""
+    torch = pytest.importorskip("torch", reason="export reads a PyTorch checkpoint")
+    import zipfile
+
+    import refpose.porting.twin as twin
+
+    plain, bomb = tmp_path / "plain.pt", tmp_path / "bomb.pt"
+    torch.save({"head.weight": torch.zeros(10 ** 6)}, plain)                      # 4 MB of zeros
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    assert bomb.stat().st_size < 100_000
+    monkeypatch.setattr(twin, "MAX_WEIGHTS_BYTES", 10 ** 6)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("unpacked"))
+    code, stdout, err = run(capsys, "export", bomb, tmp_path / "z.safetensors")
+    assert code == 2 and stdout == ""
+    assert err.startswith(f"refpose export: error: {bomb}: unpacks to 4,00") and err.count("\n") == 1
+    assert "more than the 1,000,000 a PyTorch checkpoint of refpose needs" in err
+    assert not (tmp_path / "z.safetensors").exists()

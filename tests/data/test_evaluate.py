@@ -9,9 +9,10 @@ import pytest
 
 import refpose
 from refpose.errors import DataError, WeightsError
-from refpose.data.evaluate import PROGRESS_SUFFIX, ModelSpec, RunOptions, _read_progress, gt_person_boxes
+from refpose.data.evaluate import PROGRESS_SUFFIX, ModelSpec, RunOptions, gt_person_boxes, read_progress
 from refpose.data.evaluate import evaluate_images as _evaluate_images
 from refpose.data.coco import STAT_NAMES, load_annotations
+from refpose.fileio import LineLog
 from refpose.pretrained import default_model
 
 
@@ -130,10 +131,11 @@ def test_damaged_progress_line_in_the_middle_is_an_error(tmp_path):
     path = tmp_path / "p.jsonl"
     head = json.dumps({"format": "refpose-eval-progress/1", "settings": settings})
     path.write_text(head + "\n{broken\n" + json.dumps({"image_id": 102, "records": []}) + "\n")
-    with pytest.raises(DataError, match="line 2 is damaged"):
-        _read_progress(str(path), settings, gt)
+    with LineLog(path) as log, pytest.raises(DataError, match="line 2 is damaged"):
+        read_progress(log.lines, str(path), settings, gt)
     path.write_text(head + "\n" + json.dumps({"image_id": 102, "records": []}) + "\n{broken")
-    assert _read_progress(str(path), settings, gt) == {102: []}    # a cut-short last line: redone
+    with LineLog(path) as log:
+        assert read_progress(log.lines, str(path), settings, gt) == {102: []}   # a cut-short last line: redone
 
 
 def test_run_bad_input(run_files, tmp_path):
@@ -197,3 +199,132 @@ def fresh_run(run_files, tmp_path_factory):
     return run, json.loads(out.read_text())
 
 
+
+
+# --- the progress file: nothing lost, nothing re-run on bad data (issue 23, items 1, 10, 22, 25) ------
+def _progress_of(out):
+    return out.parent / (out.name + PROGRESS_SUFFIX)
+
+
+def test_a_torn_line_is_cut_before_the_next_run_appends(run_files, fresh_run, tmp_path):
+    """A crash leaves a half-written last line without a newline; the next run glued its first
+    new line onto it and the run after that called the file damaged (all finished work lost)."""
+    out = tmp_path / "res.json"
+    args = dict(weights=run_files / "tiny.safetensors", results_out=out, progress=False)
+    evaluate_images(run_files / "gt.json", run_files / "images", limit=1, **args)
+    progress = _progress_of(out)
+    with open(progress, "a") as f:
+        f.write('{"image_id": 103, "rec')                      # torn by a crash
+    second = evaluate_images(run_files / "gt.json", run_files / "images", limit=2, **args)
+    assert second.resumed == 1 and second.scored == [102, 103]
+    lines = progress.read_text().split("\n")
+    assert lines[-1] == "" and [json.loads(line)["image_id"] for line in lines[1:-1]] == [102, 103]
+    third = evaluate_images(run_files / "gt.json", run_files / "images", **args)
+    assert third.resumed == 2 and third.scored == [102, 103, 104]
+    assert json.loads(out.read_text()) == fresh_run[1]
+    assert not progress.exists()
+
+
+def _good_line(image_id=102):
+    kpts = [10.0, 20.0, 0.5] * 17
+    return {"image_id": image_id, "records": [{"image_id": image_id, "category_id": 1, "keypoints": kpts,
+                                               "score": 0.5}]}
+
+
+def _damaged(change):
+    line = _good_line()
+    change(line)
+    return json.dumps(line)
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('{"image_id": 1e400, "records": []}', "image_id inf is not an image of"),
+    ('{"image_id": "102", "records": []}', "image_id '102' is not an image of"),
+    ('{"image_id": 7, "records": []}', "image_id 7 is not an image of"),
+    ('{"image_id": 102.5, "records": []}', "image_id 102.5 is not an image of"),
+    ('{"image_id": 102, "records": {}}', "records must be a list"),
+    ('{"image_id": 102}', "expected an object with image_id and records"),
+    ('[102, []]', "expected an object with image_id and records"),
+    ('{"image_id": 102, "records": [], "x": 1}', "expected an object with image_id and records"),
+    (_damaged(lambda e: e["records"][0]["keypoints"].__setitem__(4, float("nan"))),
+     "record 0: keypoints[4] is not a finite number, got nan"),
+    (_damaged(lambda e: e["records"][0]["keypoints"].pop()), "record 0: keypoints has 50 numbers"),
+    (_damaged(lambda e: e["records"][0].update(score="high")), "record 0: needs a finite number 'score'"),
+    (_damaged(lambda e: e["records"][0].update(image_id=103)), "a record of another image than 102"),
+    (_damaged(lambda e: e["records"][0].update(category_id=9)), "record 0: category_id 9 is not a category"),
+    ('{"image_id": 102, "records": [', "not JSON"),
+])
+def test_a_damaged_progress_line_is_refused_before_any_image_runs(run_files, tmp_path, monkeypatch, line, problem):
+    """image_id 1e400 was an OverflowError, a NaN keypoint a ValueError after the images were run."""
+    from refpose.data import evaluate
+
+    out = tmp_path / "res.json"
+    args = dict(weights=run_files / "tiny.safetensors", results_out=out, progress=False)
+    evaluate_images(run_files / "gt.json", run_files / "images", limit=1, **args)
+    progress = _progress_of(out)
+    header = progress.read_text().splitlines()[0]
+    progress.write_text(header + "\n" + json.dumps(_good_line()) + "\n" + line + "\n")
+    before = progress.read_bytes(), out.read_bytes()
+    monkeypatch.setattr(evaluate, "run_jobs", lambda *a, **k: pytest.fail("an image was run"))
+    with pytest.raises(DataError) as e:
+        evaluate_images(run_files / "gt.json", run_files / "images", **args)
+    assert str(e.value).startswith(f"{progress}: line 3 is damaged (") and problem in str(e.value)
+    assert str(e.value).endswith("); pass --restart to start over")
+    assert (progress.read_bytes(), out.read_bytes()) == before              # nothing changed
+
+
+def test_an_empty_or_torn_header_starts_over(run_files, fresh_run, tmp_path):
+    """A kill before the first line of the progress file was whole leaves nothing to resume."""
+    out = tmp_path / "res.json"
+    for content in (b"", b'{"format": "refpose-eval-pro'):
+        _progress_of(out).write_bytes(content)
+        run = evaluate_images(run_files / "gt.json", run_files / "images", weights=run_files / "tiny.safetensors",
+                              results_out=out, progress=False)
+        assert run.resumed == 0 and json.loads(out.read_text()) == fresh_run[1]
+
+
+def test_a_progress_file_deleted_during_the_run_loses_nothing(run_files, fresh_run, tmp_path, monkeypatch):
+    """`rm RES.json.progress.jsonl` while the run goes on: the results were written, then
+    FileNotFoundError (no figures, status 2)."""
+    from refpose.data import evaluate
+
+    out = tmp_path / "res.json"
+    run_jobs = evaluate.run_jobs
+
+    def deleting(*a, **k):
+        for n, item in enumerate(run_jobs(*a, **k)):
+            if n == 1:
+                _progress_of(out).unlink()
+            yield item
+    monkeypatch.setattr(evaluate, "run_jobs", deleting)
+    run = evaluate_images(run_files / "gt.json", run_files / "images", weights=run_files / "tiny.safetensors",
+                          results_out=out, progress=False)
+    assert run.stats == fresh_run[0].stats and json.loads(out.read_text()) == fresh_run[1]
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(run_files, tmp_path, capsys):
+    """Two runs appended to one progress file, and the first to finish deleted it under the other."""
+    from refpose.cli import main
+
+    out = tmp_path / "res.json"
+    with LineLog(_progress_of(out)):                      # the first run holds it
+        status = main(["eval", "--ann", str(run_files / "gt.json"), "--images", str(run_files / "images"),
+                       "--weights", str(run_files / "tiny.safetensors"), "--results-out", str(out)])
+    assert status == 2 and not out.exists()
+    assert capsys.readouterr().err == (f"refpose eval: error: {_progress_of(out)}: another `refpose eval` is writing "
+                                       "this progress file (the same --results-out); let it finish, or give another "
+                                       "--results-out\n")
+
+
+def test_workers_are_capped_at_the_cores(run_files, fresh_run, tmp_path, monkeypatch, capsys):
+    """`--workers 64` on a machine of fewer cores started 64 processes, each loading the model."""
+    from refpose.cli import main
+    from refpose.data import evaluate
+
+    monkeypatch.setattr(evaluate, "available_cores", lambda: 1)
+    out = tmp_path / "res.json"
+    assert main(["eval", "--ann", str(run_files / "gt.json"), "--images", str(run_files / "images"),
+                 "--weights", str(run_files / "tiny.safetensors"), "--results-out", str(out), "--workers", "64"]) == 0
+    err = capsys.readouterr().err
+    assert "refpose eval: warning: 64 workers asked for, 1 core here: running 1\n" in err
+    assert json.loads(out.read_text()) == fresh_run[1]

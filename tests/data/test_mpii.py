@@ -247,3 +247,39 @@ def test_a_coco_model_is_refused_for_mpii(tmp_path):
     with pytest.raises(P.DataError, match="predicts 17 keypoints; MPII needs 16"):
         P.evaluate_pckh(ann_path, mat_path, tmp_path / "images", config="tiny", results_out=tmp_path / "p.json")
     assert not (tmp_path / "p.json").exists()
+
+
+# --- a damaged or hostile .mat: one line, status 2 (issue 23, item 16) ------------------------------
+def _cell(values):
+    """A MATLAB cell array holding each value of a NumPy array (scipy writes object arrays as cells)."""
+    cell = np.empty(values.shape, dtype=object)
+    for index in np.ndindex(values.shape):
+        cell[index] = values[index]
+    return cell
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda mat: mat.update(pos_gt_src=_cell(mat["pos_gt_src"])), "pos_gt_src must be a numeric array, got a cell array"),
+    (lambda mat: mat.update(jnt_missing=_cell(mat["jnt_missing"])), "jnt_missing must be a numeric array, got a cell array"),
+    (lambda mat: mat.update(headboxes_src=_cell(mat["headboxes_src"])), "headboxes_src must be a numeric array"),
+    (lambda mat: mat.update(jnt_missing=np.where(mat["jnt_missing"] == 1, np.nan, 0.0)),
+     "jnt_missing must hold 0 (visible) or 1 (missing), found nan"),
+    (lambda mat: mat.update(jnt_missing=mat["jnt_missing"] * 2), "jnt_missing must hold 0 (visible) or 1 (missing), found 2"),
+])
+def test_a_mat_with_cells_or_nan_is_one_line(tmp_path, capsys, change, words):
+    """Was a ValueError traceback (cells), or "n/a" for every figure with exit 0 (NaN jnt_missing)."""
+    mat, pred, gt, missing, diag = synthetic()
+    change(mat)
+    mat_path, ann_path, res_path = write_files(tmp_path, mat, pred, len(diag))
+    assert main(["eval", "--metric", "pckh", "--ann", str(ann_path), "--gt", str(mat_path),
+                 "--results", str(res_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and words in err, err
+
+
+def test_a_named_pipe_as_the_mat_is_refused_not_waited_on(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "gt.mat")
+    with pytest.raises(P.DataError, match=r"gt.mat: a named pipe \(FIFO\), not a regular file"):
+        P.load_ground_truth(tmp_path / "gt.mat")

@@ -262,3 +262,19 @@ def test_image_ids_are_the_numeric_file_stems_so_infer_records_score(tmp_path, c
     assert sorted(r["image_id"] for r in records) == [1, 2, 3]
     (tmp_path / "res.json").write_text(json.dumps(records))
     assert main(["eval", "--ann", str(out / "annotations.json"), "--results", str(tmp_path / "res.json")]) == 0
+
+
+def test_force_through_a_symbolic_link_writes_where_it_points(tmp_path, capsys):
+    """`refpose synth link --force` with `link` a link to a folder: the dataset was written, then
+    "Cannot call rmtree on a symbolic link" (status 2), and a stray .link.<hex>.old stayed."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "old.txt").write_text("x")
+    os.symlink("real", tmp_path / "link")
+    assert main(["synth", str(tmp_path / "link"), "--images", "1", "--force", "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'link'}: 1 images")
+    assert os.readlink(tmp_path / "link") == "real"                       # the link stays a link
+    assert sorted(os.listdir(tmp_path / "real")) == ["annotations.json", "images"]
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"]                # nothing stray
+    os.symlink("nowhere", tmp_path / "broken")
+    assert main(["synth", str(tmp_path / "broken"), "--images", "1", "--quiet"]) == 2
+    assert capsys.readouterr().err == f"refpose synth: error: {tmp_path / 'broken'}: broken symbolic link (to nowhere)\n"

@@ -256,3 +256,77 @@ def test_a_model_of_another_config_is_refused(exports, tmp_path):
                                            r"was exported for config 'tiny'"):
         build_suite(backend=f"onnx:{exports / 'good.onnx'}", weights=str(tmp_path / "made.safetensors"),
                     config="wgnet-c")
+
+
+# --- usage errors: one line from pytest (status 4), never INTERNALERROR (issue 23, item 17) ----------
+def _usage_error_line(status, out, words):
+    assert status == 4, out[-2000:]                           # pytest's usage error, not 3 (internal error)
+    assert "INTERNALERROR" not in out and "Traceback" not in out, out[-2000:]
+    lines = [line for line in out.splitlines() if "refpose conformance:" in line]
+    assert len(lines) == 1 and words in lines[0], out[-2000:]
+
+
+@pytest.mark.parametrize("code, words", [
+    ("raise RuntimeError('no GPU here')\n", "importing 'port_mod' raised RuntimeError: no GPU here"),
+    ("def make(weights, config):\n    raise ValueError('bad weights')\n", "the factory raised ValueError: bad weights"),
+    ("make = 3\n", "port_mod has no callable 'make'"),
+])
+def test_a_python_port_that_fails_to_load_is_a_usage_error(tmp_path, weights_file, code, words):
+    (tmp_path / "port_mod.py").write_text(code)
+    status, out = run_suite(tmp_path, "--refpose-backend", "python:port_mod:make", "--refpose-weights", weights_file)
+    _usage_error_line(status, out, words)
+
+
+def test_a_python_port_that_raises_on_an_input_fails_its_cases_in_one_line(tmp_path, monkeypatch, weights_file):
+    (tmp_path / "raising_port.py").write_text("def make():\n    def run(x):\n        raise MemoryError()\n"
+                                              "    return run\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    suite = build_suite(backend="python:raising_port:make", weights=str(weights_file))
+    status, message = verdicts(suite, Case("tiny", "fp32", 1, "normal0"))["stem"]
+    assert status == "fail" and message.endswith("python:raising_port:make raised MemoryError on input (1, 3, 128, 96)")
+
+
+def _golden_with(tmp_path, weights_file, **changes):
+    """A golden file of two inputs with some arrays replaced, and the port's outputs for it."""
+    dump(weights_file, tmp_path / "g.npz", n=2, seed=0)
+    with np.load(tmp_path / "g.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(tmp_path / "theirs.npz", heatmaps=arrays["heatmaps"].astype(np.float32))
+    arrays.update(changes)
+    np.savez(tmp_path / "g.npz", **arrays)
+    return tmp_path / "g.npz", tmp_path / "theirs.npz"
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"config": np.array("{not json")}, "'config' is not a refpose config"),
+    ({"config": np.array("[1, 2]")}, "'config' is not a refpose config"),
+    ({"config": np.array(["tiny", "wgnet"])}, "'config' must be the config as a JSON string"),
+    ({"seed": np.array([1, 2])}, "'seed' must be one integer, got an array of shape (2,)"),
+    ({"seed": np.array(0.5)}, "'seed' must be one integer"),
+    ({"input": np.array(1.0)}, "'input' must have shape (N, 3, H, W) with N >= 1, got ()"),
+    ({"input": np.zeros((0, 3, 128, 96))}, "'input' must have shape (N, 3, H, W) with N >= 1"),
+    ({"s2": np.array("text")}, "'s2' has shape ()"),
+    ({"format": np.array(["refpose-oracle/1"] * 2)}, "not a refpose golden file"),
+])
+def test_a_damaged_golden_file_is_one_data_error(tmp_path, weights_file, changes, words):
+    """A golden file whose config is not JSON, a seed of shape (2,), a 0-d input: INTERNALERROR before."""
+    golden, theirs = _golden_with(tmp_path, weights_file, **changes)
+    with pytest.raises(DataError, match=re.escape(words)):
+        build_suite(golden=str(golden), outputs=str(theirs))
+
+
+def test_a_damaged_golden_file_through_pytest_is_a_usage_error(tmp_path, weights_file):
+    golden, theirs = _golden_with(tmp_path, weights_file, seed=np.array([1, 2]))
+    status, out = run_suite(tmp_path, "--refpose-golden", golden, "--refpose-outputs", theirs)
+    _usage_error_line(status, out, "'seed' must be one integer, got an array of shape (2,)")
+
+
+@pytest.mark.parametrize("outputs, words", [
+    ({"heatmaps": np.array(1.0)}, "'heatmaps' must be an NCHW array of floating-point numbers, got shape ()"),
+    ({"heatmaps": np.array(["a", "b"])}, "'heatmaps' must be an NCHW array of floating-point numbers"),
+])
+def test_a_damaged_outputs_file_is_one_data_error(tmp_path, weights_file, outputs, words):
+    golden, theirs = _golden_with(tmp_path, weights_file)
+    np.savez(theirs, **outputs)
+    with pytest.raises(DataError, match=re.escape(words)):
+        build_suite(golden=str(golden), outputs=str(theirs))

@@ -194,6 +194,23 @@ def test_load_dump_rejects_other_files(tmp_path, tiny_file):
         load_dump(tmp_path / "other.npz")
     with pytest.raises(DataError, match="not a readable"):
         load_dump(tiny_file)
+    import os
+
+    os.mkfifo(tmp_path / "fifo.npz")
+    with pytest.raises(DataError, match=r"fifo.npz: a named pipe \(FIFO\), not a regular file"):
+        load_dump(tmp_path / "fifo.npz")
+
+
+def test_a_golden_file_that_unpacks_beyond_the_limit_is_refused_before_unpacking(tmp_path, monkeypatch):
+    """A compressed .npz is a zip bomb (~1000x smaller on disk than in memory): bounded as weights are."""
+    import refpose.porting.oracle as oracle_module
+
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, input=np.zeros(10 ** 6, np.float32))       # 4 MB unpacked, a few KB packed
+    monkeypatch.setattr(oracle_module, "MAX_GOLDEN_BYTES", 10 ** 6)
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("unpacked"))
+    with pytest.raises(DataError, match=r"bomb.npz: unpacks to 4,000,\d+ bytes, more than the 1,000,000"):
+        load_dump(path)
 
 
 # --- `refpose oracle --onnx` -----------------------------------------------------------------------
@@ -325,6 +342,7 @@ def tiny_graph(path, input_name="input", input_shape=("N", 3, 128, 96), config=N
     ("config", r"tiny\.safetensors: weights for config 'tiny', but .* exported for config 'wgnet'"),
     ("garbage", r"not a loadable ONNX model"),
     ("missing", r"no such ONNX file"),
+    ("fifo", r"model.onnx: a named pipe \(FIFO\), not a regular file"),     # was a hang, then "no such file"
 ])
 def test_bad_onnx_files(tmp_path, tiny_file, capsys, case, pattern):
     pytest.importorskip("onnxruntime", reason="the oracle runs ONNX files with ONNX Runtime")
@@ -337,6 +355,10 @@ def test_bad_onnx_files(tmp_path, tiny_file, capsys, case, pattern):
         tiny_graph(path, config="wgnet")
     elif case == "garbage":
         path.write_bytes(b"not a protobuf at all")
+    elif case == "fifo":
+        import os
+
+        os.mkfifo(path)
     status, out, err = oracle(capsys, "--onnx", path, "--weights", tiny_file)
     assert status == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("refpose oracle: error: ")

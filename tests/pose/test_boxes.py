@@ -1,6 +1,7 @@
 """Person detections (refpose/detections.py): reading a COCO detection-results file and the
 one rule that matches its records to an image."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -88,3 +89,22 @@ def test_boxes_for_image_as_infer_takes_them():
     boxes, scores, image_id = boxes_for_image("a.jpg", bbox=[[0, 0, 5, 5]])
     assert boxes.tolist() == [[0, 0, 5, 5]] and scores is None and image_id is None
     assert boxes_for_image("a.jpg")[0] is None                               # the whole image
+
+
+@pytest.mark.parametrize("name", ["²³.jpg", "٣.jpg", "①.png", "１２.jpg"])
+def test_a_stem_of_non_ascii_digits_is_no_image_id(name):
+    """'²³'.isdigit() is true but int('²³') is a ValueError (was a traceback that stopped the batch)."""
+    assert image_keys(name) == [name]
+    assert boxes_for_image(name)[2] is None
+
+
+def test_cli_a_folder_with_a_superscript_digit_name_runs_every_image(tmp_path, capfd):
+    import cv2
+
+    from refpose.cli import main
+
+    for name in ("²³.jpg", "7.jpg"):
+        cv2.imwrite(str(tmp_path / name), np.full((40, 30, 3), 120, np.uint8))
+    assert main(["infer", str(tmp_path), "--config", "tiny", "--out", str(tmp_path / "out")]) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["7.pose.json", "7.pose.png", "²³.pose.json", "²³.pose.png"]
+    assert "Traceback" not in capfd.readouterr().err

@@ -5,6 +5,8 @@ so that every runtime keeps the input) and produces what a YOLOX or an MMDeploy 
 for persons placed by hand; the expected boxes are worked out below from the formats'
 definitions, then the decoder must recover them in original-image pixels.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -240,3 +242,97 @@ def test_yolox_nano_shaped_network_on_both_runtimes(tmp_path):
     centres = ort_boxes[:, :2] + ort_boxes[:, 2:] / 2
     assert np.all(np.abs(centres[:, 1] - 6.5 * 32 / r) < 3 * 32 / r)
     assert sorted(np.round((centres[:, 0] * r / 32 - 0.5) / 4)) == [1, 2]    # columns near 4 and 8
+
+
+# --- bad detector files: one DetectorError line each (issue 23, item 7) ------------------------------
+@pytest.mark.parametrize("data", [
+    b"\x3a\x02\x58\x01",                                    # graph whose input field 11 is a number (was TypeError)
+    b"\x3a\x0a\x5a\x08\x0a\xff\xff\xff\xff\xff\xff\x0f",    # an input name of ~2^48 bytes (was MemoryError)
+    b"\x3a\x0c\x5a\x0a\x0a" + b"\xff" * 11 + b"\x01",      # a varint longer than 64 bits
+    b"\x0a",                                                # a field key and nothing after it
+])
+def test_damaged_protobuf_is_one_detector_error(tmp_path, data):
+    path = tmp_path / "det.onnx"
+    path.write_bytes(data)
+    with pytest.raises(DetectorError, match="det.onnx: not an ONNX model"):
+        PersonDetector(path)
+
+
+def test_a_huge_declared_input_is_refused_before_anything_is_allocated(tmp_path):
+    """A file that declares 1x3x100000x100000 would have the letterbox allocate 28 GiB per image."""
+    path = constant_graph({"dets": MMDEPLOY_DETS, "labels": MMDEPLOY_LABELS}, input_name="input",
+                          input_shape=(1, 3, 100000, 100000), path=tmp_path / "end2end.onnx")
+    with pytest.raises(DetectorError, match=r"declares a 100000x100000 input, more than the 16,777,216 pixels"):
+        PersonDetector(path)
+
+
+@pytest.mark.parametrize("runtime", runtimes())
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_non_finite_detections_are_refused(tmp_path, runtime, value):
+    dets = MMDEPLOY_DETS.copy()
+    dets[0, 1, 4] = value                          # the score of one detection
+    path = constant_graph({"dets": dets, "labels": MMDEPLOY_LABELS}, input_name="input", path=tmp_path / "e.onnx")
+    with pytest.raises(DetectorError, match=r"e.onnx: the detector gave -?(inf|nan) in its MMDeploy dets at \(1, 4\)"):
+        make(path, runtime)(image())
+    pred = yolox_output()
+    pred[0, 19, 2] = value                         # a log-width
+    path = constant_graph({"output": pred}, path=tmp_path / "y.onnx")
+    with pytest.raises(DetectorError, match=r"y.onnx: the detector gave -?(inf|nan) in its YOLOX output at \(0, 19, 2\)"):
+        make(path, runtime)(image())
+
+
+@pytest.mark.parametrize("normalize, problem", [
+    ({"mean": [1, 2], "std": [1, 1, 1]}, "Normalize's mean must be 3 finite numbers"),
+    ({"mean": [1, 2, 3], "std": [1, 0, 1]}, "Normalize's std must be positive"),
+    ({"mean": [1, 2, 3], "std": [1, -1, 1]}, "Normalize's std must be positive"),
+    ({"mean": [1, 2, "x"], "std": [1, 1, 1]}, "Normalize's mean must be 3 finite numbers"),
+    ({"mean": [1, 2, 3]}, "Normalize's std must be 3 finite numbers"),
+    ({"mean": [1e400, 2, 3], "std": [1, 1, 1]}, "Normalize's mean must be 3 finite numbers"),
+])
+def test_pipeline_json_values_are_checked_when_read(graphs, tmp_path, normalize, problem):
+    import json
+    import shutil
+
+    shutil.copy(graphs["mmdeploy"], tmp_path / "end2end.onnx")
+    text = json.dumps({"pipeline": {"tasks": [{"transforms": [{"type": "Normalize", **normalize}]}]}})
+    (tmp_path / "pipeline.json").write_text(text.replace("Infinity", "1e400"))
+    with pytest.raises(DetectorError, match=f"pipeline.json: not an MMDeploy pipeline this reader understands: {problem}"):
+        PersonDetector(tmp_path / "end2end.onnx")
+
+
+def test_a_named_pipe_is_refused_not_waited_on(graphs, tmp_path):
+    """A FIFO as --detector, or as the pipeline.json beside it: opening it would block forever."""
+    import os
+    import shutil
+
+    os.mkfifo(tmp_path / "fifo.onnx")
+    with pytest.raises(DetectorError, match=r"fifo.onnx: a named pipe \(FIFO\), not a regular file"):
+        PersonDetector(tmp_path / "fifo.onnx")
+    shutil.copy(graphs["mmdeploy"], tmp_path / "end2end.onnx")
+    os.mkfifo(tmp_path / "pipeline.json")
+    with pytest.raises(DetectorError, match=r"pipeline.json: a named pipe \(FIFO\), not a regular file"):
+        PersonDetector(tmp_path / "end2end.onnx")
+
+
+def test_cli_a_detector_that_gives_inf_is_one_line_for_images_and_videos(tmp_path, capfd):
+    """`refpose infer IMAGE --detector` and a video with it: one error line, status 2, no output
+    (was "ValueError: Out of range float values" when the records were written)."""
+    import cv2
+    from refpose.cli import main
+
+    dets = MMDEPLOY_DETS.copy()
+    dets[0, 0, 4] = np.inf
+    det = constant_graph({"dets": dets, "labels": MMDEPLOY_LABELS}, input_name="input", path=tmp_path / "e.onnx")
+    cv2.imwrite(str(tmp_path / "a.png"), image())
+    writer = cv2.VideoWriter(str(tmp_path / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (IMAGE_W, IMAGE_H))
+    for _ in range(3):
+        writer.write(image())
+    writer.release()
+    for name in ("a.png", "v.avi"):
+        out = tmp_path / ("out-" + name)
+        status = main(["infer", str(tmp_path / name), "--config", "tiny", "--detector", str(det), "--out", str(out)])
+        err = capfd.readouterr().err
+        assert status == 2
+        lines = [line for line in err.splitlines() if "warning" not in line]
+        assert len(lines) == 1 and "the detector gave inf in its MMDeploy dets at (0, 4)" in lines[0], err
+        assert not out.exists() or os.listdir(out) == []

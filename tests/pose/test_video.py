@@ -232,3 +232,59 @@ def test_odd_size_loses_one_column_and_row(tmp_path, model):
     assert len(frames) == 3 and frames[0].shape == (48, 64, 3)
     (r,) = read_lines(tmp_path / "out" / "odd.pose.jsonl")[0]["records"]
     assert r["bbox"] == [0, 0, 65, 49]                          # records stay in the input's pixels
+
+
+# --- frames beyond the pixel limit, frame rates the output cannot take (issue 23, items 19, 25) ------
+def _mjpeg_avi(path, size=(W, H), frames=1, fps=FPS):
+    writer = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    for _ in range(frames):
+        writer.write(np.full((size[1], size[0], 3), 100, np.uint8))
+    writer.release()
+    return bytearray(path.read_bytes())
+
+
+def _declare(path, data, size=None, rate=None):
+    """Rewrite what an AVI's headers declare (RIFF AVI, Microsoft's AVI file format: the main
+    header avih, the stream header strh, the format strf = BITMAPINFOHEADER) and its JPEG frames' SOF."""
+    import struct
+
+    i, j, k = data.find(b"avih"), data.find(b"strf"), data.find(b"strh")
+    if size is not None:
+        struct.pack_into("<II", data, i + 8 + 32, *size)         # dwWidth, dwHeight
+        struct.pack_into("<ii", data, j + 8 + 4, *size)          # biWidth, biHeight
+        s = data.find(b"\xff\xc0")                               # the frame's baseline SOF: height, width
+        struct.pack_into(">HH", data, s + 5, size[1], size[0])
+    if rate is not None:
+        struct.pack_into("<II", data, k + 8 + 20, 1, rate)       # dwScale, dwRate: rate / scale frames/s
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_frame_beyond_the_pixel_limit_is_refused_before_decoding(tmp_path, model):
+    """A 15000x15000 JPEG as a one-frame MJPEG AVI (3.5 MB) was decoded (1.78 GB), then failed
+    with a message about the codec."""
+    path = _declare(tmp_path / "big.avi", _mjpeg_avi(tmp_path / "big.avi"), size=(15000, 15000))
+    with pytest.raises(VideoError, match=r"big.avi: frame too large: the container declares 15000x15000 pixels "
+                                         r"\(225,000,000\), more than the 200,000,000 allowed$"):
+        run_video(path, model, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_frame_rate_or_size_the_output_cannot_take_names_the_cause(tmp_path, model):
+    path = _declare(tmp_path / "fast.avi", _mjpeg_avi(tmp_path / "fast.avi"), rate=2 ** 31)
+    with pytest.raises(VideoError, match=r"fast.avi: the container declares 2,147,483,64\d frames per second; the "
+                                         r"output video \(codec mp4v\) takes 0.002 to 65,535$"):
+        run_video(path, model, tmp_path / "out", progress=False)
+    wide = tmp_path / "wide.avi"
+    _mjpeg_avi(wide, size=(9000, 16))
+    with pytest.raises(VideoError, match=r"wide.avi: frames of 9000x16 pixels; the output video \(codec mp4v\) "
+                                         r"takes at most 8190 pixels a side$"):
+        run_video(wide, model, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_heatmaps_with_a_video_says_it_saves_none(clip, tmp_path, capfd, tiny_weights):
+    """--heatmaps was silently ignored for a video."""
+    code, stdout, stderr = run([clip, "--weights", tiny_weights, "--heatmaps", "--out", tmp_path / "out"], capfd)
+    assert code == 0
+    assert stderr == f"refpose infer: note: {clip}: --heatmaps applies to images; no heatmaps are saved for a video\n"

@@ -46,6 +46,11 @@ def open_backend(spec: str, weights: str, config, taps: "dict[str, str] | None" 
     return PythonBackend(target, weights, get_config(config).name)
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 class PythonBackend:
     """A port in Python: `package.module:factory`, called as factory(weights, config) when it
     takes parameters, else factory(); it returns the callable the suite runs on float32 NCHW."""
@@ -60,11 +65,19 @@ class PythonBackend:
             module = importlib.import_module(module_name)
         except ImportError as e:
             raise BackendError(f"python:{target}: cannot import {module_name!r} ({e})") from None
+        except Exception as e:                    # the port's own code failed while importing
+            raise BackendError(f"python:{target}: importing {module_name!r} raised {_first_line(e)}") from None
         factory = getattr(module, attr, None)
         if not callable(factory):
             raise BackendError(f"python:{target}: {module_name} has no callable {attr!r}")
-        takes_args = bool(inspect.signature(factory).parameters)
-        self.fn = factory(weights, config_name) if takes_args else factory()
+        try:
+            takes_args = bool(inspect.signature(factory).parameters)
+        except (TypeError, ValueError):           # a builtin or a callable without a signature
+            takes_args = False
+        try:
+            self.fn = factory(weights, config_name) if takes_args else factory()
+        except Exception as e:                    # the port's factory failed
+            raise BackendError(f"python:{target}: the factory raised {_first_line(e)}") from None
         if not callable(self.fn):
             raise BackendError(f"python:{target}: the factory returned {type(self.fn).__name__}, not a callable")
         self.name = f"python:{target}"
@@ -73,4 +86,8 @@ class PythonBackend:
         """A port takes the weights it was given; nothing to check before running."""
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return as_taps(self.fn(np.ascontiguousarray(x, dtype=np.float32)))
+        try:
+            outputs = self.fn(np.ascontiguousarray(x, dtype=np.float32))
+        except Exception as e:                    # the port failed on this input: its case fails, in one line
+            raise BackendError(f"{self.name} raised {_first_line(e)} on input {x.shape}") from None
+        return as_taps(outputs)

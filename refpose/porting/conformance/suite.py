@@ -16,7 +16,9 @@ import numpy as np
 from ...config import CONFIGS, WGNetConfig, get_config
 from ...errors import DataError, RefposeError, WeightsError
 from ..onnx_export import OUTPUT_NAME, TAP_OUTPUTS
-from ..oracle import Comparison, compare, load_dump, make_inputs, read_npz, reference_model, stated_tolerance
+from ...fileio import read_npz
+from ..oracle import (MAX_GOLDEN_BYTES, Comparison, compare, load_dump, make_inputs, reference_model,
+                      stated_tolerance)
 
 BATCHES = (1, 2, 3)
 INPUT_KINDS = ("normal0", "normal1", "photo", "zeros", "plus5sigma", "minus5sigma")
@@ -241,11 +243,15 @@ def build_suite(backend: str | None = None, weights: str | None = None, config: 
 
 def read_outputs(path: str, n: int) -> dict[str, np.ndarray]:
     """A port's outputs (.npz, no pickle): `heatmaps` and any of stem, s1..s4, d1..d3."""
-    arrays = read_npz(path, "outputs file")
+    arrays = read_npz(path, "outputs file", MAX_GOLDEN_BYTES)
     stray = [k for k in arrays if k not in STAGES and k != "input"]
     if stray or OUTPUT_NAME not in arrays:
         raise DataError(f"{path}: keys are {OUTPUT_NAME!r} and optionally {', '.join(TAP_OUTPUTS)} "
                         f"(and input); found {', '.join(arrays) or 'none'}")
+    odd = [k for k, a in arrays.items() if a.ndim != 4 or a.dtype.kind != "f"]
+    if odd:
+        raise DataError(f"{path}: {odd[0]!r} must be an NCHW array of floating-point numbers, got shape "
+                        f"{arrays[odd[0]].shape} ({arrays[odd[0]].dtype})")
     short = [k for k in arrays if k != "input" and len(arrays[k]) != n]
     if short:
         raise DataError(f"{path}: {short[0]!r} holds {len(arrays[short[0]])} outputs; the golden file has {n} inputs")
