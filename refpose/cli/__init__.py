@@ -25,7 +25,7 @@ EXIT_BROKEN_PIPE = 128 + 13               # SIGPIPE, as a shell reports it
 
 # modules of this package that define commands, in the order `--help` lists them: models ends
 # with `export` and oracle starts with `export-onnx`, so the two exports sit side by side
-COMMAND_MODULES = ("infer", "eval", "train", "synth", "models", "oracle", "bench")
+COMMAND_MODULES = ("infer", "eval", "train", "synth", "models", "quantize", "oracle", "bench")
 
 
 class Parser(argparse.ArgumentParser):
