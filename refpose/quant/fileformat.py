@@ -255,9 +255,17 @@ def int8_model(tensors: dict, meta: dict, config, source: str, impl: str = "fast
                            f"expected {FORMAT!r}); quantize a float file with `refpose quantize`")
     float_stages = float_stages_of(meta, source)
     check_int8_tensors(tensors, config, float_stages, source)
+    tensors = {k: _frozen(a) for k, a in tensors.items()}
     model = QuantizedWGNet(tensors, config, impl, float_stages)
     model.source = source
     return model
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """The model's own read-only copy (the fast path keeps what it packs from a read-only weight)."""
+    a = np.array(a, order="C", copy=True)
+    a.setflags(write=False)
+    return a
 
 
 def calibration_of(meta: dict) -> dict:

@@ -1,0 +1,222 @@
+"""Numba kernels of the int8 fast path. Each computes what its op in `refpose.quant.reference`
+computes, to the bit: integer sums are exact whatever their order, and the float steps are the
+same float32 / float64 operations in the same order (no fastmath: no contraction into fused
+multiply-adds, no reassociation). Compiled once, at first use, and cached on disk (`cache=True`).
+Each prange iteration writes its own rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..ops.jitcache import cache_kernels
+from . import simd
+from .simd import GROUP, LANES, TILE_ROWS, VNNI
+
+JIT = dict(cache=cache_kernels(__file__))
+PANEL = 3                       # vectors per panel: a TILE_ROWS x 3 tile, as the float kernels
+PARALLEL = {"prange": True, "comprehension": False, "setitem": False, "reduction": False, "numpy": False,
+            "stencil": False, "fusion": False, "inplace_binop": False}
+
+
+# --- matmul: int32 sums of the packed operands ----------------------------------------------------
+def padded(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def pack_weights(w: np.ndarray) -> np.ndarray:
+    """The flat layout `_matmul` reads, from int8 weights w (N, K): columns padded with zeros to
+    whole vectors, k to whole groups; panels of PANEL vectors (the last may be narrower), each
+    holding, for every k group, its columns' GROUP weights one column after another. int8 for
+    vpdpbusd, int16 for vpmaddwd."""
+    N, K = w.shape
+    Np, Kp = padded(N, LANES), padded(K, GROUP)
+    wp = np.zeros((Np, Kp), np.int8 if simd.VNNI else np.int16)
+    wp[:N, :K] = w
+    out = []
+    for n0 in range(0, Np, PANEL * LANES):
+        panel = wp[n0:n0 + PANEL * LANES]                               # (width, Kp)
+        width = len(panel)
+        out.append(panel.reshape(width, Kp // GROUP, GROUP).transpose(1, 0, 2).reshape(-1))   # (groups, width, GROUP)
+    return np.ascontiguousarray(np.concatenate(out))
+
+
+@njit(**JIT)
+def pack_rows(x, zx, rows, out):
+    """A (M, K) uint8 as the tiles read it, into out (rows, Kp) zeroed beyond x: the codes as they
+    are for vpdpbusd (the zero point is taken off the bias), x - zx as int16 for vpmaddwd."""
+    M, K = x.shape
+    for m in range(M):
+        for k in range(K):
+            if VNNI:
+                out[m, k] = x[m, k]
+            else:
+                out[m, k] = np.int16(x[m, k]) - np.int16(zx)
+
+
+@njit(parallel=PARALLEL, **JIT)
+def _matmul(a, Kp, wp, bias, y):
+    """y (Mp, Np) int32 = a (Mp, Kp) . w^T + bias, for wp = pack_weights(w); Mp a multiple of
+    TILE_ROWS, Np of LANES. One iteration per TILE_ROWS rows: every panel of them."""
+    Mp, Np = y.shape
+    K = Kp // GROUP
+    af, yf = a.reshape(-1), y.reshape(-1)
+    width = PANEL * LANES
+    for t in prange(Mp // TILE_ROWS):
+        r0 = t * TILE_ROWS
+        for n0 in range(0, Np, width):
+            cols = min(width, Np - n0)
+            A, C, E = (af, r0 * Kp, Kp), (yf, r0 * Np + n0, Np), (bias, n0)
+            B = (wp, n0 * Kp, cols * GROUP)
+            if cols == width:
+                simd.tile_dot(TILE_ROWS, PANEL, K, A, B, C, E)
+            elif cols == 2 * LANES:
+                simd.tile_dot(TILE_ROWS, 2, K, A, B, C, E)
+            else:
+                simd.tile_dot(TILE_ROWS, 1, K, A, B, C, E)
+
+
+@njit(parallel=PARALLEL, **JIT)
+def _requantize(acc, mult, zy, lo, hi, out):
+    """out (M, N) uint8 = clip(rint(float32(acc) * mult) + zy, lo, hi) for acc (M, >= N) int32
+    (`qdq.requantize`: the product in float32, ties to even)."""
+    M, N = out.shape
+    z, flo, fhi = np.float32(zy), np.float32(lo), np.float32(hi)
+    for m in prange(M):
+        for n in range(N):
+            v = np.rint(np.float32(acc[m, n]) * mult[n]) + z
+            out[m, n] = np.uint8(min(max(v, flo), fhi))
+
+
+@njit(parallel=PARALLEL, **JIT)
+def _to_float(acc, mult, out):
+    """out (M, N) float32 = float32(acc) * mult (the head's output)."""
+    M, N = out.shape
+    for m in prange(M):
+        for n in range(N):
+            out[m, n] = np.float32(acc[m, n]) * mult[n]
+
+
+# --- depthwise and transposed convolution ------------------------------------------------------
+@njit(parallel=PARALLEL, **JIT)
+def _depthwise(x, zx, w, bias, stride, acc):
+    """acc (N, Ho, Wo, C) int32 = bias + sum over the k x k taps inside the map of (x - zx) w;
+    x (N, H, W, C) uint8, w (k, k, C) int32. One output row per iteration."""
+    N, H, W, C = x.shape
+    k = w.shape[0]
+    _, Ho, Wo, _ = acc.shape
+    pad = k // 2
+    for r in prange(N * Ho):
+        n, oh = r // Ho, r % Ho
+        for ow in range(Wo):
+            a = acc[n, oh, ow]
+            for c in range(C):
+                a[c] = bias[c]
+            for i in range(k):
+                ih = oh * stride + i - pad
+                if ih < 0 or ih >= H:
+                    continue
+                for j in range(k):
+                    iw = ow * stride + j - pad
+                    if iw < 0 or iw >= W:
+                        continue
+                    xv, wv = x[n, ih, iw], w[i, j]
+                    for c in range(C):
+                        a[c] += (np.int32(xv[c]) - zx) * wv[c]
+
+
+@njit(parallel=PARALLEL, **JIT)
+def _scatter_taps(t, Cout, k, y):
+    """y (N, Hk, Wk, Cout) from t (N, H, W, >= Cout k k) int32, tap (a, b) of channel co at
+    column co*k*k + a*k + b: the transposed conv with kernel == stride."""
+    N, H, W, _ = t.shape
+    for r in prange(N * H):
+        n, h = r // H, r % H
+        for w in range(W):
+            for a in range(k):
+                for b in range(k):
+                    dst = y[n, h * k + a, w * k + b]
+                    for co in range(Cout):
+                        dst[co] = t[n, h, w, co * k * k + a * k + b]
+
+
+# --- elementwise and per-row float steps --------------------------------------------------------
+@njit(parallel=PARALLEL, **JIT)
+def _add(a, sa, za, b, sb, zb, sy, zy, out):
+    """out = quantize(dq(a) + dq(b)) over flat uint8 arrays (`reference.add`)."""
+    fza, fzb, fzy = np.float32(za), np.float32(zb), np.float32(zy)
+    lo, hi = np.float32(0), np.float32(255)
+    for i in prange(a.size):
+        v = (np.float32(a[i]) - fza) * sa + (np.float32(b[i]) - fzb) * sb
+        q = np.rint(v / sy) + fzy
+        out[i] = np.uint8(min(max(q, lo), hi))
+
+
+@njit(parallel=PARALLEL, **JIT)
+def _layer_norm(x, zx, sx, weight, bias, eps, sy, zy, out):
+    """LayerNorm of every row of x (M, C) uint8 into out (M, C) uint8 (`reference.layer_norm`)."""
+    M, C = x.shape
+    sx64 = np.float64(sx)
+    fzy, lo, hi = np.float32(zy), np.float32(0), np.float32(255)
+    for m in prange(M):
+        s1 = np.int64(0)
+        s2 = np.int64(0)
+        for c in range(C):
+            d = np.int64(x[m, c]) - zx
+            s1 += d
+            s2 += d * d
+        mean = np.float64(s1) / C
+        var = np.float64(C * s2 - s1 * s1) / (C * C)
+        inv = 1.0 / np.sqrt(var * (sx64 * sx64) + eps)
+        for c in range(C):
+            d = np.float64(np.int64(x[m, c]) - zx)
+            y = np.float32((d - mean) * sx64 * inv * weight[c] + bias[c])
+            q = np.rint(y / sy) + fzy
+            out[m, c] = np.uint8(min(max(q, lo), hi))
+
+
+@njit(parallel=PARALLEL, **JIT)
+def _attention(qkv, z, pix, heads, score_mult, score_zero, table, out_mult, out_zero, out):
+    """Multi-head attention in groups (`reference.attention`): qkv (P, 3C) uint8 pixel rows, pix
+    (G, T) the groups' pixels -> out (P, C) uint8. One (group, head) per iteration, which writes its
+    d channels of its T pixels."""
+    G, T = pix.shape
+    C = out.shape[1]
+    d = C // heads
+    zs, zo = np.float32(score_zero), np.float32(out_zero)
+    lo, hi = np.float32(0), np.float32(255)
+    for gh in prange(G * heads):
+        g, h = gh // heads, gh % heads
+        rows = pix[g]
+        q, k, v = np.empty((T, d), np.int32), np.empty((T, d), np.int32), np.empty((d, T), np.int32)
+        for t in range(T):
+            row = qkv[rows[t]]
+            for c in range(d):
+                q[t, c] = np.int32(row[h * d + c]) - z
+                k[t, c] = np.int32(row[C + h * d + c]) - z
+                v[c, t] = np.int32(row[2 * C + h * d + c]) - z
+        s = np.empty(T, np.int32)
+        p = np.empty(T, np.int32)
+        for i in range(T):
+            top = 0
+            for j in range(T):
+                acc = np.int32(0)
+                for c in range(d):
+                    acc += q[i, c] * k[j, c]
+                sc = np.int32(min(max(np.rint(np.float32(acc) * score_mult) + zs, lo), hi))
+                s[j] = sc
+                top = max(top, sc)
+            total = np.int64(0)
+            for j in range(T):
+                p[j] = table[top - s[j]]
+                total += p[j]
+            ftotal = np.float64(total)
+            for j in range(T):
+                p[j] = np.int32(np.rint(np.float64(np.int64(p[j]) * 255) / ftotal))
+            dst = out[rows[i]]
+            for c in range(d):
+                acc = np.int32(0)
+                vc = v[c]
+                for j in range(T):
+                    acc += p[j] * vc[j]
+                dst[h * d + c] = np.uint8(min(max(np.rint(np.float32(acc) * out_mult) + zo, lo), hi))
