@@ -26,7 +26,7 @@ from ..errors import InputShapeError, WeightsError
 
 RANGES = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
 WEIGHT_RANGE = (-127, 127)            # int8 weights, symmetric: -128 is never used (as ONNX Runtime)
-SOFTMAX_SCALE = np.float32(1 / 256)   # softmax and sigmoid outputs: uint8 with scale 1/256, zero point 0
+SOFTMAX_SCALE = np.float32(1 / 255)   # softmax and sigmoid outputs: uint8 over [0, 1], scale 1/255, zero point 0
 
 
 def check_finite(x: np.ndarray, what: str = "input") -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from ..ops.geometry import conv_out_size, partition, reverse
 from .qdq import SOFTMAX_SCALE, dequantize_linear, quantize_linear, requantize
 
-EXP_ONE = 1 << 16          # softmax numerators in fixed point: exp(0) = 65536
+EXP_ONE = 1 << 24          # softmax numerators in fixed point: exp(0) = 2^24
 
 
 def _centred(x: np.ndarray, zero_point) -> np.ndarray:
@@ -82,7 +82,7 @@ def layer_norm(x, px, weight, bias, eps, py) -> np.ndarray:
 
 
 def exp_table(score_scale) -> np.ndarray:
-    """int32 table of round(65536 exp(-s delta)) for delta = 0..255: the softmax numerator of a
+    """int32 table of round(2^24 exp(-s delta)) for delta = 0..255: the softmax numerator of a
     score delta codes below its row's maximum (scores quantized with scale s take 256 values)."""
     delta = np.arange(256, dtype=np.float64)
     return np.rint(EXP_ONE * np.exp(-np.float64(np.float32(score_scale)) * delta)).astype(np.int32)
@@ -96,7 +96,7 @@ def sigmoid_table(scale, zero_point) -> np.ndarray:
 
 def softmax_codes(scores: np.ndarray, table: np.ndarray) -> np.ndarray:
     """uint8 softmax (scale 1/255, zero point 0) along the last axis of uint8 scores:
-    e = table[max - score] (fixed point), p = round(255 e / sum e) in float64 (both exact integers,
+    e = table[max - score] (fixed point, 2^24 = 1), p = round(255 e / sum e) in float64 (both exact integers,
     one correctly rounded division)."""
     delta = scores.max(axis=-1, keepdims=True).astype(np.int32) - scores.astype(np.int32)
     e = table[delta].astype(np.int64)
