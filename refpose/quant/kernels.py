@@ -175,48 +175,88 @@ def _layer_norm(x, zx, sx, weight, bias, eps, sy, zy, out):
             out[m, c] = np.uint8(min(max(q, lo), hi))
 
 
+@njit(**JIT)
+def _pack16(w, n, k, out):
+    """`pack_weights` of the int16 matrix w[:n, :k] (GROUP 2) into the zeroed flat array out, inside
+    a kernel: the attention's k and v, laid out for the vpmaddwd tile."""
+    Np, Kp = (n + LANES - 1) // LANES * LANES, (k + 1) // 2 * 2
+    for n0 in range(0, Np, PANEL * LANES):
+        width = min(PANEL * LANES, Np - n0)
+        base = n0 * Kp
+        for j in range(min(width, n - n0)):
+            for kk in range(k):
+                out[base + (kk // 2) * width * 2 + j * 2 + kk % 2] = w[n0 + j, kk]
+
+
+@njit(**JIT)
+def _matmul16(a, Kp, wp, y):
+    """y (Mp, Np) int32 = a (Mp, Kp) int16 . w^T for wp = `_pack16(w)`, on the vpmaddwd tile, in
+    this thread; Mp a multiple of TILE_ROWS, Np of LANES."""
+    Mp, Np = y.shape
+    af, yf = a.reshape(-1), y.reshape(-1)
+    zero = np.zeros(Np, np.int32)
+    width = PANEL * LANES
+    K = Kp // 2
+    for r0 in range(0, Mp, TILE_ROWS):
+        for n0 in range(0, Np, width):
+            cols = min(width, Np - n0)
+            A, B, C, E = (af, r0 * Kp, Kp), (wp, n0 * Kp, cols * 2), (yf, r0 * Np + n0, Np), (zero, n0)
+            if cols == width:
+                simd.tile_dot(TILE_ROWS, PANEL, K, A, B, C, E)
+            elif cols == 2 * LANES:
+                simd.tile_dot(TILE_ROWS, 2, K, A, B, C, E)
+            else:
+                simd.tile_dot(TILE_ROWS, 1, K, A, B, C, E)
+
+
 @njit(parallel=PARALLEL, **JIT)
 def _attention(qkv, z, pix, heads, score_mult, score_zero, table, out_mult, out_zero, out):
     """Multi-head attention in groups (`reference.attention`): qkv (P, 3C) uint8 pixel rows, pix
     (G, T) the groups' pixels -> out (P, C) uint8. One (group, head) per iteration, which writes its
-    d channels of its T pixels."""
+    d channels of its T pixels. Both products run on the vpmaddwd tile: S = (q - z)(k - z)^T with
+    the centred codes as int16, and P (v - z) with the softmax codes (0..255) as int16."""
     G, T = pix.shape
     C = out.shape[1]
     d = C // heads
     zs, zo = np.float32(score_zero), np.float32(out_zero)
     lo, hi = np.float32(0), np.float32(255)
+    Tp, Tn, T2 = (T + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS, (T + LANES - 1) // LANES * LANES, (T + 1) // 2 * 2
+    dn, d2 = (d + LANES - 1) // LANES * LANES, (d + 1) // 2 * 2
     for gh in prange(G * heads):
         g, h = gh // heads, gh % heads
         rows = pix[g]
-        q, k, v = np.empty((T, d), np.int32), np.empty((T, d), np.int32), np.empty((d, T), np.int32)
+        q, k, vT = np.zeros((Tp, d2), np.int16), np.empty((T, d), np.int16), np.empty((d, T), np.int16)
         for t in range(T):
             row = qkv[rows[t]]
             for c in range(d):
-                q[t, c] = np.int32(row[h * d + c]) - z
-                k[t, c] = np.int32(row[C + h * d + c]) - z
-                v[c, t] = np.int32(row[2 * C + h * d + c]) - z
-        s = np.empty(T, np.int32)
-        p = np.empty(T, np.int32)
+                q[t, c] = np.int16(row[h * d + c]) - np.int16(z)
+                k[t, c] = np.int16(row[C + h * d + c]) - np.int16(z)
+                vT[c, t] = np.int16(row[2 * C + h * d + c]) - np.int16(z)
+        kp = np.zeros(Tn * d2, np.int16)
+        _pack16(k, T, d, kp)
+        s = np.empty((Tp, Tn), np.int32)
+        _matmul16(q, d2, kp, s)
+        p = np.zeros((Tp, T2), np.int16)
+        e = np.empty(T, np.int64)
         for i in range(T):
+            si = s[i]
             top = 0
             for j in range(T):
-                acc = np.int32(0)
-                for c in range(d):
-                    acc += q[i, c] * k[j, c]
-                sc = np.int32(min(max(np.rint(np.float32(acc) * score_mult) + zs, lo), hi))
-                s[j] = sc
+                sc = np.int32(min(max(np.rint(np.float32(si[j]) * score_mult) + zs, lo), hi))
+                si[j] = sc
                 top = max(top, sc)
             total = np.int64(0)
             for j in range(T):
-                p[j] = table[top - s[j]]
-                total += p[j]
+                e[j] = table[top - si[j]]
+                total += e[j]
             ftotal = np.float64(total)
             for j in range(T):
-                p[j] = np.int32(np.rint(np.float64(np.int64(p[j]) * 255) / ftotal))
+                p[i, j] = np.int16(np.rint(np.float64(e[j] * 255) / ftotal))
+        vp = np.zeros(dn * T2, np.int16)
+        _pack16(vT, d, T, vp)
+        o = np.empty((Tp, dn), np.int32)
+        _matmul16(p, T2, vp, o)
+        for i in range(T):
             dst = out[rows[i]]
             for c in range(d):
-                acc = np.int32(0)
-                vc = v[c]
-                for j in range(T):
-                    acc += p[j] * vc[j]
-                dst[h * d + c] = np.uint8(min(max(np.rint(np.float32(acc) * out_mult) + zo, lo), hi))
+                dst[h * d + c] = np.uint8(min(max(np.rint(np.float32(o[i, c]) * out_mult) + zo, lo), hi))

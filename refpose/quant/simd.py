@@ -64,13 +64,18 @@ def tile_dot(typingctx, rows, nvec, K, A, B, C, epilogue):
     r < rows and j < nvec * LANES (int32, exact); `rows`, `nvec` compile-time constants; K counts
     k groups. Arrays are contiguous and addressed by flat element offsets (the caller checks the
     bounds); A's row is read GROUP elements at a time (one broadcast lane), B one vector per
-    LANES columns; c is written once, at the end."""
+    LANES columns; c is written once, at the end. uint8 A and int8 B take the vpdpbusd body (GROUP 4,
+    only where the CPU has it), int16 A and B the vpmaddwd body (GROUP 2, every AVX2 CPU: the
+    attention's products, whose factors do not fit a signed byte, always take it)."""
     if not (isinstance(rows, types.IntegerLiteral) and isinstance(nvec, types.IntegerLiteral)):
         return None
     if not isinstance(K, types.Integer) or not all(_is_operand(t, k) for t, k in zip((A, B, C, epilogue),
                                                                                     OPERANDS.values())):
         return None
-    ea, eb = _element(VNNI)
+    vnni = A.types[0].dtype == types.uint8          # the body follows the operands: bytes need vpdpbusd
+    if vnni and not VNNI:
+        return None
+    ea, eb = _element(vnni)
     if (A.types[0].dtype, B.types[0].dtype, C.types[0].dtype, epilogue.types[0].dtype) != (ea, eb, types.int32,
                                                                                            types.int32):
         return None
@@ -86,7 +91,7 @@ def tile_dot(typingctx, rows, nvec, K, A, B, C, epilogue):
         operands = [scalar(args[2], signature.args[2])]                  # K, then the members in order
         for value, ty in zip(args[3:], signature.args[3:]):
             operands += [scalar(v, t) for v, t in zip(cgutils.unpack_tuple(builder, value, len(ty)), ty.types)]
-        fn = _tile_function(builder.module, R, V, context.get_value_type(types.intp), VNNI)
+        fn = _tile_function(builder.module, R, V, context.get_value_type(types.intp), vnni)
         builder.call(fn, operands)
         return context.get_dummy_value()
 
