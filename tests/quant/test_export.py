@@ -79,3 +79,16 @@ def test_tolerances_grow_with_the_quantizers_before_the_tap(int8_file):
     assert all(n[a] < n[b] for a, b in zip(refpose.TAPS[:-2], refpose.TAPS[1:-1]))
     tol = report.tolerances(refpose.load(int8_file, impl="reference"))
     assert tol["stem"] == pytest.approx(4 * np.sqrt(5))
+
+
+@pytest.mark.onnx
+def test_conformance_suite_checks_an_int8_port_against_the_int8_oracle(int8_file, qdq_model):
+    pytest.importorskip("onnxruntime")
+    from refpose.porting.conformance.suite import Case, build_suite
+
+    suite = build_suite(backend=f"onnx:{qdq_model}", weights=int8_file)
+    assert suite.precision == "int8" and suite.int8 is not None and suite.rtol[0] == 1.0
+    case = Case("tiny", "int8", 2, "photo")
+    result = suite.comparison(case)
+    assert [t.name for t in result.taps] == list(refpose.TAPS)
+    assert all(np.isfinite(t.rel_err) for t in result.taps)
