@@ -43,8 +43,8 @@ def _matmul_acc(x2: np.ndarray, zx, w2: np.ndarray, b: np.ndarray) -> np.ndarray
     M, K = x2.shape
     N = w2.shape[0]
     Mp, Kp = kernels.padded(M, simd.TILE_ROWS), kernels.padded(K, simd.GROUP)
-    a = np.zeros((Mp, Kp), np.uint8 if simd.VNNI else np.int16)
-    kernels.pack_rows(x2, np.int32(zx), M, a)
+    a = np.empty((Mp, Kp), np.uint8 if simd.VNNI else np.int16)
+    kernels.pack_rows(x2, np.int32(zx), a)
     y = np.empty((Mp, kernels.padded(N, simd.LANES)), np.int32)
     kernels._matmul(a, Kp, _packed(w2), _bias(w2, b, zx, N), y)
     return y

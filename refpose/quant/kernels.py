@@ -41,17 +41,25 @@ def pack_weights(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(out))
 
 
-@njit(**JIT)
-def pack_rows(x, zx, rows, out):
-    """A (M, K) uint8 as the tiles read it, into out (rows, Kp) zeroed beyond x: the codes as they
+@njit(parallel=PARALLEL, **JIT)
+def pack_rows(x, zx, out):
+    """A (M, K) uint8 as the tiles read it, into out (Mp, Kp), zeros beyond x: the codes as they
     are for vpdpbusd (the zero point is taken off the bias), x - zx as int16 for vpmaddwd."""
     M, K = x.shape
-    for m in range(M):
+    Mp, Kp = out.shape
+    for m in prange(Mp):
+        o = out[m]
+        if m >= M:
+            o[:] = 0
+            continue
+        xm = x[m]
         for k in range(K):
             if VNNI:
-                out[m, k] = x[m, k]
+                o[k] = xm[k]
             else:
-                out[m, k] = np.int16(x[m, k]) - np.int16(zx)
+                o[k] = np.int16(xm[k]) - np.int16(zx)
+        for k in range(K, Kp):
+            o[k] = 0
 
 
 @njit(parallel=PARALLEL, **JIT)
