@@ -15,6 +15,8 @@ from .simd import GROUP, LANES, TILE_ROWS, VNNI
 
 JIT = dict(cache=cache_kernels(__file__))
 PANEL = 3                       # vectors per panel: a TILE_ROWS x 3 tile, as the float kernels
+ROW_CHUNK = 64                  # rows per work item (a multiple of TILE_ROWS), as the float kernels
+MIN_ITEMS = 8                   # fewer row chunks than this: the panels are split between items too
 PARALLEL = {"prange": True, "comprehension": False, "setitem": False, "reduction": False, "numpy": False,
             "stencil": False, "fusion": False, "inplace_binop": False}
 
@@ -65,23 +67,32 @@ def pack_rows(x, zx, out):
 @njit(parallel=PARALLEL, **JIT)
 def _matmul(a, Kp, wp, bias, y):
     """y (Mp, Np) int32 = a (Mp, Kp) . w^T + bias, for wp = pack_weights(w); Mp a multiple of
-    TILE_ROWS, Np of LANES. One iteration per TILE_ROWS rows: every panel of them."""
+    TILE_ROWS, Np of LANES. One work item per ROW_CHUNK rows and group of panels (groups only when
+    there are few chunks, so that both threads have work): panel by panel, the chunk's tiles, so
+    that a panel stays in cache while its tiles read it."""
     Mp, Np = y.shape
     K = Kp // GROUP
     af, yf = a.reshape(-1), y.reshape(-1)
     width = PANEL * LANES
-    for t in prange(Mp // TILE_ROWS):
-        r0 = t * TILE_ROWS
-        for n0 in range(0, Np, width):
+    n_panels = (Np + width - 1) // width
+    chunks = (Mp + ROW_CHUNK - 1) // ROW_CHUNK
+    groups = 1 if chunks >= MIN_ITEMS else min(n_panels, (MIN_ITEMS + chunks - 1) // chunks)
+    per_group = (n_panels + groups - 1) // groups
+    for item in prange(chunks * groups):
+        c, grp = item // groups, item % groups
+        r_lo, r_hi = c * ROW_CHUNK, min(Mp, c * ROW_CHUNK + ROW_CHUNK)
+        for p in range(grp * per_group, min(n_panels, grp * per_group + per_group)):
+            n0 = p * width
             cols = min(width, Np - n0)
-            A, C, E = (af, r0 * Kp, Kp), (yf, r0 * Np + n0, Np), (bias, n0)
-            B = (wp, n0 * Kp, cols * GROUP)
-            if cols == width:
-                simd.tile_dot(TILE_ROWS, PANEL, K, A, B, C, E)
-            elif cols == 2 * LANES:
-                simd.tile_dot(TILE_ROWS, 2, K, A, B, C, E)
-            else:
-                simd.tile_dot(TILE_ROWS, 1, K, A, B, C, E)
+            B, E = (wp, n0 * Kp, cols * GROUP), (bias, n0)
+            for r0 in range(r_lo, r_hi, TILE_ROWS):
+                A, C = (af, r0 * Kp, Kp), (yf, r0 * Np + n0, Np)
+                if cols == width:
+                    simd.tile_dot(TILE_ROWS, PANEL, K, A, B, C, E)
+                elif cols == 2 * LANES:
+                    simd.tile_dot(TILE_ROWS, 2, K, A, B, C, E)
+                else:
+                    simd.tile_dot(TILE_ROWS, 1, K, A, B, C, E)
 
 
 @njit(parallel=PARALLEL, **JIT)
@@ -257,9 +268,9 @@ def _attention(qkv, z, pix, heads, score_mult, score_zero, table, out_mult, out_
             for j in range(T):
                 e[j] = table[top - si[j]]
                 total += e[j]
-            ftotal = np.float64(total)
+            r = 255.0 / np.float64(total)
             for j in range(T):
-                p[i, j] = np.int16(np.rint(np.float64(e[j] * 255) / ftotal))
+                p[i, j] = np.int16(np.rint(np.float64(e[j]) * r))
         vp = np.zeros(dn * T2, np.int16)
         _pack16(vT, d, T, vp)
         o = np.empty((Tp, dn), np.int32)

@@ -96,12 +96,12 @@ def sigmoid_table(scale, zero_point) -> np.ndarray:
 
 def softmax_codes(scores: np.ndarray, table: np.ndarray) -> np.ndarray:
     """uint8 softmax (scale 1/255, zero point 0) along the last axis of uint8 scores:
-    e = table[max - score] (fixed point, 2^24 = 1), p = round(255 e / sum e) in float64 (both exact integers,
-    one correctly rounded division)."""
+    e = table[max - score] (fixed point, 2^24 = 1, exact integers), then in float64 r = 255 / sum e
+    once per row and p = round(e r), ties to even."""
     delta = scores.max(axis=-1, keepdims=True).astype(np.int32) - scores.astype(np.int32)
     e = table[delta].astype(np.int64)
-    total = e.sum(axis=-1, keepdims=True)
-    return np.rint((e * 255).astype(np.float64) / total.astype(np.float64)).astype(np.uint8)
+    r = 255.0 / e.sum(axis=-1, keepdims=True).astype(np.float64)
+    return np.rint(e.astype(np.float64) * r).astype(np.uint8)
 
 
 def attention(qkv, z, heads, kind, window, patch, score_mult, score_zero, table, out_mult, out_zero) -> np.ndarray:

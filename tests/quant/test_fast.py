@@ -107,10 +107,10 @@ def test_attention_same_integers(kind, hw, window, heads, batch):
 
 
 def test_softmax_codes_by_hand():
-    # two keys at the same score: 65536 each, p = 255 * 65536 / 131072 = 127.5 -> 128 (even)
+    # two keys at the same score: 2^24 each, p = 2^24 * (255 / 2^25) = 127.5 exactly -> 128 (even)
     table = reference.exp_table(np.float32(1.0))
     assert reference.softmax_codes(np.array([[9, 9]], np.uint8), table).tolist() == [[128, 128]]
-    # one key far below: table[255] = round(65536 e^-255) = 0 -> [255, 0]
+    # one key far below: table[255] = round(2^24 e^-255) = 0 -> [255, 0]
     assert reference.softmax_codes(np.array([[200, 0]], np.uint8), table).tolist() == [[255, 0]]
 
 
