@@ -22,31 +22,35 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 
 def _packed(w: np.ndarray) -> np.ndarray:
-    """The weights (Cout, Cin) packed for the tiles, kept while the read-only weight lives."""
+    """The weights (Cout, Cin[, 1, 1]) packed for the tiles, kept while the read-only weight lives
+    (`_kept` is keyed by the array itself: pass the model's weight, not a view made per call)."""
     return _kept(w, "q" + ("vnni" if simd.VNNI else "wd"), lambda: kernels.pack_weights(w.reshape(len(w), -1)))
 
 
-def _bias(w: np.ndarray, b: np.ndarray, zx, rows: int) -> np.ndarray:
+def _bias(w: np.ndarray, b: np.ndarray, zx) -> np.ndarray:
     """The bias as the tiles add it, padded to the packed columns: with vpdpbusd, the zero point's
     share zx * sum_k w[j, k] is taken off it (A holds the raw codes)."""
+    rows = len(w)
+
     def make():
         out = np.zeros(kernels.padded(rows, simd.LANES), np.int32)
         out[:rows] = b
         if simd.VNNI:
             out[:rows] -= np.int32(zx) * w.reshape(rows, -1).astype(np.int32).sum(axis=1)
-        return out
+        return _frozen(out)
     return _kept(w, f"qbias{int(zx)}", make)
 
 
 def _matmul_acc(x2: np.ndarray, zx, w2: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """int32 (Mp, Np) = (x - zx) w2^T + b for x2 (M, K) uint8, w2 (N, K) int8, padded rows and columns."""
+    """int32 (Mp, Np) = (x - zx) w2^T + b for x2 (M, K) uint8, w2 (N, K[, 1, 1]) int8 (a read-only
+    array that lives as long as the model: what is packed from it is kept), padded rows and columns."""
     M, K = x2.shape
     N = w2.shape[0]
     Mp, Kp = kernels.padded(M, simd.TILE_ROWS), kernels.padded(K, simd.GROUP)
     a = np.empty((Mp, Kp), np.uint8 if simd.VNNI else np.int16)
     kernels.pack_rows(x2, np.int32(zx), a)
     y = np.empty((Mp, kernels.padded(N, simd.LANES)), np.int32)
-    kernels._matmul(a, Kp, _packed(w2), _bias(w2, b, zx, N), y)
+    kernels._matmul(a, Kp, _packed(w2), _bias(w2, b, zx), y)
     return y
 
 
@@ -69,21 +73,22 @@ def conv(x, zx, w, bias, kind, stride, mult, zy, lo=0, hi=255) -> np.ndarray:
     elif kind == "transposed":
         _, Cout, k, _ = w.shape
         w2 = _kept(w, "qtaps", lambda: _frozen(np.ascontiguousarray(w.reshape(Cin, Cout * k * k).T)))   # (Cout k k, Cin)
-        taps = _matmul_acc(x.reshape(-1, Cin), zx, w2, _kept(w, "qzeros", lambda: _frozen(np.zeros(Cout * k * k, np.int32))))
+        taps = _matmul_acc(np.ascontiguousarray(x).reshape(-1, Cin), zx, w2,
+                           _kept(w, "qzeros", lambda: _frozen(np.zeros(Cout * k * k, np.int32))))
         taps = taps[:N * H * W].reshape(N, H, W, -1)
         y = np.empty((N, H * k, W * k, Cout), np.int32)
         kernels._scatter_taps(taps, Cout, k, y)
         acc = y.reshape(-1, Cout) + bias
         Ho, Wo = H * k, W * k
     else:
-        Cout, _, k, _ = w.shape
+        Cout, k = w.shape[0], (w.shape[2] if w.ndim == 4 else 1)
         if k != 1:
             from .reference import conv as reference_conv
             return reference_conv(x, zx, w, bias, kind, stride, mult, zy, lo, hi)
         if stride != 1:
             x = x[:, ::stride, ::stride]
         _, Ho, Wo, _ = x.shape
-        acc = _matmul_acc(np.ascontiguousarray(x).reshape(-1, Cin), zx, w.reshape(Cout, Cin), bias)
+        acc = _matmul_acc(np.ascontiguousarray(x).reshape(-1, Cin), zx, w, bias)
     out = np.empty((N * Ho * Wo, Cout), np.uint8)
     kernels._requantize(acc, _mult(mult, Cout), np.int32(zy), np.int32(lo), np.int32(hi), out)
     return out.reshape(N, Ho, Wo, Cout)
@@ -93,7 +98,7 @@ def conv_float(x, zx, w, bias, out_mult) -> np.ndarray:
     """`reference.conv_float` (the head): the tiles, then float32(acc) * out_mult."""
     N, H, W, Cin = x.shape
     Cout = w.shape[0]
-    acc = _matmul_acc(np.ascontiguousarray(x).reshape(-1, Cin), zx, w.reshape(Cout, Cin), bias)
+    acc = _matmul_acc(np.ascontiguousarray(x).reshape(-1, Cin), zx, w, bias)
     out = np.empty((N * H * W, Cout), np.float32)
     kernels._to_float(acc, _mult(out_mult, Cout), out)
     return out.reshape(N, H, W, Cout)

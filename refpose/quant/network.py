@@ -190,8 +190,6 @@ class Int8:
 
     def conv(self, path, x: QTensor, kind, k, stride, act):
         w, b, sw = self.p[f"{path}.weight"], self.p[f"{path}.bias"], self.p[f"{path}.weight_scale"]
-        if w.ndim == 2:                                    # a linear layer (out, in): a 1x1 conv
-            w = w.reshape(w.shape + (1, 1))
         sy, zy = self.act(path)
         mult = self._mult(path, lambda: qdq.multiplier(x.scale, sw, divide_by=sy))
         lo, hi = qdq.relu6_bounds(sy, zy) if act == "relu6" else (int(zy), 255) if act == "relu" else (0, 255)

@@ -24,6 +24,8 @@ def conv_acc(x: np.ndarray, zx, w: np.ndarray, bias: np.ndarray, kind: str, stri
     """int32 accumulator of a quantized conv: bias[co] + sum (x - zx) * w over the taps; zero
     padding k//2 (a padded tap holds the code zx, i.e. 0.0). kind: "conv" (dense, w (Cout, Cin,
     k, k)), "depthwise" (w (C, 1, k, k)) or "transposed" (kernel == stride, w (Cin, Cout, k, k))."""
+    if w.ndim == 2:                                               # a linear layer (out, in): a 1x1 conv
+        w = w[:, :, None, None]
     xc = _centred(x, zx)                                          # (N, H, W, Cin)
     N, H, W, Cin = x.shape
     if kind == "transposed":
