@@ -13,7 +13,7 @@ import numpy as np
 from ..ops.fast import _kept
 from ..ops.geometry import conv_out_size, token_pixels
 from . import kernels, simd
-from .reference import gate, mean_pool  # noqa: F401  (the same code on both paths: small)
+from .reference import gate, mean_pool  # noqa: F401  the same code on both paths: small
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

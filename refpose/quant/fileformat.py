@@ -22,12 +22,11 @@ import numpy as np
 
 from ..config import get_config
 from ..errors import ConfigError, InputShapeError, WeightsError
-from ..layers import ConvBN, Conv1x1, LayerNorm, Linear, walk
+from ..layers import ConvBN, walk
 from . import qdq
 from .network import STAGE_NAMES, Float, Int8, QTensor, Walk, check_stages
 
-FORMAT = "refpose-int8/1"
-FLOAT_FORMAT = "refpose-weights/1"
+FORMAT = "refpose-int8/1"             # refpose.weights.INT8_FORMAT: how read_weights tells an int8 file
 
 
 def stage_of(path: str) -> str:

@@ -26,9 +26,9 @@ import os
 
 import numpy as np
 
-from ..errors import DataError, WeightsError
+from ..errors import DataError
 from . import qdq
-from .fileformat import FLOAT_FORMAT, FORMAT, expected_keys, layout, stage_of
+from .fileformat import FORMAT, expected_keys, layout, stage_of
 from .network import Float, Walk, check_stages, float_weights
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -298,5 +298,4 @@ def save_int8(path: str, tensors: dict, config, meta_extra: dict | None = None, 
                                              metadata=meta)))
 
 
-__all__ = ["METHODS", "DEFAULT_METHOD", "FLOAT_FORMAT", "calibrate", "quantize_file", "quantize_tensors", "save_int8",
-           "WeightsError"]
+__all__ = ["METHODS", "DEFAULT_METHOD", "calibrate", "quantize_file", "quantize_tensors", "save_int8"]

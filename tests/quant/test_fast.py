@@ -11,7 +11,7 @@ import pytest
 import refpose
 from refpose.ops import reference as fref
 from refpose.ops.geometry import clamp_window
-from refpose.quant import fast, qdq, reference, simd
+from refpose.quant import fast, reference, simd
 
 RNG = np.random.default_rng(7)
 

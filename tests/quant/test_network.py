@@ -2,8 +2,6 @@
 bit, the int8 file (keys, strict loading, bad input), refpose.load and the driver."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +9,6 @@ import pytest
 import refpose
 from refpose.cli import main
 from refpose.errors import InputShapeError, WeightsError
-from refpose.quant import fileformat, qdq
 from refpose.quant.network import Float, QTensor, Walk, float_weights
 from refpose.quant.quantize import quantize_tensors, save_int8
 from refpose.weights import read_weights
