@@ -22,6 +22,7 @@ from .layers import walk
 from .model import WGNet
 
 FORMAT = "refpose-weights/1"
+INT8_FORMAT = "refpose-int8/1"     # refpose.quant.fileformat.FORMAT: int8 files (docs/int8.md)
 ASSETS = Path(__file__).resolve().parent / "assets"
 # weights that ship inside the package, by name: `--weights tiny-synthetic` works from any folder
 SHIPPED = {"tiny-synthetic": "tiny-synthetic.safetensors"}     # the tiny config trained on `refpose synth` figures
@@ -36,6 +37,12 @@ class WeightsFile:
     config: WGNetConfig | None
     trained: bool | None
     path: str
+    meta: dict = None          # the metadata strings as read (format, config, trained, ...)
+
+    @property
+    def int8(self) -> bool:
+        """Whether this is an int8 file (`refpose quantize`), which `refpose.quant` loads."""
+        return (self.meta or {}).get("format") == INT8_FORMAT
 
     def config_for(self, config=None) -> WGNetConfig:
         """The config to load this file with: the one named (which must match the file's, if
@@ -97,7 +104,15 @@ def read_weights(path: "str | os.PathLike") -> WeightsFile:
         if trained not in ("true", "false"):
             raise WeightsError(f"{path}: metadata 'trained' must be true or false, got {str(trained)[:40]!r}")
         trained = trained == "true"
-    return WeightsFile(tensors, config, trained, path)
+    return WeightsFile(tensors, config, trained, path, meta)
+
+
+def float_file(wf: WeightsFile) -> WeightsFile:
+    """`wf` if it holds float weights; WeightsError if it is an int8 file (a float file is needed)."""
+    if wf.int8:
+        raise WeightsError(f"{wf.path}: an int8 weights file (format {INT8_FORMAT}), where float weights "
+                           "are needed")
+    return wf
 
 
 def _read_safetensors(path: str):
@@ -163,8 +178,15 @@ def _frozen(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def load(weights: "str | os.PathLike", config=None, dtype: str = "float32", impl: str = "fast") -> WGNet:
-    """Load a weights file; `config` is needed only when the file does not carry one."""
+    """Load a weights file; `config` is needed only when the file does not carry one. An int8
+    file (`refpose quantize`) gives the int8 network (`refpose.quant`), whatever `dtype` says."""
     wf = read_weights(weights)
+    if wf.int8:
+        from .quant.fileformat import int8_model
+
+        model = int8_model(wf.tensors, wf.meta, wf.config_for(config), wf.path, impl)
+        model.trained = wf.trained
+        return model
     model = from_tensors(wf.tensors, wf.config_for(config), dtype, impl, source=wf.path)
     model.trained = wf.trained
     model.source = wf.path

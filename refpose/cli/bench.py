@@ -30,6 +30,8 @@ def add_parser(sub) -> None:
                    "summed by op type (--runs forwards each)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS measurement (one child process "
                    "per candidate, after the timing)")
+    p.add_argument("--int8", action="store_true", help="also time refpose's int8 fast path, and ONNX Runtime and "
+                   "OpenVINO on the same model as QDQ ONNX (the seeded weights quantized; docs/int8.md)")
     p.add_argument("--json", action="store_true", help="print the results as a JSON object")
     p.set_defaults(run=run_bench)
 
@@ -46,7 +48,7 @@ def run_bench(args) -> int:
             result = run_profile(args.config, args.batch, args.threads, args.runs, seed=args.seed, progress=progress)
         else:
             result = bench(args.config, args.batch, args.threads, args.runs, aa=args.aa, seed=args.seed,
-                           memory=not args.no_memory, progress=progress)
+                           memory=not args.no_memory, progress=progress, int8=args.int8)
     finally:
         progress.close()
     if args.profile:

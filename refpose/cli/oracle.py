@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
+from ..errors import WeightsError
 from .args import int_range, positive_float, seed
 
 MAX_INPUTS = 64       # seeded inputs of a check or a golden file: 64 wgnet inputs of float64 taps take ~2 GB
@@ -23,6 +26,14 @@ Check another backend against refpose float64, in one of two ways:
 
   refpose oracle dump WEIGHTS OUT.npz [--inputs N] [--seed S]
       Write golden data for a backend without Python (see `refpose oracle dump --help`).
+
+  int8 (docs/int8.md):
+  refpose oracle --onnx MODEL.int8.onnx --weights W.int8.safetensors
+      A port of refpose's QDQ export against refpose's int8 oracle, tap by tap, in steps of each
+      tap's scale (tolerance 4 sqrt(n) steps, n the quantizers before the tap), and against float64.
+  refpose oracle --quant W.int8.safetensors --float W.safetensors --images DIR [--boxes DETS.json]
+      Where the accuracy goes: per stage, the int8 model's error against float64 (relative, SNR)
+      and the heatmaps' error when only that stage is quantized; names the stage that loses most.
 
 Tolerances (relative to max|ref|), justified in refpose.porting.oracle: float32 1e-4, float64 2e-13.
 """
@@ -69,6 +80,13 @@ def add_parser(sub) -> None:
     _add_sampling(p, argparse_defaults=True)
     p.add_argument("--rtol", type=positive_float, help="tolerance, as max|got - ref| / max|ref| "
                    "(default: by the model's input dtype, float32 1e-4, float64 2e-13)")
+    p.add_argument("--ort-optimization", choices=("all", "basic"), default="all",
+                   help="ONNX Runtime's graph rewrites: all (default; QDQ pairs fused into integer kernels) "
+                        "or basic (a QDQ model runs as written)")
+    p.add_argument("--quant", metavar="W.int8.safetensors", help="the per-stage report of an int8 file ...")
+    p.add_argument("--float", metavar="W.safetensors", help="... against the float weights it came from ...")
+    p.add_argument("--images", metavar="DIR", help="... on the crops of these images (whole image, or --boxes)")
+    p.add_argument("--boxes", metavar="DETS.json", help="person boxes of the --images (COCO detections)")
     p.set_defaults(run=run_oracle, oracle_parser=p, action=None)
     actions = p.add_subparsers(title="action (optional)", dest="action", metavar="{dump}",
                                parser_class=type(p))
@@ -92,14 +110,68 @@ def _add_sampling(p, argparse_defaults: bool) -> None:
 
 def run_export_onnx(args) -> int:
     from ..porting.onnx_export import export_onnx
+    from ..weights import read_weights
 
+    if read_weights(args.weights).int8:       # an int8 file: its QDQ model (docs/int8.md)
+        from ..quant.onnx_qdq import export_int8
+
+        cfg = export_int8(args.weights, args.out, taps=args.taps, opset=args.opset)
+        print(f"wrote {args.out}: config {cfg.name}, int8 QDQ, opset {args.opset}, input 'input' (N, 3, "
+              f"{cfg.input_size[0]}, {cfg.input_size[1]}), output 'heatmaps'" + (" + taps" if args.taps else ""))
+        return 0
     cfg = export_onnx(args.weights, args.config, args.out, opset=args.opset, taps=args.taps)
     print(f"wrote {args.out}: config {cfg.name}, opset {args.opset}, input 'input' (N, 3, "
           f"{cfg.input_size[0]}, {cfg.input_size[1]}), output 'heatmaps'" + (" + taps" if args.taps else ""))
     return 0
 
 
+def run_quant_report(args) -> int:
+    if not (args.quant and args.float and args.images) or args.onnx or args.weights:
+        args.oracle_parser.error("the int8 report takes --quant W.int8.safetensors --float W.safetensors --images DIR")
+    from ..quant.quantize import calibration_crops, calibration_images
+    from ..quant.report import stage_lines, stage_report
+    from ..weights import float_file, from_tensors, load, read_weights
+
+    model = load(args.quant, impl="reference")
+    if not hasattr(model, "float_stages"):
+        raise WeightsError(f"{args.quant}: float weights, where an int8 file is needed (--quant)")
+    wf = float_file(read_weights(args.float))
+    float_model = from_tensors(wf.tensors, wf.config_for(model.config), "float64", "reference", source=wf.path)
+    x = calibration_crops(calibration_images(args.images)[:args.inputs * 8], model.config, args.boxes)
+    rows, summary = stage_report(model, float_model, x)
+    print(f"{args.quant} against {args.float} in float64, on {len(x)} crops of {args.images}")
+    print("\n".join(stage_lines(rows, summary)))
+    return 0
+
+
+def run_oracle_int8(args) -> int:
+    from ..porting.oracle import make_inputs, reference_taps
+    from ..porting.runtimes import OnnxBackend, parse_taps
+    from ..quant.report import compare_port, port_lines
+    from ..weights import load
+
+    model = load(args.weights, impl="reference")
+    backend = OnnxBackend(args.onnx, parse_taps(args.tap), optimization=args.ort_optimization)
+    backend.check(model.config, args.weights)
+    x = make_inputs(model.config, args.inputs, args.seed).astype(np.float32)
+    f64 = None
+    if args.float:
+        f64 = reference_taps(args.float, x.astype(np.float64), model.config)
+    rows = compare_port(backend.run(x), model, x, f64)
+    print(f"{args.onnx}: ONNX Runtime (graph optimization {args.ort_optimization}) against refpose's int8 oracle "
+          f"on {args.weights}; {args.inputs} input(s), seed {args.seed}")
+    print("\n".join(port_lines(rows)))
+    return 0 if all(r.within for r in rows) else 1
+
+
 def run_oracle(args) -> int:
+    if args.quant or (args.images and not args.onnx):
+        return run_quant_report(args)
+    if args.weights and args.onnx:
+        from ..weights import read_weights
+
+        if read_weights(args.weights).int8:
+            return run_oracle_int8(args)
     if not (args.onnx and args.weights):
         args.oracle_parser.error("give --onnx MODEL.onnx and --weights WEIGHTS, or use `refpose oracle dump`")
     from ..porting.oracle import oracle_onnx

@@ -39,12 +39,20 @@ def _check_model_path(path: str, what: str) -> None:
         raise BackendError(f"{path}: {problem if problem != 'no such file' else f'no such {what}'}")
 
 
-def ort_session(model: "str | bytes", threads: int | None = None, profile_prefix: str | None = None):
+ORT_OPTIMIZATIONS = ("all", "basic")
+
+
+def ort_session(model: "str | bytes", threads: int | None = None, profile_prefix: str | None = None,
+                optimization: str = "all"):
     """An ONNX Runtime CPU session of a model file (or its bytes): spinning off, one node at a
     time, warnings off; `threads` intra-op threads (and one inter-op) when given; with
-    `profile_prefix`, ONNX Runtime's own profiler on."""
+    `profile_prefix`, ONNX Runtime's own profiler on. `optimization` "basic" stops ONNX Runtime's
+    graph rewrites at its basic level: a QDQ model then runs as written (DequantizeLinear, the
+    float op, QuantizeLinear) instead of fused into integer kernels."""
     ort = _require("onnxruntime", "onnx")
     so = ort.SessionOptions()
+    if optimization == "basic":
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.log_severity_level = 3                  # no warnings on stderr for every model
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -82,14 +90,14 @@ class OnnxBackend:
     with or without --taps), or, for another model, those `taps` maps to our names
     ({"s3": "their/tensor", "heatmaps": "their_output"}). Other outputs are ignored."""
 
-    def __init__(self, path: "str | os.PathLike", taps: "dict[str, str] | None" = None):
+    def __init__(self, path: "str | os.PathLike", taps: "dict[str, str] | None" = None, optimization: str = "all"):
         _require("onnxruntime", "onnx")
         self.path = str(path)
         self.name = f"ONNX Runtime ({self.path})"
         _check_model_path(self.path, "ONNX file")
         model, tensors = _expose_stages(self.path, dict(taps or {}))
         try:
-            self.session = ort_session(model)
+            self.session = ort_session(model, optimization=optimization)
         except Exception as e:   # onnxruntime raises its own exception types for a bad file
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BackendError(f"{self.path}: not a loadable ONNX model ({reason})") from None

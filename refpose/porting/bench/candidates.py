@@ -44,6 +44,8 @@ class Candidate:
     setup_s: float = 0.0                      # building / exporting / loading it
     first_s: float = 0.0                      # its first forward (compiling or loading kernels)
     times: list = field(default_factory=list)
+    reference: np.ndarray | None = None       # what its output is checked against (None: the float64 reference)
+    bound: float | None = None                # ... and within what, as max|diff| / max|ref| (None: float32's)
 
 
 def _timed(make):

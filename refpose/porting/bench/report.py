@@ -30,6 +30,13 @@ def format_result(r: dict) -> str:
           if a in by_name and b in by_name]
     if vs:
         lines.append("median latency ratios: " + ", ".join(vs))
+    int8 = [c for c in r["candidates"] if c["name"].startswith("refpose int8")]
+    if int8:
+        q = int8[0]["name"]
+        vs = [f"{q} / {b} = {by_name[q] / by_name[b]:.2f}" for b in (FAST, "onnxruntime int8", "openvino int8")
+              if b in by_name]
+        lines.append("int8: " + ", ".join(vs) + "; int8 candidates are checked against refpose's int8 oracle "
+                     f"(bound {int8[0]['bound']:.2g} of max|ref|), not float64")
     s = r["sgemm"]
     lines.append(f"yardstick: numpy sgemm {s['n']}^3 float32 {s['median_ms']:.2f} ms = {s['gmacs_per_s']:.0f} GMAC/s "
                  f"({s['gflops']:.0f} GFLOP/s), same run")

@@ -101,12 +101,13 @@ def rel_diff(out: np.ndarray, ref: np.ndarray) -> float:
 
 def run_bench(config="wgnet", batch: int = 1, threads: int = 2, runs: int = 20, aa: bool = False,
               seed: int = 0, warmup: int = 2, optional: bool = True, memory: bool = True,
-              progress: Callable[[str], None] = lambda s: None) -> dict:
+              progress: Callable[[str], None] = lambda s: None, int8: bool = False) -> dict:
     """Time the candidates in one run; returns a JSON-ready dict (see `format_result`).
 
     `optional=False` leaves out PyTorch, ONNX Runtime and OpenVINO; `aa=True` times the fast path
     against a copy of itself (and the yardstick) only; `memory` measures each candidate's peak
-    RSS in a child process after the timing.
+    RSS in a child process after the timing; `int8` adds the int8 candidates
+    (`refpose.porting.bench.int8`), whose memory is not measured.
     """
     check_args(batch, threads, runs)
     cfg = get_config(config)
@@ -133,6 +134,12 @@ def run_bench(config="wgnet", batch: int = 1, threads: int = 2, runs: int = 20, 
             if optional:
                 extra, skipped, onnx_path = optional_candidates(tensors, cfg, x, threads, workdir, progress)
                 cands += extra
+            if int8:
+                from .int8 import int8_candidates
+
+                extra, more = int8_candidates(tensors, cfg, x, threads, workdir, progress)
+                cands += extra
+                skipped += more
         for c in cands[1:]:
             _, c.first_s = _timed(c.forward)
         progress("checking the outputs against the float64 reference")
@@ -144,12 +151,13 @@ def run_bench(config="wgnet", batch: int = 1, threads: int = 2, runs: int = 20, 
         if busy:
             notes.append(f"the process was still busy after 0.5 s before {busy} of the timed calls "
                          "(a thread pool that does not go to sleep, or another load on the machine)")
-        diffs = {c.name: rel_diff(c.forward(), ref) for c in cands}
+        diffs = {c.name: rel_diff(c.forward(), ref if c.reference is None else c.reference) for c in cands}
         blas = blas_info()
         layer = numba.threading_layer()
         rss = {}
         if memory and not aa:
-            rss, more = measure_memory([c.name for c in cands], cfg.name, batch, threads, seed, onnx_path, progress)
+            rss, more = measure_memory([c.name for c in cands if c.reference is None], cfg.name, batch, threads, seed,
+                                       onnx_path, progress)
             notes += more
     result = _result(cfg, x.shape, threads, runs, warmup, aa, cands, sgemm, counter.macs, diffs, cache, blas,
                      layer, notes, skipped)
@@ -187,7 +195,9 @@ def _result(cfg, shape, threads, runs, warmup, aa, cands, sgemm, macs, diffs, ca
                      "ratio": med / fast_median, "ratio_interval": ratio_interval(c.times, cands[0].times),
                      "gmacs_per_s": macs / med / 1e9,
                      "of_sgemm": macs / med / sgemm_macs_per_s, "max_rel_diff": diffs[c.name],
-                     "agrees": diffs[c.name] <= TOLERANCES["float32"], "setup_s": c.setup_s, "first_run_s": c.first_s})
+                     "agrees": diffs[c.name] <= (TOLERANCES["float32"] if c.bound is None else c.bound),
+                     "bound": TOLERANCES["float32"] if c.bound is None else c.bound,
+                     "setup_s": c.setup_s, "first_run_s": c.first_s})
     result = {
         "config": cfg.name, "input": list(shape), "batch": shape[0], "threads": threads, "runs": runs, "warmup": warmup,
         "aa": aa, "macs": macs, "candidates": rows,

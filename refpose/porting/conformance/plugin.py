@@ -56,5 +56,6 @@ def pytest_report_header(config):
     rtol, reason = suite.rtol
     source = (", ".join(f"{name}: {b.name}" for name, b in suite.backends.items()) if suite.backends
               else "golden files")
-    return [f"refpose conformance: {source}; reference refpose float64 on {suite.weights or 'the golden file'}",
+    against = "refpose's int8 oracle" if getattr(suite, "int8", None) is not None else "refpose float64"
+    return [f"refpose conformance: {source}; reference {against} on {suite.weights or 'the golden file'}",
             f"refpose conformance: precision {suite.precision}, tolerance {rtol:g} (max|got - ref| / max|ref|): {reason}"]

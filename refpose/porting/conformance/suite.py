@@ -99,12 +99,15 @@ class Suite:
     backends: dict
     precision: str
     golden: "tuple | None" = None        # (Golden, {tap: array}) for --refpose-golden
+    int8: object = None                  # with an int8 weights file: refpose's int8 oracle (its model)
     _cache: dict = field(default_factory=dict)         # Case -> Comparison or the error it raised
     _models: dict = field(default_factory=dict)        # config -> refpose float64 model
     _references: dict = field(default_factory=dict)    # (config, input kind) -> taps at batch 3
 
     @property
     def rtol(self) -> tuple[float, str]:
+        if self.int8 is not None:
+            return 1.0, INT8_REASON
         return stated_tolerance(PRECISIONS[self.precision])
 
     def cases(self) -> list[Case]:
@@ -132,6 +135,8 @@ class Suite:
             golden, theirs = self.golden
             return compare(theirs, golden.taps, rtol)
         backend = self.backends[case.config]
+        if self.int8 is not None:
+            return _compare_int8(backend, self.int8, case_inputs(case.config, case.inputs, case.batch))
         fixed = getattr(backend, "batch", None)
         if fixed is not None and case.batch % fixed:
             raise _Unsupported(f"the model takes batches of exactly {fixed}")
@@ -164,11 +169,28 @@ class Suite:
         if error.within(result.rtol):
             return Verdict("pass")
         rtol, reason = self.rtol
-        lines = [f"stage {stage} diverges from refpose float64 ({case.describe()}):",
+        against = "refpose's int8 oracle (errors in steps)" if self.int8 is not None else "refpose float64"
+        lines = [f"stage {stage} diverges from {against} ({case.describe()}):",
                  f"  {error.summary()}",
                  f"  largest at (n, c, h, w) = {error.where()}",
                  f"  tolerance {rtol:g} as max|got - ref| / max|ref|: {reason}"]
         return Verdict("fail", "\n".join(lines + result.table()))
+
+
+INT8_REASON = ("int8 port against refpose's int8 oracle: max|port - oracle| <= 4 sqrt(n) steps of the tap's "
+               "scale, n the quantizers before it (refpose.quant.report); errors shown as fractions of that bound")
+
+
+def _compare_int8(backend, model, x) -> Comparison:
+    """A port of an int8 file against refpose's int8 oracle, each tap's error as a fraction of its
+    tolerance in steps (so the verdicts read rel <= 1)."""
+    from ..oracle import TapError
+    from ...quant.report import compare_port
+
+    x = np.asarray(x, np.float32)
+    taps = [TapError(r.name, r.max_steps, r.max_steps / r.tolerance, r.tolerance, (0,), r.max_steps, 0.0)
+            for r in compare_port(backend.run(x), model, x)]
+    return Comparison(next(t for t in taps if t.name == "head"), taps, 1.0)
 
 
 class _Unsupported(RefposeError):
@@ -183,7 +205,7 @@ def configs_allowed(weights: str, named: str | None = None) -> list[WGNetConfig]
     from ...weights import check_tensors, read_weights
 
     wf = read_weights(weights)
-    if named is not None or wf.config is not None:
+    if wf.int8 or named is not None or wf.config is not None:
         return [wf.config_for(named)]
     fits = []
     for name in CONFIGS:
@@ -238,6 +260,10 @@ def build_suite(backend: str | None = None, weights: str | None = None, config: 
         b.check(cfg, weights)
         backends[cfg.name] = b
     dtype = next(iter(backends.values())).dtype
+    from ...weights import load, read_weights
+
+    if read_weights(weights).int8:          # an int8 file: the port is checked against the int8 oracle
+        return Suite(weights, backends, "int8", int8=load(weights, impl="reference"))
     return Suite(weights, backends, precision or default_precision(dtype))
 
 
