@@ -39,9 +39,6 @@ def _check_model_path(path: str, what: str) -> None:
         raise BackendError(f"{path}: {problem if problem != 'no such file' else f'no such {what}'}")
 
 
-ORT_OPTIMIZATIONS = ("all", "basic")
-
-
 def ort_session(model: "str | bytes", threads: int | None = None, profile_prefix: str | None = None,
                 optimization: str = "all"):
     """An ONNX Runtime CPU session of a model file (or its bytes): spinning off, one node at a

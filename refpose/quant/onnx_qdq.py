@@ -203,10 +203,12 @@ class _Emit:
 
 def export_int8(weights, out_path, taps: bool = False, opset: int = OPSET):
     """`refpose export-onnx` of an int8 file: checked as `refpose.load` checks it, then `export_qdq`."""
+    from ..fileio import check_output_path
     from ..weights import read_weights
     from .fileformat import int8_model
 
     wf = read_weights(weights)
+    check_output_path(out_path, [wf.path])     # before the export, not after it
     model = int8_model(wf.tensors, wf.meta, wf.config_for(None), wf.path, impl="reference")
     export_qdq(model.tensors, model.config, model.float_stages, out_path, taps, opset)
     return model.config

@@ -261,26 +261,24 @@ def quantize_file(weights: str, calib: str, out: str, boxes: str | None = None, 
                   float_stages=()) -> dict:
     """`refpose quantize`: read float weights, calibrate on the images of `calib`, write the int8
     file `out`. Returns a summary (config, images, crops, method)."""
-    from ..fileio import write_atomic
-    from ..weights import _sorted_metadata, float_file, from_tensors, read_weights
+    from ..fileio import check_output_path
+    from ..weights import float_file, from_tensors, read_weights
 
     wf = read_weights(weights)
     float_file(wf)
     cfg = wf.config_for(None)
     float_stages = check_stages(float_stages)
     paths = calibration_images(calib)
+    check_output_path(out, [wf.path, boxes, *paths])      # before the calibration, not after it
     model = from_tensors(wf.tensors, cfg, "float32", "reference", source=wf.path)
     crops = calibration_crops(paths, cfg, boxes)
     act_ranges = calibrate(model, crops, method)
     tensors = quantize_tensors(model, act_ranges, float_stages)
     summary = {"method": method, "images": len(paths), "crops": int(len(crops))}
-    meta = {"format": FORMAT, "config": cfg.to_json(), "trained": "true" if wf.trained else "false",
-            "float_stages": ",".join(float_stages), "calibration": json.dumps(summary, sort_keys=True),
-            "quantized_from": os.path.basename(wf.path)}
-    from safetensors.numpy import save
-
-    write_atomic(out, _sorted_metadata(save({k: np.array(v, order="C") for k, v in sorted(tensors.items())},
-                                            metadata=meta)))
+    save_int8(out, tensors, cfg, float_stages=float_stages,
+              meta_extra={"trained": "true" if wf.trained else "false",
+                          "calibration": json.dumps(summary, sort_keys=True),
+                          "quantized_from": os.path.basename(wf.path)})
     return {"config": cfg.name, "float_stages": float_stages, **summary}
 
 

@@ -96,13 +96,15 @@ def compare_port(got: dict, model, x: np.ndarray, f64: dict | None = None) -> li
 
 
 def port_lines(rows: list[PortTap]) -> list[str]:
+    """The port's table; the float64 column is "-" without float weights (`--float`)."""
     lines = ["taps against refpose's int8 oracle (steps of each tap's scale; heatmaps absolute) and float64:",
              f"  {'tap':5s} {'max':>8s} {'> 1 step':>9s} {'tolerance':>10s} {'vs f64 rel':>11s}"]
     first = next((r for r in rows if not r.within), None)
     for r in rows:
         mark = "ok" if r.within else "DIVERGES" + ("  <- first" if r is first else "")
         over = "-" if np.isnan(r.over_one) else f"{100 * r.over_one:.2f} %"
-        lines.append(f"  {r.name:5s} {r.max_steps:8.3g} {over:>9s} {r.tolerance:10.3g} {r.f64_rel:11.3g}  {mark}")
+        f64 = "-" if np.isnan(r.f64_rel) else f"{r.f64_rel:.3g}"
+        lines.append(f"  {r.name:5s} {r.max_steps:8.3g} {over:>9s} {r.tolerance:10.3g} {f64:>11s}  {mark}")
     return lines
 
 
