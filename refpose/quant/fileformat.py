@@ -158,9 +158,7 @@ def check_int8_tensors(tensors: dict, config, float_stages, source: str) -> None
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise WeightsError(f"{source}: key {key!r} has non-finite values")
         if key.endswith("scale"):
-            bad = a[~(a > 0)]
-            if bad.size:
-                raise WeightsError(f"{source}: key {key!r}: a scale must be positive and finite, got {bad.flat[0]!r}")
+            qdq.check_scale(a, f"{source}: key {key!r}: a scale")
         if key.endswith(".weight") and a.dtype == np.int8 and (a == -128).any():
             raise WeightsError(f"{source}: key {key!r}: symmetric int8 weights lie in [-127, 127], found -128")
 

@@ -41,7 +41,7 @@ def check_scale(scale, what: str = "scale") -> np.ndarray:
     s = np.asarray(scale, dtype=np.float32)
     if not (np.isfinite(s).all() and (s > 0).all()):
         bad = s[~(np.isfinite(s) & (s > 0))].reshape(-1)[0]
-        raise WeightsError(f"{what} must be positive and finite, got {bad!r}")
+        raise WeightsError(f"{what} must be positive and finite, got {float(bad)}")
     return s
 
 
