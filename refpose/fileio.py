@@ -239,6 +239,16 @@ def _reason(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+def name_in_folder(folder: str, name: str) -> tuple[str, str | None]:
+    """The path of a file named in an annotation file (`name`, relative to `folder`) and None, or
+    `name` and why it cannot be used: an absolute name, or one whose `..` leads out of the folder,
+    would read a file the user never gave as an input."""
+    rel = os.path.normpath(name)
+    if os.path.isabs(name) or rel == ".." or rel.startswith(".." + os.sep):
+        return name, f"file_name leads outside {folder}; names must be relative to the image folder"
+    return os.path.join(folder, rel), None
+
+
 def path_problem(path: "str | os.PathLike", folder: bool = False, kind: str = "an image") -> str | None:
     """Why `path` is not a regular file (with `folder`, a folder) that can be opened, in the words of
     the real cause, or None: the one check of every input path. `kind` names what the file should

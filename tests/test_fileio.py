@@ -241,3 +241,17 @@ def test_sweep_removes_only_what_killed_runs_left(tmp_path):
         holder.kill()
         holder.wait()
     assert sorted(os.listdir(tmp_path)) == [".d.json.0123456789ab.tmp", ".user-file", "e.json", "target"]
+
+
+@pytest.mark.parametrize("name, inside", [
+    ("a.jpg", "a.jpg"), ("sub/a.jpg", "sub/a.jpg"), ("sub/../a.jpg", "a.jpg"), ("./a.jpg", "a.jpg"),
+    ("..", None), ("../a.jpg", None), ("sub/../../a.jpg", None), ("/etc/passwd", None), ("..a.jpg", "..a.jpg"),
+])
+def test_a_name_from_an_annotation_file_stays_in_its_folder(name, inside):
+    from refpose.fileio import name_in_folder
+
+    path, problem = name_in_folder("imgs", name)
+    if inside is None:
+        assert path == name and "leads outside imgs" in problem
+    else:
+        assert problem is None and path == os.path.join("imgs", inside)

@@ -106,7 +106,9 @@ def _torch_from_a_deleted_directory() -> None:
 
     torch's MKL cannot be loaded from a deleted current directory: the process stops with "Intel
     oneMKL FATAL ERROR: Cannot load libtorch_cpu.so", status 2, even for commands given absolute
-    paths. Coming back (fchdir) keeps relative paths failing as they should, never resolved in `/`."""
+    paths; and torch._dynamo, which an optimizer imports on its first step, reads the current
+    directory when imported. Coming back (fchdir) keeps relative paths failing as they should,
+    never resolved in `/`."""
     import importlib.util
 
     try:
@@ -120,6 +122,7 @@ def _torch_from_a_deleted_directory() -> None:
     try:
         os.chdir("/")
         import torch  # noqa: F401
+        import torch._dynamo  # noqa: F401  (optimizers import it on first use; its config reads the directory)
     finally:
         os.fchdir(here)
         os.close(here)

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..pose.boxes import find_detections, load_detections
 from ..errors import DataError, ImageError, RefposeError, WeightsError
-from ..fileio import InputFiles, LineLog, brief, check_output_path, is_int, is_number, path_problem, write_atomic
+from ..fileio import (InputFiles, LineLog, brief, check_output_path, is_int, is_number, name_in_folder, path_problem,
+                      write_atomic)
 from ..pose.nms import OKS_NMS_THR
 from ..threads import available_cores
 from .coco import Annotations, check_result, coco_eval, load_annotations, load_results
@@ -151,16 +152,19 @@ def check_image_folder(images: str) -> None:
 
 def make_jobs(gt: Annotations, images: str, boxes: str | None, limit: int | None) -> tuple[list[ImageJob], str]:
     """The images to run with their boxes, and where the boxes come from."""
-    for img in gt.images.values():
+    paths = {}
+    for image_id, img in gt.images.items():
         if not isinstance(img.get("file_name"), str):
             raise DataError(f"{gt.source}: image {img['id']} has no file_name to find it by in {images}")
+        paths[image_id], problem = name_in_folder(images, img["file_name"])
+        if problem:
+            raise DataError(f"{gt.source}: image {img['id']}: {problem}")
     if boxes is None:
         per_image = {k: (b, np.ones(len(b))) for k, b in gt_person_boxes(gt).items()}
         source = "ground-truth person boxes"
     else:
         per_image, source = detections_per_image(boxes, gt), f"detections from {boxes}"
-    jobs = [ImageJob(image_id, os.path.join(images, img["file_name"]), *per_image[image_id])
-            for image_id, img in list(gt.images.items())[:limit]]
+    jobs = [ImageJob(image_id, paths[image_id], *per_image[image_id]) for image_id in list(gt.images)[:limit]]
     return jobs, source
 
 

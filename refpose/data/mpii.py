@@ -267,6 +267,7 @@ def predict_entries(entries: list[dict], images, *, weights=None, config: str | 
     from tqdm import tqdm
 
     from ..pose.driver import ImageInput, run_images
+    from ..fileio import name_in_folder
     from ..pose.pipeline import PoseOptions
     from ..pretrained import default_model
     from .evaluate import check_image_folder
@@ -281,7 +282,11 @@ def predict_entries(entries: list[dict], images, *, weights=None, config: str | 
     by_image: dict[str, list[int]] = {}
     for i, a in enumerate(entries):
         by_image.setdefault(a["image"], []).append(i)
-    inputs = (ImageInput(path=os.path.join(images, name), boxes=np.array([entry_box(entries[i]) for i in idx]),
+    for name in by_image:
+        problem = name_in_folder(images, name)[1]
+        if problem:
+            raise DataError(f"image {name!r}: {problem}")
+    inputs = (ImageInput(path=name_in_folder(images, name)[0], boxes=np.array([entry_box(entries[i]) for i in idx]),
                          file_name=name) for name, idx in by_image.items())
     records: list = [None] * len(entries)
     with tqdm(total=len(entries), desc="pckh", unit="person", disable=None if progress is None else not progress) as bar:

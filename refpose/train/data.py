@@ -157,15 +157,14 @@ def image_in_folder(images_dir: str, name, image_id) -> tuple[str, str | None]:
     pass the one path check and its first HEADER_BYTES must be an image (`imageio.image_format`)
     of no more than the pixel limit. Nothing is decoded: a file damaged further on is found
     when its sample is made, and skipped then."""
-    from ..fileio import path_problem
+    from ..fileio import name_in_folder, path_problem
     from ..pose.imageio import MAX_PIXELS, image_format, image_size
 
     if not isinstance(name, str) or not name:
         return f"image id {image_id}", "no file_name"
-    rel = os.path.normpath(name)
-    if os.path.isabs(name) or rel == ".." or rel.startswith(".." + os.sep):
-        return name, f"file_name leads outside {images_dir}; names must be relative to the image folder"
-    path = os.path.join(images_dir, rel)
+    path, problem = name_in_folder(images_dir, name)
+    if problem:
+        return path, problem
     problem = path_problem(path)
     if problem:
         return path, problem

@@ -138,6 +138,25 @@ def test_damaged_progress_line_in_the_middle_is_an_error(tmp_path):
         assert read_progress(log.lines, str(path), settings, gt) == {102: []}   # a cut-short last line: redone
 
 
+@pytest.mark.parametrize("name", ["../outside.png", "sub/../../outside.png", "ABSOLUTE"])
+def test_a_file_name_that_leaves_the_image_folder_is_refused_before_any_image(run_files, tmp_path, name):
+    # an annotation file's names are relative to --images; one that leads out of it read (and
+    # scored) a file the user never named
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "outside.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "images").mkdir()
+    gt = json.loads((run_files / "gt.json").read_text())
+    gt["images"][0]["file_name"] = str(tmp_path / "outside.png") if name == "ABSOLUTE" else name
+    write(tmp_path / "gt.json", gt)
+    for img in gt["images"][1:]:
+        shutil.copy(run_files / "images" / img["file_name"], tmp_path / "images")
+    with pytest.raises(DataError, match="leads outside .*names must be relative to the image folder"):
+        evaluate_images(tmp_path / "gt.json", tmp_path / "images", tmp_path / "res.json",
+                        weights=run_files / "tiny.safetensors")
+    assert sorted(os.listdir(tmp_path)) == ["gt.json", "images", "outside.png"]
+
+
 def test_run_bad_input(run_files, tmp_path):
     args = dict(weights=run_files / "tiny.safetensors", results_out=tmp_path / "res.json", progress=False)
     with pytest.raises(DataError, match="image directory: no such folder"):

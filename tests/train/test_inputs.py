@@ -104,3 +104,18 @@ def test_coordinates_far_beyond_any_image_are_refused(small_set, tmp_path, capsy
     (ds / "annotations.json").write_text(json.dumps(ann))
     fails(capsys, train_args(ds, tmp_path / "run"), "has a coordinate beyond 1,000,000 pixels")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_with_absolute_paths_trains_from_a_deleted_directory(small_set, tmp_path):
+    # the optimizer's first step imports torch._dynamo, whose config reads the current directory:
+    # the run stopped with "No such file or directory" and no path
+    import subprocess
+    import sys
+
+    argv = train_args(small_set, tmp_path / "run", "--max-steps", "1", "--batch", "2")
+    script = ("import os, sys; os.mkdir('gone'); os.chdir('gone'); os.rmdir(os.path.abspath('.'))\n"
+              "from refpose.cli import main; sys.exit(main(sys.argv[1:]))")
+    p = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "run" / "model.safetensors").is_file()
