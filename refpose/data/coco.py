@@ -28,8 +28,12 @@ PERSON_CATEGORY = COCO.person_category
 
 # --- reading and checking ----------------------------------------------------------------
 
+MAX_COORDINATE = 1e6     # pixels: beyond any image refpose reads (200 MP), far below where squares overflow
+
+
 def _check_keypoints(v) -> str | None:
-    """The problem with a COCO `keypoints` field (17 x [x, y, v] flattened), or None."""
+    """The problem with a COCO `keypoints` field (17 x [x, y, v] flattened), or None. A coordinate
+    beyond MAX_COORDINATE is no pixel of any image (and 1e300 overflows OKS and the crop affine)."""
     if not isinstance(v, list):
         return f"keypoints must be a list of {3 * NUM_KEYPOINTS} numbers"
     if len(v) != 3 * NUM_KEYPOINTS:
@@ -38,6 +42,9 @@ def _check_keypoints(v) -> str | None:
     bad = next((i for i, x in enumerate(v) if not is_number(x)), None)
     if bad is not None:
         return f"keypoints[{bad}] is not a finite number, got {brief(v[bad])}"
+    far = next((i for i, x in enumerate(v) if i % 3 != 2 and abs(x) > MAX_COORDINATE), None)
+    if far is not None:
+        return f"keypoints[{far}] = {v[far]:g} is a coordinate beyond {MAX_COORDINATE:,.0f} pixels"
     return None
 
 
@@ -137,6 +144,8 @@ def _check_annotation(a, source: str, i: int, images: dict, categories: set, see
         raise DataError(f"{where}: area must be a non-negative finite number, got {brief(a['area'])}")
     if not (isinstance(a["bbox"], list) and len(a["bbox"]) == 4 and all(map(is_number, a["bbox"]))):
         raise DataError(f"{where}: bbox must be [x, y, w, h]")
+    if max(map(abs, a["bbox"])) > MAX_COORDINATE:
+        raise DataError(f"{where}: bbox {a['bbox']} has a coordinate beyond {MAX_COORDINATE:,.0f} pixels")
     if a["iscrowd"] not in (0, 1) or isinstance(a["iscrowd"], bool):
         raise DataError(f"{where}: iscrowd must be 0 or 1")
 

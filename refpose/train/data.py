@@ -26,7 +26,6 @@ from .targets import SIGMA, heatmap_targets
 
 # joints of the upper body, per dataset (MMPose dataset meta `upper_body_ids`); the rest are lower
 UPPER_BODY = {"coco": tuple(range(11))}          # nose .. right wrist
-MAX_COORDINATE = 1e6     # pixels: beyond any image refpose reads (200 MP), far below where the affine overflows
 OTHER_IMAGE_MAGIC = (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"\x00\x00\x00\x0cjP  ")  # PNM, JPEG 2000: OpenCV reads them
 HEADER_BYTES = 4096      # read of each training image when the set is indexed: its format and declared size
 
@@ -107,7 +106,8 @@ def load_train_set(ann: "str | os.PathLike", images_dir: "str | os.PathLike",
     Images that are not in the folder, or whose first bytes are not an image refpose can decode
     (an empty file, an unknown format, a declared size beyond the pixel limit), are listed as
     "path: problem"; a `file_name` that leads out of the folder (`../x`, an absolute path) is
-    listed and never opened. Joint and box coordinates beyond MAX_COORDINATE pixels are refused.
+    listed and never opened. Coordinates beyond any image are refused when the annotations are
+    read (`load_annotations`).
     TrainDataError when no image is usable or no person is left.
     """
     from ..data.evaluate import person_box
@@ -125,9 +125,6 @@ def load_train_set(ann: "str | os.PathLike", images_dir: "str | os.PathLike",
         if len(kp) != K:
             raise TrainDataError(f"{gt.source}: annotation id {a['id']} has {len(kp)} joints, "
                                  f"{keypoints.name} has {K}")
-        if np.abs(kp[:, :2]).max() > MAX_COORDINATE or max(map(abs, a["bbox"])) > MAX_COORDINATE:
-            raise TrainDataError(f"{gt.source}: annotation id {a['id']} has a coordinate beyond "
-                                 f"{MAX_COORDINATE:,.0f} pixels")
         box = person_box(a, gt.images[a["image_id"]])
         if box is None:
             skipped += 1

@@ -121,6 +121,7 @@ def test_format_stats_lists_the_ten_figures():
     (lambda r: r[0].pop("keypoints"), "record 0: no keypoints"),
     (lambda r: r[3].update(category_id=7), "record 3: category_id 7 is not a category"),
     (lambda r: r[0].update(file_name="nope.jpg") or r[0].pop("image_id"), "record 0: file_name 'nope.jpg'"),
+    (lambda r: r[1]["keypoints"].__setitem__(4, -1e300), "record 1: keypoints[4] = -1e+300 is a coordinate beyond"),
 ])
 def test_bad_records_are_rejected_naming_the_file_and_record(tmp_path, edit, message):
     gt = make_gt()
@@ -159,6 +160,9 @@ def test_missing_files(tmp_path):
     (lambda g: g["annotations"][4].update(image_id=77), "image_id 77 is not in the images list"),
     (lambda g: g["annotations"][0].update(iscrowd=2), "iscrowd must be 0 or 1"),
     (lambda g: g["images"].append(dict(g["images"][0])), "image id 101 appears twice"),
+    # squared in OKS: 1e300 overflowed to inf with only a warning, and scored
+    (lambda g: g["annotations"][3]["keypoints"].__setitem__(0, 1e300), r"keypoints\[0\] = 1e\+300 is a coordinate beyond 1,000,000"),
+    (lambda g: g["annotations"][3].update(bbox=[0, 0, 2e6, 10]), "has a coordinate beyond 1,000,000 pixels"),
 ])
 def test_bad_ground_truth_is_rejected(tmp_path, edit, message):
     gt = make_gt()

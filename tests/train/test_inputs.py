@@ -102,7 +102,7 @@ def test_coordinates_far_beyond_any_image_are_refused(small_set, tmp_path, capsy
     ann = json.loads((ds / "annotations.json").read_text())
     ann["annotations"][0]["keypoints"][0] = 1e300
     (ds / "annotations.json").write_text(json.dumps(ann))
-    fails(capsys, train_args(ds, tmp_path / "run"), "has a coordinate beyond 1,000,000 pixels")
+    fails(capsys, train_args(ds, tmp_path / "run"), "keypoints[0] = 1e+300 is a coordinate beyond 1,000,000 pixels")
     assert not (tmp_path / "run").exists()
 
 
