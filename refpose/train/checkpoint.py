@@ -7,6 +7,7 @@ before anything of the run folder changes: a damaged or edited file is one line 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import torch
@@ -42,7 +43,7 @@ def read_checkpoint(path: Path, model: torch.nn.Module, recipe: dict) -> dict:
     made = dict(ckpt["settings"])
     if isinstance(made.get("amp"), bool):
         made["amp"] = AMP_BEFORE[made["amp"]]
-    differ = {k: (made.get(k), v) for k, v in recipe.items() if made.get(k) != v}
+    differ = {k: (made.get(k), v) for k, v in recipe.items() if not _same_setting(k, made.get(k), v)}
     if differ:
         what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differ.items())
         raise TrainError(f"--resume: {path} was made with other settings ({what}); "
@@ -51,6 +52,22 @@ def read_checkpoint(path: Path, model: torch.nn.Module, recipe: dict) -> dict:
     if problem:
         raise TrainError(f"{path}: damaged or not this run's checkpoint: {problem}")
     return ckpt
+
+
+PATH_SETTINGS = ("train_ann", "train_images")
+
+
+def _same_setting(key: str, made, given) -> bool:
+    """Equal, or for a path two names of one file or folder (a run resumed with absolute paths
+    where it was started with relative ones, or through a link)."""
+    if made == given:
+        return True
+    if key not in PATH_SETTINGS or not (isinstance(made, str) and isinstance(given, str)):
+        return False
+    try:
+        return os.path.samefile(made, given)
+    except (OSError, ValueError):
+        return False
 
 
 def check_fields(ckpt) -> str | None:

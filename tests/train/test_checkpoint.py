@@ -92,3 +92,20 @@ def test_any_checkpoint_structure_is_a_phrase_never_an_exception():
             assert problem is None or isinstance(problem, str)
 
     check()
+
+
+def test_a_resumed_runs_paths_are_compared_as_files_not_as_text(tmp_path, monkeypatch):
+    # a run started with absolute paths and resumed with relative ones (or through a link) is the
+    # same run; another file, or another setting that happens to name a file, is not
+    from refpose.train.checkpoint import _same_setting
+
+    (tmp_path / "ann.json").write_text("{}")
+    (tmp_path / "other.json").write_text("{}")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "images")
+    monkeypatch.chdir(tmp_path)
+    assert _same_setting("train_ann", str(tmp_path / "ann.json"), "ann.json")
+    assert _same_setting("train_images", "images", str(tmp_path / "link"))
+    assert not _same_setting("train_ann", "ann.json", "other.json")
+    assert not _same_setting("train_ann", "ann.json", "gone.json")
+    assert not _same_setting("config", "ann.json", str(tmp_path / "ann.json"))
