@@ -87,6 +87,9 @@ def add_parser(sub) -> None:
     p.add_argument("--float", metavar="W.safetensors", help="... against the float weights it came from ...")
     p.add_argument("--images", metavar="DIR", help="... on the crops of these images (whole image, or --boxes)")
     p.add_argument("--boxes", metavar="DETS.json", help="person boxes of the --images (COCO detections)")
+    p.add_argument("--limit", type=int_range(1, 10_000), default=32, metavar="N",
+                   help="the report's first N images of --images (default 32: it runs the float64 "
+                        "reference once per stage, slow for wgnet)")
     p.set_defaults(run=run_oracle, oracle_parser=p, action=None)
     actions = p.add_subparsers(title="action (optional)", dest="action", metavar="{dump}",
                                parser_class=type(p))
@@ -137,7 +140,7 @@ def run_quant_report(args) -> int:
         raise WeightsError(f"{args.quant}: float weights, where an int8 file is needed (--quant)")
     wf = float_file(read_weights(args.float))
     float_model = from_tensors(wf.tensors, wf.config_for(model.config), "float64", "reference", source=wf.path)
-    x = calibration_crops(calibration_images(args.images)[:args.inputs * 8], model.config, args.boxes)
+    x = calibration_crops(calibration_images(args.images)[:args.limit], model.config, args.boxes)
     rows, summary = stage_report(model, float_model, x)
     print(f"{args.quant} against {args.float} in float64, on {len(x)} crops of {args.images}")
     print("\n".join(stage_lines(rows, summary)))

@@ -100,23 +100,30 @@ def tile_fma(typingctx, rows, nvec, K, A, B, C, epilogue):
     sig = types.void(rows, nvec, K, A, B, C, epilogue)
 
     def codegen(context, builder, signature, args):
-        def scalar(value, ty):
-            """A member as `_tile_function` takes it: the data pointer of an array, a flag as i8, an index as intp."""
-            if isinstance(ty, types.Array):
-                return context.make_array(ty)(context, builder, value=value).data
-            if isinstance(ty, types.Boolean):
-                return builder.zext(context.cast(builder, value, ty, types.boolean), ir.IntType(8))
-            return context.cast(builder, value, ty, types.intp)
-
-        operands = [scalar(args[2], signature.args[2])]                             # K, then the members in order
-        for value, ty in zip(args[3:], signature.args[3:]):
-            operands += [scalar(v, t) for v, t in zip(cgutils.unpack_tuple(builder, value, len(ty)), ty.types)]
+        operands = tile_arguments(context, builder, signature, args)
         fn = _tile_function(builder.module, context.get_value_type(dtype), dtype.bitwidth, R, V,
                             context.get_value_type(types.intp))
         builder.call(fn, operands)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def tile_arguments(context, builder, signature, args) -> list:
+    """The arguments of a tile function from those of a tile intrinsic (rows, nvec, K, then one
+    tuple per operand): K, then every operand's members in order, each as the tile function takes
+    it — the data pointer of an array, a flag as i8, an index as intp."""
+    def scalar(value, ty):
+        if isinstance(ty, types.Array):
+            return context.make_array(ty)(context, builder, value=value).data
+        if isinstance(ty, types.Boolean):
+            return builder.zext(context.cast(builder, value, ty, types.boolean), ir.IntType(8))
+        return context.cast(builder, value, ty, types.intp)
+
+    operands = [scalar(args[2], signature.args[2])]
+    for value, ty in zip(args[3:], signature.args[3:]):
+        operands += [scalar(v, t) for v, t in zip(cgutils.unpack_tuple(builder, value, len(ty)), ty.types)]
+    return operands
 
 
 def _tile_function(module, ft, bits: int, R: int, V: int, intp):

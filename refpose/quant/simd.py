@@ -28,7 +28,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..ops.simd import VECTOR_BYTES, target_features
+from ..ops.simd import VECTOR_BYTES, target_features, tile_arguments
 
 
 def has_vnni(features: str) -> bool:
@@ -83,14 +83,7 @@ def tile_dot(typingctx, rows, nvec, K, A, B, C, epilogue):
     sig = types.void(rows, nvec, K, A, B, C, epilogue)
 
     def codegen(context, builder, signature, args):
-        def scalar(value, ty):
-            if isinstance(ty, types.Array):
-                return context.make_array(ty)(context, builder, value=value).data
-            return context.cast(builder, value, ty, types.intp)
-
-        operands = [scalar(args[2], signature.args[2])]                  # K, then the members in order
-        for value, ty in zip(args[3:], signature.args[3:]):
-            operands += [scalar(v, t) for v, t in zip(cgutils.unpack_tuple(builder, value, len(ty)), ty.types)]
+        operands = tile_arguments(context, builder, signature, args)
         fn = _tile_function(builder.module, R, V, context.get_value_type(types.intp), vnni)
         builder.call(fn, operands)
         return context.get_dummy_value()
