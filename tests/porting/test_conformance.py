@@ -330,3 +330,16 @@ def test_a_damaged_outputs_file_is_one_data_error(tmp_path, weights_file, output
     np.savez(theirs, **outputs)
     with pytest.raises(DataError, match=re.escape(words)):
         build_suite(golden=str(golden), outputs=str(theirs))
+
+
+def test_shipped_weights_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    # `--refpose-weights tiny-synthetic` is the shipped file, as in every command; before, a file
+    # of seeded weights named "tiny-synthetic" was written into the current folder instead
+    from refpose.weights import weights_path
+
+    monkeypatch.chdir(tmp_path)
+    suite = build_suite(backend=python_port(tmp_path, monkeypatch), weights="tiny-synthetic")
+    assert not (tmp_path / "tiny-synthetic").exists()
+    assert suite.weights == weights_path("tiny-synthetic") and refpose.read_weights(suite.weights).trained
+    case = Case("tiny", "fp32", 2, "photo")
+    assert {s for s, _ in verdicts(suite, case).values()} == {"pass"}

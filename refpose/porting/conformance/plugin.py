@@ -19,8 +19,9 @@ def pytest_addoption(parser):
                          "python:package.module:factory (factory(weights, config) or factory() returns a "
                          "callable: float32 NCHW -> heatmaps, or a dict of stem, s1..d3, heatmaps)")
     group.addoption("--refpose-weights", metavar="FILE",
-                    help="the weights both sides compute with; when FILE does not exist, seeded untrained "
-                         "weights of --refpose-config are written there")
+                    help="the weights both sides compute with (a file, or the name of shipped weights such "
+                         "as tiny-synthetic); when FILE does not exist, seeded untrained weights of "
+                         "--refpose-config are written there")
     group.addoption("--refpose-config", metavar="NAME",
                     help="the config (default: the weights file's own, else every named config it fits)")
     group.addoption("--refpose-precision", choices=("fp16", "int8"),

@@ -252,6 +252,9 @@ def build_suite(backend: str | None = None, weights: str | None = None, config: 
         raise WeightsError("give --refpose-weights FILE: the weights the backend computes with "
                            "(made, seeded, when the file does not exist)")
     parse_spec(backend, taps)
+    from ...weights import weights_path
+
+    weights = weights_path(weights)           # the name of shipped weights works as in every command
     if not os.path.exists(weights):
         make_weights(weights, config)
     backends = {}
