@@ -55,7 +55,7 @@ codecs.register_error(ESCAPE, _escape)
 
 # modules of this package that define commands, in the order `--help` lists them: models ends
 # with `export` and oracle starts with `export-onnx`, so the two exports sit side by side
-COMMAND_MODULES = ("infer", "eval", "train", "synth", "models", "quantize", "oracle", "bench")
+COMMAND_MODULES = ("infer", "eval", "train", "synth", "models", "oracle", "quantize", "bench")
 
 
 class Parser(argparse.ArgumentParser):
