@@ -73,14 +73,8 @@ class WGNet(Layer):
         return out
 
     def _check_input(self, x) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise InputShapeError(f"expected an array of shape (N, 3, H, W), got {x.shape}")
-        if not np.issubdtype(x.dtype, np.floating):
-            raise InputShapeError(f"expected a float array, got {x.dtype}")
-        N, _, H, W = x.shape
-        if N == 0:
-            raise InputShapeError("expected a batch of at least one image, got N = 0")
+        x = check_batch(x)
+        H, W = x.shape[2:]
         try:
             self.config.check_input_size((H, W))
         except ConfigError as e:
@@ -94,6 +88,19 @@ class WGNet(Layer):
 
     def __repr__(self):
         return f"WGNet(config={self.config.name!r}, dtype={self.dtype.name}, impl={self.ops.name!r})"
+
+
+def check_batch(x) -> np.ndarray:
+    """`x` as an array if it is a float batch of images, NCHW with 3 channels and N >= 1;
+    InputShapeError otherwise. The sizes are each model's to check."""
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise InputShapeError(f"expected an array of shape (N, 3, H, W), got {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InputShapeError(f"expected a float array, got {x.dtype}")
+    if len(x) == 0:
+        raise InputShapeError("expected a batch of at least one image, got N = 0")
+    return x
 
 
 def count_params(shapes: "dict[str, tuple]") -> int:

@@ -23,6 +23,7 @@ import numpy as np
 from ..config import get_config
 from ..errors import ConfigError, InputShapeError, WeightsError
 from ..layers import ConvBN, walk
+from ..model import check_batch
 from . import qdq
 from .network import STAGE_NAMES, Float, Int8, QTensor, Walk, check_stages
 
@@ -228,13 +229,7 @@ class QuantizedWGNet:
     __call__ = forward
 
     def _check_input(self, x) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise InputShapeError(f"expected an array of shape (N, 3, H, W), got {x.shape}")
-        if not np.issubdtype(x.dtype, np.floating):
-            raise InputShapeError(f"expected a float array, got {x.dtype}")
-        if len(x) == 0:
-            raise InputShapeError("expected a batch of at least one image, got N = 0")
+        x = check_batch(x)
         if tuple(x.shape[2:]) != tuple(self.config.input_size):
             raise InputShapeError(f"an int8 model takes the input size it was calibrated at, "
                                   f"{self.config.input_size}, got {tuple(x.shape[2:])}")
