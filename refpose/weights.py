@@ -136,17 +136,24 @@ def _read_npz(path: str):
     return tensors, meta
 
 
-def check_tensors(tensors: dict[str, np.ndarray], expected: dict[str, tuple], source: str) -> None:
-    """Strict check: same key set, same shapes, float dtype, finite values."""
-    keys = {k for k in tensors if not k.endswith(IGNORED_SUFFIXES)}
-    missing = sorted(set(expected) - keys)
-    unexpected = sorted(keys - set(expected))
+def check_key_set(tensors: dict, expected: dict[str, tuple], source: str) -> None:
+    """WeightsError naming the first missing key (with the shape expected) or unexpected key
+    (with its shape), and how many more, when the keys of `tensors` are not those of `expected`
+    ({key: shape})."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
     if missing:
-        raise WeightsError(f"{source}: missing key {missing[0]!r} (expected shape {expected[missing[0]]})"
+        raise WeightsError(f"{source}: missing key {missing[0]!r} (expected shape {tuple(expected[missing[0]])})"
                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
     if unexpected:
-        raise WeightsError(f"{source}: unexpected key {unexpected[0]!r} (shape {tuple(tensors[unexpected[0]].shape)})"
+        first = unexpected[0]
+        raise WeightsError(f"{source}: unexpected key {first!r} (shape {tuple(np.shape(tensors[first]))})"
                            + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
+
+
+def check_tensors(tensors: dict[str, np.ndarray], expected: dict[str, tuple], source: str) -> None:
+    """Strict check: same key set, same shapes, float dtype, finite values."""
+    check_key_set({k: a for k, a in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}, expected, source)
     for k, shape in expected.items():
         a = tensors[k]
         if tuple(a.shape) != tuple(shape):

@@ -141,15 +141,10 @@ def expected_keys(config, float_stages=()) -> dict[str, tuple[tuple, str]]:
 def check_int8_tensors(tensors: dict, config, float_stages, source: str) -> None:
     """Strict check of an int8 file's tensors: the key set, shapes, dtypes, finite floats,
     positive scales, zero points in range. WeightsError naming the key."""
+    from ..weights import check_key_set
+
     expected = expected_keys(config, float_stages)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing:
-        raise WeightsError(f"{source}: missing key {missing[0]!r} (expected shape {expected[missing[0]][0]})"
-                           + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    if unexpected:
-        raise WeightsError(f"{source}: unexpected key {unexpected[0]!r}"
-                           + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
+    check_key_set(tensors, {k: shape for k, (shape, _) in expected.items()}, source)
     for key, (shape, dtype) in expected.items():
         a = tensors[key]
         if tuple(a.shape) != tuple(shape):
