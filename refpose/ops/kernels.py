@@ -626,8 +626,10 @@ def _attention_block(x, pix, norm, qkv, heads, proj, y):
         simd.full_width_loops()             # in the loop's body: the function its loops are in
         rows = pix[g]
         xg, xnT = np.empty((T, C), dtype), np.empty((C, T), dtype)
-        for t in range(T):
-            xg[t] = x[rows[t]]
+        for t in range(T):                 # element by element: a row assigned whole (xg[t] = x[...]) compiles
+            src, dst = x[rows[t]], xg[t]      # Numba's shape-mismatch message, string formatting that cost ~4 s
+            for c in range(C):
+                dst[c] = src[c]
         _transpose(xg, xnT)
         _norm_columns(xnT, norm_w, norm_b, eps, xnT)            # in place: each column is read before it is written
         qkvT, zero = np.empty(3 * C * T, dtype), np.zeros(T, dtype)
@@ -648,4 +650,6 @@ def _attention_block(x, pix, norm, qkv, heads, proj, y):
         _tiles(T, C, C, (attT, ZERO, ONE, T), (wproj, ZERO, YES), (yg.reshape(-1), ZERO),
                (bproj, NO, xg.reshape(-1), YES), (ZERO, n_proj))
         for t in range(T):
-            y[rows[t]] = yg[t]
+            src, dst = yg[t], y[rows[t]]
+            for c in range(C):
+                dst[c] = src[c]
