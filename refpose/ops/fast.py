@@ -17,7 +17,7 @@ import weakref
 
 import numpy as np
 
-from . import geometry, kernels, reference, simd
+from . import geometry, kernels, precompile, reference, simd
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 PLANAR_BELOW = 8           # depthwise convs with fewer channels run on planar maps
@@ -179,6 +179,7 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float =
     C = x.shape[-1]
     x2 = _c(x, dtype).reshape(-1, C)                           # (pixels, C)
     y = np.empty_like(x2)
+    precompile.wait_for("_layer_norm", dtype)
     kernels._layer_norm(x2, _vector(weight, dtype), _vector(bias, dtype), dtype.type(eps), y)
     return y.reshape(x.shape)
 
@@ -196,6 +197,7 @@ def grouped_attention(qkv: np.ndarray, heads: int, kind: str,
     dtype = _dtype(qkv)
     pix = _c(geometry.token_pixels(N, H, W, kind, window, patch), np.intp)   # (G, T)
     out = np.empty((N * H * W, C), dtype)
+    precompile.wait_for("_grouped_attention", dtype)
     kernels._grouped_attention(_c(qkv, dtype).reshape(N * H * W, C3), pix, heads, out)
     return out.reshape(N, H, W, C)
 
@@ -221,6 +223,7 @@ def attention_block(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarra
     norm = (_vector(norm_weight, dtype), _vector(norm_bias, dtype), dtype.type(eps))
     qkv = (_kept(qkv_w, "rows" + dtype.str, lambda: _c(qkv_w, dtype).reshape(-1)), _vector(qkv_b, dtype))
     proj = (_panels(proj_w, "oi", proj_w, dtype), _vector(proj_b, dtype))
+    precompile.wait_for("_attention_block", dtype)
     kernels._attention_block(_c(x, dtype).reshape(N * H * W, C), pix, norm, qkv, heads, proj, y)
     return y.reshape(N, H, W, C)
 

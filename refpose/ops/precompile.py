@@ -1,0 +1,111 @@
+"""Compiling the attention kernels in a second process while this one compiles the others.
+
+Numba compiles one function at a time in a process (a global compiler lock), on one core. A
+first forward with an empty cache spent most of its time compiling (wgnet: ~60 % of it in
+`_attention_block` and its callees, the rest in the matmul and convolution kernels), so when the
+cache holds no attention kernel, the first fast-path model built in a process starts a helper
+process (`start`) that compiles them into the on-disk cache, in float32, while this process
+goes on (reading the weights and the image, compiling the kernels the forward needs first).
+When the forward reaches an attention kernel (`wait_for`), it waits for the helper to report
+that kernel and then loads it from the cache instead of compiling it.
+
+The helper calls each kernel once on empty operands of the types the fast path passes
+(`empty_calls`): the same specialisation as a forward's, nothing computed. It is a plain child
+process, so nothing is shared but the cache folder; if it fails or is not there, the kernels
+compile here as before. `REFPOSE_PRECOMPILE=0` in the environment switches the helper off.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+HELPER_KERNELS = ("_attention_block", "_layer_norm", "_grouped_attention")   # in the helper's order
+
+_helper: subprocess.Popen | None = None
+_reported: set[str] = set()
+_started = False
+
+
+def empty_calls(dtype) -> dict:
+    """For each kernel named in HELPER_KERNELS, a function that calls it once on empty operands of
+    the types `refpose.ops.fast` passes for `dtype` (so it compiles or loads that specialisation)."""
+    from . import kernels, simd
+
+    dtype = np.dtype(dtype)
+    L = simd.lanes(dtype)
+    v = np.zeros(L, dtype)
+
+    def m(*shape):
+        return np.zeros(shape, dtype)
+    pix = np.zeros((0, L), np.intp)
+    return {
+        "_attention_block": lambda: kernels._attention_block(m(0, L), pix, (v, v, dtype.type(1e-5)), (m(3 * L * L), m(3 * L)),
+                                                             1, (m(L * L), v), m(0, L)),
+        "_layer_norm": lambda: kernels._layer_norm(m(0, L), v, v, dtype.type(1e-5), m(0, L)),
+        "_grouped_attention": lambda: kernels._grouped_attention(m(0, 3 * L), pix, 1, m(0, L)),
+    }
+
+
+def _cached(name: str) -> bool:
+    """Whether the cache has an index for kernel `name` (any specialisation: then it is not cold)."""
+    from . import kernels
+
+    cache = getattr(getattr(kernels, name), "_cache", None)
+    index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
+    return index is None or os.path.exists(index)
+
+
+def start() -> None:
+    """Start the helper once per process, if the cache is on disk and holds no attention kernel."""
+    global _helper, _started
+    if _started:
+        return
+    _started = True
+    if os.environ.get("REFPOSE_PRECOMPILE", "1") == "0":
+        return
+    from . import kernels
+
+    if not kernels.JIT["cache"] or all(_cached(name) for name in HELPER_KERNELS):
+        return
+    code = "from refpose.ops.precompile import _serve; _serve()"
+    try:
+        _helper = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True)
+    except OSError:
+        _helper = None
+        return
+    atexit.register(_stop)
+
+
+def wait_for(name: str, dtype) -> None:
+    """Before this process first calls kernel `name` in `dtype`: if the helper compiles it, wait until
+    it is in the cache."""
+    global _helper
+    if _helper is None or name in _reported or name not in HELPER_KERNELS or dtype != np.float32:
+        return
+    for line in _helper.stdout:
+        _reported.add(line.strip())
+        if line.strip() == name:
+            return
+    _helper.wait()                    # it ended without reporting `name`: compile it here
+    _helper = None
+
+
+def _stop() -> None:
+    if _helper is not None and _helper.poll() is None:
+        _helper.kill()
+        _helper.wait()
+
+
+def _serve() -> None:
+    """The helper: compile the float32 attention kernels into the cache, one line per kernel done."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    for name, call in empty_calls(np.float32).items():
+        call()
+        print(name, flush=True)
