@@ -100,6 +100,7 @@ def _matmul(x: np.ndarray, panels: np.ndarray, N: int, b, relu6: bool, residual=
     if residual is not None and Np != N:
         res = np.concatenate([res, np.zeros((M, Np - N), dtype)], axis=1)
     y = np.empty((M, Np), dtype)
+    precompile.wait_for("_tiles", dtype)
     kernels._matmul_bias_act(x, panels, _bias(b, Np, dtype), relu6, res, y)
     return y if Np == N else y[:, :N]
 

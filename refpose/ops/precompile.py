@@ -3,11 +3,11 @@
 Numba compiles one function at a time in a process (a global compiler lock), on one core. A
 first forward with an empty cache spent most of its time compiling (wgnet: ~60 % of it in
 `_attention_block` and its callees, the rest in the matmul and convolution kernels), so when the
-cache holds no attention kernel, the first fast-path model built in a process starts a helper
-process (`start`) that compiles them into the on-disk cache, in float32, while this process
-goes on (reading the weights and the image, compiling the kernels the forward needs first).
-When the forward reaches an attention kernel (`wait_for`), it waits for the helper to report
-that kernel and then loads it from the cache instead of compiling it.
+cache holds none of them, the first fast-path model built in a process starts a helper process
+(`start`) that compiles the matmul tiles and the attention kernels into the on-disk cache, in
+float32, while this process goes on (reading the weights and the image, compiling the other
+kernels). When the forward reaches one of the helper's kernels (`wait_for`), it waits for the
+helper to report it and then loads it from the cache instead of compiling it.
 
 The helper calls each kernel once on empty operands of the types the fast path passes
 (`empty_calls`): the same specialisation as a forward's, nothing computed. It is a plain child
@@ -23,10 +23,13 @@ import sys
 
 import numpy as np
 
-HELPER_KERNELS = ("_attention_block", "_layer_norm", "_grouped_attention")   # in the helper's order
+# in the helper's order: first the matmul tiles, which this process's first matmul kernel links
+# (it waits for them, then loads them from the cache: ~3 s it does not compile), then the attention
+HELPER_KERNELS = ("_tiles", "_attention_block", "_layer_norm", "_grouped_attention")
 
 _helper: subprocess.Popen | None = None
-_reported: set[str] = set()
+_reported: dict[str, float] = {}       # the helper's kernels done: their compile's CPU seconds
+_waited = [0.0]                        # seconds this process waited for the helper
 _started = False
 
 
@@ -42,7 +45,11 @@ def empty_calls(dtype) -> dict:
     def m(*shape):
         return np.zeros(shape, dtype)
     pix = np.zeros((0, L), np.intp)
+    zero, one, yes, no = kernels.ZERO, kernels.ONE, kernels.YES, kernels.NO
     return {
+        # the operand tuples `_matmul_bias_act` passes (see there), for one row
+        "_tiles": lambda: kernels._tiles(1, L, L, (m(L), zero, L, one), (m(L * L), zero, yes), (m(L), zero),
+                                         (v, no, m(L), no), (zero, one)),
         "_attention_block": lambda: kernels._attention_block(m(0, L), pix, (v, v, dtype.type(1e-5)), (m(3 * L * L), m(3 * L)),
                                                              1, (m(L * L), v), m(0, L)),
         "_layer_norm": lambda: kernels._layer_norm(m(0, L), v, v, dtype.type(1e-5), m(0, L)),
@@ -87,12 +94,25 @@ def wait_for(name: str, dtype) -> None:
     global _helper
     if _helper is None or name in _reported or name not in HELPER_KERNELS or dtype != np.float32:
         return
-    for line in _helper.stdout:
-        _reported.add(line.strip())
-        if line.strip() == name:
-            return
-    _helper.wait()                    # it ended without reporting `name`: compile it here
-    _helper = None
+    import time
+
+    t = time.perf_counter()
+    try:
+        for line in _helper.stdout:
+            done, _, seconds = line.partition(" ")
+            _reported[done] = float(seconds or "nan")
+            if done == name:
+                return
+        _helper.wait()                    # it ended without reporting `name`: compile it here
+        _helper = None
+    finally:
+        _waited[0] += time.perf_counter() - t
+
+
+def report() -> dict:
+    """What the helper did in this process: whether it ran, its kernels' compile CPU seconds (the
+    ones it reported so far), and the seconds this process waited for it."""
+    return {"helper": _helper is not None or bool(_reported), "kernels": dict(_reported), "waited_s": _waited[0]}
 
 
 def _stop() -> None:
@@ -102,10 +122,13 @@ def _stop() -> None:
 
 
 def _serve() -> None:
-    """The helper: compile the float32 attention kernels into the cache, one line per kernel done."""
+    """The helper: compile the float32 kernels into the cache, one line per kernel done (its name and
+    the compile's CPU seconds)."""
+    import time
     import warnings
 
     warnings.simplefilter("ignore")
     for name, call in empty_calls(np.float32).items():
+        t = time.thread_time()
         call()
-        print(name, flush=True)
+        print(name, f"{time.thread_time() - t:.2f}", flush=True)

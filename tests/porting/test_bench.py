@@ -267,7 +267,8 @@ def test_cold_start_report_lists_each_kernels_compile_time(monkeypatch):
         calls.append(cache_dir)
         kernels = [{"kernel": "_matmul_bias_act", "signature": "(Array(float32, 2, 'C', False, aligned=True),)",
                     "compile_s": 3.0}, {"kernel": "_attention_block", "signature": "(int64,)", "compile_s": 1.0}]
-        return {"import_s": 0.5, "build_s": 0.1, "first_forward_s": 4.2 if len(calls) == 1 else 0.3,
+        return {"helper": {"helper": True, "kernels": {"_tiles": 2.5}, "waited_s": 0.4},
+                "cpu_through_first_forward_s": 3.0, "import_s": 0.5, "build_s": 0.1, "first_forward_s": 4.2 if len(calls) == 1 else 0.3,
                 "second_forward_s": 0.05, "process_s": 5.0, "kernels": kernels if len(calls) == 1 else []}
 
     monkeypatch.setattr(cold, "_child", fake_child)
@@ -276,6 +277,7 @@ def test_cold_start_report_lists_each_kernels_compile_time(monkeypatch):
     assert r["compile_s"] == pytest.approx(4.0)
     text = cold.format_cold(r)
     assert "_matmul_bias_act" in text and "75 %" in text and "(f32[2d],)" in text
+    assert "_tiles 2.50" in text and "waited 0.40 s" in text
     assert text.index("_matmul_bias_act") < text.index("_attention_block")
 
 

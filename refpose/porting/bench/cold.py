@@ -4,9 +4,13 @@ fresh interpreter does the same on the cache the first one filled (the kernels l
 time of each step, and the compile time of each kernel and specialisation.
 
 Compile times come from Numba's compile events (`numba.core.event`, kind "numba:compile"): a
-kernel's time is from its start event to its end event, less the time of the kernels compiled
-inside it (its own callees, `_tiles` in `_matmul_bias_act`); what Numba compiles for its own
-library code (np.empty, min, ...) while compiling a kernel is charged to that kernel.
+kernel's time is the CPU time of the compiling thread from its start event to its end event
+(CPU time, not wall time: on a shared machine the wall time of a compile grows with the other
+jobs' load), less the time of the kernels compiled inside it (its own callees, `_tiles` in
+`_matmul_bias_act`); what Numba compiles for its own library code (np.empty, min, ...) while
+compiling a kernel is charged to that kernel. With an empty cache the matmul tiles and the
+attention kernels compile in a helper process beside it (`refpose.ops.precompile`), which
+reports their CPU time too.
 """
 from __future__ import annotations
 
@@ -27,9 +31,9 @@ class Recorder(event.Listener):
     def __init__(self):
         self.events = []
     def on_start(self, ev):
-        self.events.append((time.perf_counter(), True, ev.data))
+        self.events.append((time.thread_time(), True, ev.data))
     def on_end(self, ev):
-        self.events.append((time.perf_counter(), False, ev.data))
+        self.events.append((time.thread_time(), False, ev.data))
 
 rec = Recorder()
 event.register("numba:compile", rec)
@@ -46,6 +50,7 @@ x = bench_input(cfg, spec["batch"], spec["seed"])
 t2 = time.perf_counter()
 model(x)
 t3 = time.perf_counter()
+cpu = time.process_time()                     # this process's CPU time from its start through the first forward
 model(x)
 t4 = time.perf_counter()
 kernels, stack = {}, []
@@ -66,7 +71,12 @@ for ts, start, data in rec.events:
     row = kernels.setdefault((name, args), [0.0, 0])
     row[0] += own
     row[1] += 1
-print(json.dumps({"import_s": t1 - t0, "build_s": t2 - t1, "first_forward_s": t3 - t2, "second_forward_s": t4 - t3,
+from refpose.ops import precompile
+waited = precompile.report()["waited_s"]    # during the first forward
+for name in precompile.HELPER_KERNELS:      # the helper's report of the kernels this forward did not need
+    precompile.wait_for(name, np.float32)
+helper = dict(precompile.report(), waited_s=waited)
+print(json.dumps({"helper": helper, "cpu_through_first_forward_s": cpu, "import_s": t1 - t0, "build_s": t2 - t1, "first_forward_s": t3 - t2, "second_forward_s": t4 - t3,
                   "kernels": [{"kernel": k[0], "signature": k[1], "compile_s": v[0]} for k, v in kernels.items()]}))
 """
 
@@ -108,15 +118,25 @@ def format_cold(r: dict) -> str:
     def steps(s):
         return (f"process {s['process_s']:.2f} s = import {s['import_s']:.2f} s + build {s['build_s']:.2f} s + first "
                 f"forward {s['first_forward_s']:.2f} s (+ interpreter start and exit); second forward "
-                f"{1e3 * s['second_forward_s']:.0f} ms")
+                f"{1e3 * s['second_forward_s']:.0f} ms; CPU time through the first forward "
+                f"{s['cpu_through_first_forward_s']:.2f} s")
     rows = [[k["kernel"], f"{k['compile_s']:.2f}", f"{100 * k['compile_s'] / r['compile_s']:.0f} %",
              _short(k["signature"])] for k in r["cold"]["kernels"]]
+    helper = r["cold"]["helper"]
+    if helper["helper"]:
+        helper_line = (f"helper process (refpose.ops.precompile), compiled beside it, CPU seconds: "
+                       + ", ".join(f"{k} {v:.2f}" for k, v in helper["kernels"].items())
+                       + f"; the first forward waited {helper['waited_s']:.2f} s for it")
+    else:
+        helper_line = "no helper process (REFPOSE_PRECOMPILE=0, or the cache was not empty)"
     return "\n".join([
         f"refpose bench --cold: config {r['config']}, batch {r['batch']}, float32 fast path, "
         f"{r['vector_bits']}-bit vectors" + (f" (NUMBA_CPU_NAME={r['cpu_name']})" if r["cpu_name"] else ""),
         "cold (empty cache): " + steps(r["cold"]),
         "warm (cache filled): " + steps(r["warm"]),
-        f"compile time by kernel (wall, less its callees' own; {r['compile_s']:.2f} s in all):",
+        helper_line,
+        f"compile time by kernel in the process itself (CPU seconds of the compiling thread, less its callees' own; "
+        f"{r['compile_s']:.2f} s in all):",
         tabulate(rows, headers=["kernel", "s", "share", "specialisation"], colalign=("left", "right", "right", "left"),
                  disable_numparse=True)])
 
