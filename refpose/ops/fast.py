@@ -180,7 +180,6 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float =
     C = x.shape[-1]
     x2 = _c(x, dtype).reshape(-1, C)                           # (pixels, C)
     y = np.empty_like(x2)
-    precompile.wait_for("_layer_norm", dtype)
     kernels._layer_norm(x2, _vector(weight, dtype), _vector(bias, dtype), dtype.type(eps), y)
     return y.reshape(x.shape)
 
@@ -198,7 +197,6 @@ def grouped_attention(qkv: np.ndarray, heads: int, kind: str,
     dtype = _dtype(qkv)
     pix = _c(geometry.token_pixels(N, H, W, kind, window, patch), np.intp)   # (G, T)
     out = np.empty((N * H * W, C), dtype)
-    precompile.wait_for("_grouped_attention", dtype)
     kernels._grouped_attention(_c(qkv, dtype).reshape(N * H * W, C3), pix, heads, out)
     return out.reshape(N, H, W, C)
 

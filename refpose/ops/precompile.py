@@ -3,8 +3,8 @@
 Numba compiles one function at a time in a process (a global compiler lock), on one core. A
 first forward with an empty cache spent most of its time compiling (wgnet: ~60 % of it in
 `_attention_block` and its callees, the rest in the matmul and convolution kernels), so when the
-cache holds none of them, the first fast-path model built in a process starts a helper process
-(`start`) that compiles the matmul tiles and the attention kernels into the on-disk cache, in
+cache lacks them, the first fast-path model built in a process starts a helper process
+(`start`) that compiles the matmul tiles and the fused attention kernel into the on-disk cache, in
 float32, while this process goes on (reading the weights and the image, compiling the other
 kernels). When the forward reaches one of the helper's kernels (`wait_for`), it waits for the
 helper to report it and then loads it from the cache instead of compiling it.
@@ -23,9 +23,12 @@ import sys
 
 import numpy as np
 
-# in the helper's order: first the matmul tiles, which this process's first matmul kernel links
-# (it waits for them, then loads them from the cache: ~3 s it does not compile), then the attention
-HELPER_KERNELS = ("_tiles", "_attention_block", "_layer_norm", "_grouped_attention")
+# In the helper's order: first the matmul tiles, which this process's first matmul kernel links
+# (it waits for them, then loads them from the cache: ~3.4 s CPU it does not compile), then the
+# fused attention block (~12 s with its callees). The unfused attention (`_layer_norm`,
+# `_grouped_attention`, ~7.5 s), which only some configs use (tiny), compiles here when needed:
+# with them in the helper, tiny's helper took 23 s CPU against 10 s for this process.
+HELPER_KERNELS = ("_tiles", "_attention_block")
 
 _helper: subprocess.Popen | None = None
 _reported: dict[str, float] = {}       # the helper's kernels done: their compile's CPU seconds
@@ -52,8 +55,6 @@ def empty_calls(dtype) -> dict:
                                          (v, no, m(L), no), (zero, one)),
         "_attention_block": lambda: kernels._attention_block(m(0, L), pix, (v, v, dtype.type(1e-5)), (m(3 * L * L), m(3 * L)),
                                                              1, (m(L * L), v), m(0, L)),
-        "_layer_norm": lambda: kernels._layer_norm(m(0, L), v, v, dtype.type(1e-5), m(0, L)),
-        "_grouped_attention": lambda: kernels._grouped_attention(m(0, 3 * L), pix, 1, m(0, L)),
     }
 
 
