@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--cold", action="store_true", help="instead of the latency table, the first run's cost: a fresh "
                    "process with an empty kernel cache (import, build, first forward, and the compile time of each "
                    "kernel), then a fresh process on the cache it filled")
+    p.add_argument("--no-numpy", action="store_true", help="leave out the NumPy reference path (at batch 8 one "
+                   "of its forwards takes as long as a whole round of the others)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS measurement (one child process "
                    "per candidate, after the timing)")
     p.add_argument("--json", action="store_true", help="print the results as a JSON object")
@@ -61,7 +63,8 @@ def run_bench(args) -> int:
             result = run_profile(args.config, args.batch, args.threads, args.runs, seed=args.seed, progress=progress)
         else:
             result = bench(args.config, args.batch, args.threads, args.runs, aa=args.aa, seed=args.seed,
-                           memory=not args.no_memory, progress=progress, torch_first=args.torch_first)
+                           memory=not args.no_memory, progress=progress, torch_first=args.torch_first,
+                           numpy=not args.no_numpy)
     finally:
         progress.close()
     if args.profile:

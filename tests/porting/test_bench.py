@@ -289,3 +289,8 @@ def test_cold_start_child_compiles_and_reports_the_kernels(tmp_path):
     names = {k["kernel"] for k in r["kernels"]}
     assert {"_matmul_bias_act", "_depthwise_conv"} <= names
     assert all(k["compile_s"] >= 0 for k in r["kernels"])
+
+
+def test_no_numpy_leaves_out_the_reference_path():
+    r = bench.run_bench("tiny", threads=1, runs=1, optional=False, memory=False, numpy=False)
+    assert [c["name"] for c in r["candidates"]] == [bench.FAST]

@@ -105,12 +105,13 @@ def rel_diff(out: np.ndarray, ref: np.ndarray) -> float:
 
 def run_bench(config="wgnet", batch: int = 1, threads: int = 2, runs: int = 20, aa: bool = False,
               seed: int = 0, warmup: int = 2, optional: bool = True, memory: bool = True,
-              progress: Callable[[str], None] = lambda s: None, torch_first: bool = False) -> dict:
+              progress: Callable[[str], None] = lambda s: None, torch_first: bool = False,
+              numpy: bool = True) -> dict:
     """Time the candidates in one run; returns a JSON-ready dict (see `format_result`).
 
     `optional=False` leaves out PyTorch, ONNX Runtime and OpenVINO; `aa=True` times the fast path
     against a copy of itself (and the yardstick) only; `memory` measures each candidate's peak
-    RSS in a child process after the timing; `torch_first=True` times the fast path in child
+    RSS in a child process after the timing; `numpy=False` leaves out the NumPy path; `torch_first=True` times the fast path in child
     processes that imported torch before refpose against one that did not (`worker_candidates`;
     the first of them, without torch, is the base of the ratios).
     """
@@ -138,7 +139,7 @@ def run_bench(config="wgnet", batch: int = 1, threads: int = 2, runs: int = 20, 
         elif aa:
             cands = [fast, refpose_candidate(FAST_COPY, tensors, cfg, x, "fast")]
         else:
-            cands = [fast, refpose_candidate(NUMPY, tensors, cfg, x, "reference")]
+            cands = [fast] + ([refpose_candidate(NUMPY, tensors, cfg, x, "reference")] if numpy else [])
             if optional:
                 extra, skipped, onnx_path = optional_candidates(tensors, cfg, x, threads, workdir, progress)
                 cands += extra
