@@ -58,6 +58,24 @@ def empty_calls(dtype) -> dict:
     }
 
 
+# Callees of the fused attention kernel that this process compiles first, before its forward
+# (~2 s CPU), so that the helper, which reaches them after the tiles, loads them from the cache:
+# the two sides then take about as long. If the helper gets there first, it compiles them
+# itself: nothing is lost but that CPU time. (`_attend` calls the tiles, which this process
+# would then compile too.)
+EARLY_HERE = ("_transpose", "_norm_columns")
+
+
+def _early_calls(dtype) -> dict:
+    """Calls of the EARLY_HERE kernels on empty operands, with the types `_attention_block` passes."""
+    from . import kernels
+
+    dtype = np.dtype(dtype)
+    m2, m1 = np.zeros((0, 0), dtype), np.zeros(0, dtype)
+    return {"_transpose": lambda: kernels._transpose(m2, m2),
+            "_norm_columns": lambda: kernels._norm_columns(m2, m1, m1, dtype.type(1e-5), m2)}
+
+
 def _cached(name: str) -> bool:
     """Whether the cache has an index for kernel `name` (any specialisation: then it is not cold)."""
     from . import kernels
@@ -87,6 +105,8 @@ def start() -> None:
         _helper = None
         return
     atexit.register(_stop)
+    for call in _early_calls(np.float32).values():
+        call()
 
 
 def wait_for(name: str, dtype) -> None:
