@@ -26,8 +26,6 @@ def test_the_helpers_calls_are_the_forwards_specialisations(tiny_tensors, tiny_i
     for call in precompile.empty_calls(np.float32).values():
         call()
     assert {name: list(getattr(kernels, name).signatures) for name in called} == before
-    # one float32 specialisation, whoever compiled it (other tests compile the float64 ones)
-    assert len([sig for sig in kernels._tiles.signatures if "float32" in str(sig)]) == 1, kernels._tiles.signatures
 
 
 COLD = """
