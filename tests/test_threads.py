@@ -11,15 +11,19 @@ import pytest
 
 
 def _import_kernels(prelude="", builds=1, **env):
-    """(OMP_WAIT_POLICY after building the model, whether the policy says a runtime spins), stderr."""
-    code = prelude + ("import os, refpose, refpose.threads as t\n"
+    """(OMP_WAIT_POLICY after building the model, whether the policy says a runtime spins, the kernels'
+    thread count), stderr."""
+    code = prelude + ("import os, numba, refpose, refpose.threads as t\n"
                       "for _ in range(%d): refpose.build('tiny')\n"
-                      "print(os.environ['OMP_WAIT_POLICY'], t.policy().openmp_spins)" % builds)
+                      "print(os.environ['OMP_WAIT_POLICY'], t.policy().openmp_spins, numba.get_num_threads())" % builds)
     env = {**{k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}, **env}
     r = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, env=env,
                        timeout=300)
     assert r.returncode == 0, r.stderr
     return r.stdout.split(), r.stderr
+
+
+ALL = str(numba.config.NUMBA_NUM_THREADS)
 
 
 LOAD_LIBGOMP = "import ctypes, ctypes.util; ctypes.CDLL(ctypes.util.find_library('gomp'), mode=ctypes.RTLD_GLOBAL)\n"
@@ -32,9 +36,9 @@ def _need_libgomp():
 
 
 def test_openmp_is_asked_to_wait_passively_unless_the_user_chose():
-    # see refpose/threads.py: spinning OpenMP and OpenBLAS threads starve each other
-    assert _import_kernels()[0] == ["PASSIVE", "False"]
-    assert _import_kernels(OMP_WAIT_POLICY="ACTIVE")[0] == ["ACTIVE", "False"]
+    # see refpose/threads.py: a pool that spins after its region takes a core from whatever runs next
+    assert _import_kernels()[0] == ["PASSIVE", "False", ALL]
+    assert _import_kernels(OMP_WAIT_POLICY="ACTIVE")[0] == ["ACTIVE", "False", ALL]
 
 
 def test_the_variable_is_set_when_refpose_is_imported():
@@ -46,26 +50,60 @@ def test_the_variable_is_set_when_refpose_is_imported():
 
 
 def test_openmp_loaded_after_refpose_does_not_warn():
-    """The advice followed (refpose first, then the runtime): no warning, kernels in parallel."""
+    """Refpose first, then the runtime: no warning, kernels in parallel."""
     _need_libgomp()
-    (policy, spins), err = _import_kernels("import refpose\n" + LOAD_LIBGOMP)
-    assert (policy, spins) == ("PASSIVE", "False")
+    out, err = _import_kernels("import refpose\n" + LOAD_LIBGOMP)
+    assert out == ["PASSIVE", "False", ALL]
     assert "Warning" not in err, err
 
 
-def test_openmp_loaded_before_refpose_warns_once_and_runs_the_kernels_on_one_thread():
+def test_numbas_own_runtime_loaded_before_refpose_warns_once_and_runs_the_kernels_on_one_thread():
+    """The libgomp Numba's pool links, loaded by hand before refpose: it read no policy and spins,
+    and the pool can run on no other, so the kernels get one thread (and one warning)."""
     _need_libgomp()
-    (policy, spins), err = _import_kernels(LOAD_LIBGOMP, builds=3)
-    assert (policy, spins) == ("PASSIVE", "True")
+    out, err = _import_kernels(LOAD_LIBGOMP, builds=3)
+    if numba.config.THREADING_LAYER not in ("default", "omp"):
+        pytest.skip("Numba's pool is not OpenMP here")
+    assert out == ["PASSIVE", "True", "1"]
     assert err.count("RuntimeWarning") == 1, err                   # once per process, not per model
-    assert "Import refpose before torch" in err and "OMP_WAIT_POLICY=PASSIVE" in err
+    assert "Import refpose first" in err and "OMP_WAIT_POLICY=PASSIVE" in err
+
+
+SPIN_CHECK = ("import time, numpy as np\n"
+              "from refpose.ops import fast\n"
+              "x, w = np.ones((4096, 64), np.float32), np.ones((64, 64), np.float32)\n"
+              "fast.linear(x, w, None)\n"
+              "spun = []\n"
+              "for _ in range(3):\n"
+              "    fast.linear(x, w, None)\n"
+              "    c = time.process_time(); time.sleep(0.1); spun.append(time.process_time() - c)\n"
+              "print('spin_ms', round(1e3 * min(spun)))\n")
+
+
+@pytest.mark.torch
+def test_torch_imported_first_leaves_the_kernels_every_thread_and_a_pool_that_sleeps():
+    """torch first (its libgomp read no policy and spins): Numba's pool runs on a runtime of its
+    own that waits passively, so the kernels keep every thread, nothing is printed, and no
+    thread of the process runs while it sleeps after a kernel (on torch's runtime, Numba's
+    worker spun for milliseconds after each parallel region)."""
+    pytest.importorskip("torch", reason="the case of torch imported before refpose")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 numba threads")
+    out, err = _import_kernels("import torch\n", builds=2)
+    assert out == ["PASSIVE", "True", ALL]
+    assert "Warning" not in err, err
+    code = "import torch, refpose\nrefpose.build('tiny')\n" + SPIN_CHECK
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-2] == "spin_ms" and int(r.stdout.split()[-1]) <= 1, r.stdout   # spinning: 4-9 ms
 
 
 @pytest.mark.torch
 def test_torch_imported_after_refpose_does_not_warn():
     pytest.importorskip("torch", reason="the case of torch imported after refpose")
-    (policy, spins), err = _import_kernels("import refpose, torch\n")
-    assert (policy, spins) == ("PASSIVE", "False")
+    out, err = _import_kernels("import refpose, torch\n")
+    assert out == ["PASSIVE", "False", ALL]
     assert "Warning" not in err, err
 
 

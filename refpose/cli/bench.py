@@ -28,6 +28,14 @@ def add_parser(sub) -> None:
     p.add_argument("--profile", action="store_true", help="instead of the latency table, show where the time "
                    "goes: the fast path per op kind and per stage and ONNX Runtime's own per-node profile "
                    "summed by op type (--runs forwards each)")
+    p.add_argument("--torch-first", action="store_true", help="the porter's case: the fast path in fresh processes "
+                   "that imported torch before refpose (one running torch's forward right before each of refpose's, "
+                   "one leaving torch idle) against one without torch; ratios to the one without torch")
+    p.add_argument("--cold", action="store_true", help="instead of the latency table, the first run's cost: a fresh "
+                   "process with an empty kernel cache (import, build, first forward, and the compile time of each "
+                   "kernel), then a fresh process on the cache it filled")
+    p.add_argument("--no-numpy", action="store_true", help="leave out the NumPy reference path (at batch 8 one "
+                   "of its forwards takes as long as a whole round of the others)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS measurement (one child process "
                    "per candidate, after the timing)")
     p.add_argument("--int8", action="store_true", help="also time refpose's int8 fast path, and ONNX Runtime and "
@@ -43,12 +51,22 @@ def run_bench(args) -> int:
     check_args(args.batch, args.threads, args.runs)
     get_config(args.config)                  # an unknown config fails here, before anything is built
     progress = _progress_line() if sys.stderr.isatty() else _progress_plain()
+    if args.cold:
+        from ..porting.bench.cold import format_cold, run_cold
+
+        try:
+            result = run_cold(args.config, args.batch, seed=args.seed, progress=progress)
+        finally:
+            progress.close()
+        print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_cold(result))
+        return 0
     try:
         if args.profile:
             result = run_profile(args.config, args.batch, args.threads, args.runs, seed=args.seed, progress=progress)
         else:
             result = bench(args.config, args.batch, args.threads, args.runs, aa=args.aa, seed=args.seed,
-                           memory=not args.no_memory, progress=progress, int8=args.int8)
+                           memory=not args.no_memory, progress=progress, torch_first=args.torch_first,
+                           numpy=not args.no_numpy, int8=args.int8)
     finally:
         progress.close()
     if args.profile:

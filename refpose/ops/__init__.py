@@ -24,6 +24,8 @@ class Ops:
             from ..threads import policy
             from . import fast
             policy()                         # the thread policy, decided before any kernel runs
+            from . import precompile
+            precompile.start()               # with a cold cache: the attention kernels compile in a helper process
             self.impl = fast
         else:
             raise ValueError(f"unknown op implementation {impl!r}; choose one of {', '.join(IMPLS)}")

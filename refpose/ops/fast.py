@@ -17,7 +17,7 @@ import weakref
 
 import numpy as np
 
-from . import geometry, kernels, reference, simd
+from . import geometry, kernels, precompile, reference, simd
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 PLANAR_BELOW = 8           # depthwise convs with fewer channels run on planar maps
@@ -100,6 +100,7 @@ def _matmul(x: np.ndarray, panels: np.ndarray, N: int, b, relu6: bool, residual=
     if residual is not None and Np != N:
         res = np.concatenate([res, np.zeros((M, Np - N), dtype)], axis=1)
     y = np.empty((M, Np), dtype)
+    precompile.wait_for("_tiles", dtype)
     kernels._matmul_bias_act(x, panels, _bias(b, Np, dtype), relu6, res, y)
     return y if Np == N else y[:, :N]
 
@@ -221,6 +222,7 @@ def attention_block(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarra
     norm = (_vector(norm_weight, dtype), _vector(norm_bias, dtype), dtype.type(eps))
     qkv = (_kept(qkv_w, "rows" + dtype.str, lambda: _c(qkv_w, dtype).reshape(-1)), _vector(qkv_b, dtype))
     proj = (_panels(proj_w, "oi", proj_w, dtype), _vector(proj_b, dtype))
+    precompile.wait_for("_attention_block", dtype)
     kernels._attention_block(_c(x, dtype).reshape(N * H * W, C), pix, norm, qkv, heads, proj, y)
     return y.reshape(N, H, W, C)
 

@@ -480,7 +480,7 @@ def test_results_do_not_depend_on_the_numba_thread_count(numba_threads, tiny_ten
     from refpose.weights import from_tensors
     if _max_threads() < 2:
         pytest.skip("needs 2 numba threads")
-    if threads.policy().openmp_spins:
+    if threads.policy().one_thread:
         pytest.skip("the kernels run on one thread in this process (an OpenMP runtime spins)")
     model = from_tensors(tiny_tensors, "tiny", "float32", "fast")
     x = tiny_input.astype(np.float32)

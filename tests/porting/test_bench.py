@@ -234,3 +234,63 @@ def test_profile_splits_the_fast_path_by_op_kind_and_stage():
     if r["ort"] is not None:
         assert any(row["name"] == "MatMul" for row in r["ort"]["by_op"])
         assert "op type" in text
+
+
+# --- the porter's case and the first run --------------------------------------------------------
+@pytest.mark.torch
+def test_torch_first_times_the_fast_path_in_processes_that_imported_torch_first():
+    """`refpose bench --torch-first`: three child processes started alike, the first without torch
+    (the unit of the ratios), two with torch imported before refpose; each times its own forward,
+    on the kernels' every thread (refpose/threads.py), and agrees with the reference."""
+    pytest.importorskip("torch", reason="the porter's case imports torch")
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    r = bench.run_bench("tiny", threads=threads, runs=2, torch_first=True)
+    names = [c["name"] for c in r["candidates"]]
+    assert names == [bench.NO_TORCH, bench.TORCH_FIRST, bench.TORCH_IDLE]
+    assert r["candidates"][0]["ratio"] == 1.0
+    assert all(c["agrees"] for c in r["candidates"])
+    workers = r["workers"]
+    assert [workers[n]["openmp_loaded_first"] for n in names] == [False, True, True]
+    assert all(w["kernel_threads"] == threads for w in workers.values()), workers
+    text = bench.format_result(r)
+    assert "torch first:" in text and "torch's own forward took" in text
+
+
+def test_cold_start_report_lists_each_kernels_compile_time(monkeypatch):
+    """`refpose bench --cold` runs two fresh processes (empty cache, then the cache it filled); the
+    table lists each kernel's compile time and share, largest first."""
+    from refpose.porting.bench import cold
+
+    calls = []
+
+    def fake_child(config, batch, seed, cache_dir):
+        calls.append(cache_dir)
+        kernels = [{"kernel": "_matmul_bias_act", "signature": "(Array(float32, 2, 'C', False, aligned=True),)",
+                    "compile_s": 3.0}, {"kernel": "_attention_block", "signature": "(int64,)", "compile_s": 1.0}]
+        return {"helper": {"helper": True, "kernels": {"_tiles": 2.5}, "waited_s": 0.4},
+                "cpu_through_first_forward_s": 3.0, "import_s": 0.5, "build_s": 0.1, "first_forward_s": 4.2 if len(calls) == 1 else 0.3,
+                "second_forward_s": 0.05, "process_s": 5.0, "kernels": kernels if len(calls) == 1 else []}
+
+    monkeypatch.setattr(cold, "_child", fake_child)
+    r = cold.run_cold("tiny")
+    assert len(calls) == 2 and calls[0] == calls[1]            # the warm start reads the cache the cold one filled
+    assert r["compile_s"] == pytest.approx(4.0)
+    text = cold.format_cold(r)
+    assert "_matmul_bias_act" in text and "75 %" in text and "(f32[2d],)" in text
+    assert "_tiles 2.50" in text and "waited 0.40 s" in text
+    assert text.index("_matmul_bias_act") < text.index("_attention_block")
+
+
+@pytest.mark.slow
+def test_cold_start_child_compiles_and_reports_the_kernels(tmp_path):
+    from refpose.porting.bench import cold
+
+    r = cold._child("tiny", 1, 0, str(tmp_path))
+    names = {k["kernel"] for k in r["kernels"]}
+    assert {"_matmul_bias_act", "_depthwise_conv"} <= names
+    assert all(k["compile_s"] >= 0 for k in r["kernels"])
+
+
+def test_no_numpy_leaves_out_the_reference_path():
+    r = bench.run_bench("tiny", threads=1, runs=1, optional=False, memory=False, numpy=False)
+    assert [c["name"] for c in r["candidates"]] == [bench.FAST]

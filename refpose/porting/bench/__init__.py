@@ -37,7 +37,8 @@ allocator cache) is counted against another.
 wrapping the model's op set and stages, so nothing is timed when it is not asked for) and
 sums ONNX Runtime's own per-node profile by op type.
 """
-from .candidates import FAST, FAST_COPY, NUMPY, OPENVINO, ORT, SGEMM, TORCH, Candidate, _installed, optional_candidates  # noqa: F401
+from .candidates import (FAST, FAST_COPY, NO_TORCH, NUMPY, OPENVINO, ORT, SGEMM, TORCH, TORCH_FIRST, TORCH_IDLE,  # noqa: F401
+                         Candidate, _installed, optional_candidates)
 from .environment import check_args, fixed_threads  # noqa: F401
 from .profile import run_profile  # noqa: F401
 from .report import format_profile, format_result  # noqa: F401

@@ -14,9 +14,12 @@ def quiet_spinning() -> list[str]:
     any candidate runs; returns a note if an OpenMP runtime was loaded already and spins."""
     from ...threads import policy
 
+    if policy().one_thread:
+        return ["Numba's thread pool runs on an OpenMP runtime that was loaded before the bench started and keeps "
+                "its default spin (refpose's kernels run on one thread); set OMP_WAIT_POLICY=PASSIVE in the environment"]
     if policy().openmp_spins:
-        return ["an OpenMP runtime was loaded before the bench started and keeps its default spin "
-                "(refpose's kernels run on one thread); set OMP_WAIT_POLICY=PASSIVE in the environment"]
+        return ["an OpenMP runtime (torch's) was loaded before refpose and spins after its own parallel regions; "
+                "Numba's pool runs on a runtime of its own, which waits passively"]
     return []
 
 

@@ -67,6 +67,14 @@ def format_result(r: dict) -> str:
         noisy = "" if r["aa_fair"] or not lo <= 1 <= hi else "; the interval holds 1.00: this run was too noisy to tell"
         lines.append(f"A/A: {FAST_COPY} / {FAST} = {r['aa_ratio']:.3f} ({verdict} 1.00 +- {AA_BAND:.2f}; "
                      f"95 % interval {lo:.3f}-{hi:.3f}{noisy})")
+    if r.get("torch_first"):
+        base = r["candidates"][0]
+        lines.append("torch first: " + ", ".join(f"{c['name']} / {base['name']} = {c['ratio']:.3f} (95 % interval "
+                                                 "{:.3f}-{:.3f})".format(*c["ratio_interval"]) for c in r["candidates"][1:]))
+        lines.append("each process: " + "; ".join(
+            f"{k}: {v['kernel_threads']} kernel threads ({v['layer']})"
+            + (", an OpenMP runtime loaded before refpose" if v["openmp_loaded_first"] else "")
+            for k, v in r["workers"].items()))
     lines += [f"note: {n}" for n in r["skipped"] + r["notes"]]
     return "\n".join(lines)
 

@@ -13,7 +13,8 @@ import numpy as np
 from ...config import get_config
 from ...counting import count_ops
 from ..oracle import TOLERANCES
-from .candidates import FAST, FAST_COPY, NUMPY, SGEMM_N, Candidate, _timed, bench_input, optional_candidates, refpose_candidate, sgemm_candidate
+from .candidates import (FAST, FAST_COPY, NUMPY, SGEMM_N, Candidate, _timed, bench_input, optional_candidates,
+                         refpose_candidate, sgemm_candidate, worker_candidates)
 from .environment import blas_info, check_args, fixed_threads, quiet_spinning
 from .memory import measure_memory
 
@@ -73,6 +74,9 @@ def time_rounds(cands: list[Candidate], runs: int, warmup: int = 2,
                 c = cands[i]
                 if idle and not wait_until_idle():
                     busy += 1
+                if c.timed is not None:            # a child process: its own time of its forward
+                    c.times.append(c.timed())
+                    continue
                 t = time.perf_counter()
                 c.forward()
                 c.times.append(time.perf_counter() - t)
@@ -101,13 +105,17 @@ def rel_diff(out: np.ndarray, ref: np.ndarray) -> float:
 
 def run_bench(config="wgnet", batch: int = 1, threads: int = 2, runs: int = 20, aa: bool = False,
               seed: int = 0, warmup: int = 2, optional: bool = True, memory: bool = True,
-              progress: Callable[[str], None] = lambda s: None, int8: bool = False) -> dict:
+              progress: Callable[[str], None] = lambda s: None, torch_first: bool = False,
+              numpy: bool = True, int8: bool = False) -> dict:
     """Time the candidates in one run; returns a JSON-ready dict (see `format_result`).
 
     `optional=False` leaves out PyTorch, ONNX Runtime and OpenVINO; `aa=True` times the fast path
     against a copy of itself (and the yardstick) only; `memory` measures each candidate's peak
-    RSS in a child process after the timing; `int8` adds the int8 candidates
-    (`refpose.porting.bench.int8`), whose memory is not measured.
+    RSS in a child process after the timing; `numpy=False` leaves out the NumPy path;
+    `torch_first=True` times the fast path in child processes that imported torch before refpose
+    against one that did not (`worker_candidates`; the first of them, without torch, is the base of
+    the ratios); `int8` adds the int8 candidates (`refpose.porting.bench.int8`), whose memory is not
+    measured.
     """
     check_args(batch, threads, runs)
     cfg = get_config(config)
@@ -127,10 +135,13 @@ def run_bench(config="wgnet", batch: int = 1, threads: int = 2, runs: int = 20, 
         _, fast.first_s = _timed(fast.forward)
         after = _kernel_cache_stats()
         cache = {"hits": after[0] - before[0], "misses": after[1] - before[1]}
-        if aa:
+        if torch_first:
+            cands = worker_candidates(cfg.name, batch, threads, seed, progress)
+            cands[0].first_s = fast.first_s          # the bench's own process: the children warmed up on its cache
+        elif aa:
             cands = [fast, refpose_candidate(FAST_COPY, tensors, cfg, x, "fast")]
         else:
-            cands = [fast, refpose_candidate(NUMPY, tensors, cfg, x, "reference")]
+            cands = [fast] + ([refpose_candidate(NUMPY, tensors, cfg, x, "reference")] if numpy else [])
             if optional:
                 extra, skipped, onnx_path = optional_candidates(tensors, cfg, x, threads, workdir, progress)
                 cands += extra
@@ -147,20 +158,32 @@ def run_bench(config="wgnet", batch: int = 1, threads: int = 2, runs: int = 20, 
         with count_ops() as counter:
             fast.forward()
         sgemm = sgemm_candidate(seed=seed)
-        busy = time_rounds(cands + [sgemm], runs, warmup, progress)
+        try:
+            busy = time_rounds(cands + [sgemm], runs, warmup, progress)
+            diffs = {c.name: rel_diff(c.forward(), ref if c.reference is None else c.reference) for c in cands}
+            if torch_first:
+                w = cands[1].worker
+                notes.append(f"{cands[1].name}: torch's own forward took {1e3 * float(np.median(w.before_s)):.1f} ms "
+                             "(median) in that process; every child times its own forward, after waiting until it is idle "
+                             "(the torch forward runs after that wait, right before refpose's)")
+        finally:
+            for c in cands:
+                c.close()
         if busy:
             notes.append(f"the process was still busy after 0.5 s before {busy} of the timed calls "
                          "(a thread pool that does not go to sleep, or another load on the machine)")
-        diffs = {c.name: rel_diff(c.forward(), ref if c.reference is None else c.reference) for c in cands}
         blas = blas_info()
         layer = numba.threading_layer()
         rss = {}
-        if memory and not aa:
+        if memory and not aa and not torch_first:
             rss, more = measure_memory([c.name for c in cands if c.reference is None], cfg.name, batch, threads, seed,
                                        onnx_path, progress)
             notes += more
     result = _result(cfg, x.shape, threads, runs, warmup, aa, cands, sgemm, counter.macs, diffs, cache, blas,
                      layer, notes, skipped)
+    result["torch_first"] = torch_first
+    if torch_first:
+        result["workers"] = {c.name: c.worker.state for c in cands}
     for row in result["candidates"]:
         row.update(rss.get(row["name"], {"peak_rss_mb": None, "forward_rss_mb": None}))
     return result
