@@ -124,7 +124,7 @@ def format_cold(r: dict) -> str:
              _short(k["signature"])] for k in r["cold"]["kernels"]]
     helper = r["cold"]["helper"]
     if helper["helper"]:
-        helper_line = (f"helper process (refpose.ops.precompile), compiled beside it, CPU seconds: "
+        helper_line = ("helper process (refpose.ops.precompile), compiled beside it, CPU seconds: "
                        + ", ".join(f"{k} {v:.2f}" for k, v in helper["kernels"].items())
                        + f"; the first forward waited {helper['waited_s']:.2f} s for it")
     else:
