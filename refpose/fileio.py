@@ -13,7 +13,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from .errors import DataError, OutputError
+from .errors import DataError, OutputError, WeightsError
 
 
 def write_files(files: "dict[str | os.PathLike, bytes]", inputs=()) -> None:
@@ -448,3 +448,20 @@ def brief(v, limit: int = 60) -> str:
     """repr of a JSON value for a message, cut short (a 400-digit number stays readable)."""
     text = repr(v)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_key_set(tensors: dict, expected: dict[str, tuple], source: str) -> None:
+    """WeightsError naming the first missing key (with the shape expected) or unexpected key
+    (with its shape), and how many more, when the keys of `tensors` are not those of `expected`
+    ({key: shape}): float and int8 weights files alike."""
+    import numpy as np
+
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        raise WeightsError(f"{source}: missing key {missing[0]!r} (expected shape {tuple(expected[missing[0]])})"
+                           + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    if unexpected:
+        first = unexpected[0]
+        raise WeightsError(f"{source}: unexpected key {first!r} (shape {tuple(np.shape(tensors[first]))})"
+                           + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))

@@ -17,7 +17,7 @@ import numpy as np
 
 from .config import MAX_PARAMS, WGNetConfig, get_config
 from .errors import ConfigError, WeightsError
-from .fileio import path_problem, read_npz, write_atomic
+from .fileio import check_key_set, path_problem, read_npz, write_atomic
 from .layers import walk
 from .model import WGNet
 
@@ -134,21 +134,6 @@ def _read_npz(path: str):
         else:
             tensors[k] = a
     return tensors, meta
-
-
-def check_key_set(tensors: dict, expected: dict[str, tuple], source: str) -> None:
-    """WeightsError naming the first missing key (with the shape expected) or unexpected key
-    (with its shape), and how many more, when the keys of `tensors` are not those of `expected`
-    ({key: shape})."""
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing:
-        raise WeightsError(f"{source}: missing key {missing[0]!r} (expected shape {tuple(expected[missing[0]])})"
-                           + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    if unexpected:
-        first = unexpected[0]
-        raise WeightsError(f"{source}: unexpected key {first!r} (shape {tuple(np.shape(tensors[first]))})"
-                           + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
 
 
 def check_tensors(tensors: dict[str, np.ndarray], expected: dict[str, tuple], source: str) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..config import get_config
 from ..errors import ConfigError, InputShapeError, WeightsError
+from ..fileio import check_key_set
 from ..layers import ConvBN, walk
 from ..model import check_batch
 from . import qdq
@@ -141,8 +142,6 @@ def expected_keys(config, float_stages=()) -> dict[str, tuple[tuple, str]]:
 def check_int8_tensors(tensors: dict, config, float_stages, source: str) -> None:
     """Strict check of an int8 file's tensors: the key set, shapes, dtypes, finite floats,
     positive scales, zero points in range. WeightsError naming the key."""
-    from ..weights import check_key_set
-
     expected = expected_keys(config, float_stages)
     check_key_set(tensors, {k: shape for k, (shape, _) in expected.items()}, source)
     for key, (shape, dtype) in expected.items():

@@ -178,28 +178,3 @@ def sgemm_candidate(n: int = SGEMM_N, seed: int = 0) -> Candidate:
 def bench_input(cfg, batch: int, seed: int) -> np.ndarray:
     H, W = cfg.input_size
     return np.random.default_rng(seed + 1).standard_normal((batch, 3, H, W)).astype(np.float32)
-
-
-def worker_candidates(config: str, batch: int, threads: int, seed: int, progress) -> list[Candidate]:
-    """The porter's case (`refpose bench --torch-first`): the fast path in three fresh processes
-    started alike, one without torch, one that imported torch before refpose and runs torch's
-    forward right before each of refpose's, one that imported torch first and leaves it idle.
-    Each child times its own forward (see `worker.py`)."""
-    from .worker import Worker, WorkerSpec
-
-    specs = [(NO_TORCH, WorkerSpec(config, batch, threads, seed)),
-             (TORCH_FIRST, WorkerSpec(config, batch, threads, seed, torch_first=True, before="torch")),
-             (TORCH_IDLE, WorkerSpec(config, batch, threads, seed, torch_first=True))]
-    cands = []
-    try:
-        for name, spec in specs:
-            progress(f"starting a process: {name}")
-            t = time.perf_counter()
-            w = Worker(spec)
-            cands.append(Candidate(name, lambda w=w: w.forward(output=True)[1], time.perf_counter() - t,
-                                   timed=lambda w=w: w.forward()[0], close=w.close, worker=w))
-    except BaseException:
-        for c in cands:
-            c.close()
-        raise
-    return cands

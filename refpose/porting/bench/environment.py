@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 
 from ...errors import BenchError
 
@@ -84,3 +85,22 @@ def check_args(batch: int, threads: int, runs: int) -> None:
         raise BenchError(f"--runs must be at least 1, got {runs}")
     if batch < 1:
         raise BenchError(f"--batch must be at least 1, got {batch}")
+
+
+def wait_until_idle(window: float = 0.012, timeout: float = 0.5) -> bool:
+    """Sleep until this process's threads have used (almost) no CPU for `window` seconds.
+
+    A pool that keeps spinning after a call (OpenBLAS's workers spin ~0.1 s by default, and
+    only an environment variable read at load time changes that) shows up as CPU time while
+    the main thread sleeps; waiting it out keeps it from stealing a core from the next
+    candidate. Returns False if the process was still busy after `timeout`.
+    """
+    deadline = time.perf_counter() + timeout
+    cpu = time.process_time()
+    while time.perf_counter() < deadline:
+        time.sleep(window)
+        now = time.process_time()
+        if now - cpu < 0.25 * window:        # less than a quarter of one core over the window
+            return True
+        cpu = now
+    return False

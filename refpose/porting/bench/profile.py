@@ -14,7 +14,7 @@ from ...config import get_config
 from ...errors import RefposeError
 from .candidates import FAST, ORT, _installed, bench_input, export_twin
 from .environment import blas_info, check_args, fixed_threads, quiet_spinning
-from .timing import wait_until_idle
+from .environment import wait_until_idle
 
 
 def _tally(fn, sums: dict, calls: dict, key: str):

@@ -14,31 +14,13 @@ from ...config import get_config
 from ...counting import count_ops
 from ..oracle import TOLERANCES
 from .candidates import (FAST, FAST_COPY, NUMPY, SGEMM_N, Candidate, _timed, bench_input, optional_candidates,
-                         refpose_candidate, sgemm_candidate, worker_candidates)
-from .environment import blas_info, check_args, fixed_threads, quiet_spinning
+                         refpose_candidate, sgemm_candidate)
+from .environment import blas_info, check_args, fixed_threads, quiet_spinning, wait_until_idle
 from .memory import measure_memory
+from .worker import worker_candidates
 
 
 AA_BAND = 0.05             # an A/A ratio within 1 +- AA_BAND reads as fair
-
-
-def wait_until_idle(window: float = 0.012, timeout: float = 0.5) -> bool:
-    """Sleep until this process's threads have used (almost) no CPU for `window` seconds.
-
-    A pool that keeps spinning after a call (OpenBLAS's workers spin ~0.1 s by default, and
-    only an environment variable read at load time changes that) shows up as CPU time while
-    the main thread sleeps; waiting it out keeps it from stealing a core from the next
-    candidate. Returns False if the process was still busy after `timeout`.
-    """
-    deadline = time.perf_counter() + timeout
-    cpu = time.process_time()
-    while time.perf_counter() < deadline:
-        time.sleep(window)
-        now = time.process_time()
-        if now - cpu < 0.25 * window:        # less than a quarter of one core over the window
-            return True
-        cpu = now
-    return False
 
 
 def balanced_orders(n: int) -> list[list[int]]:

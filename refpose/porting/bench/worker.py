@@ -48,7 +48,7 @@ def _serve(spec: WorkerSpec) -> None:
     from ...threads import set_kernel_threads
     from ...weights import from_tensors, init_weights
     from .candidates import bench_input, torch_candidate
-    from .timing import wait_until_idle
+    from .environment import wait_until_idle
 
     if spec.layer is not None:
         numba.config.THREADING_LAYER = spec.layer
@@ -150,3 +150,30 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def worker_candidates(config: str, batch: int, threads: int, seed: int, progress) -> list:
+    """The porter's case (`refpose bench --torch-first`): the fast path in three fresh processes
+    started alike, one without torch, one that imported torch before refpose and runs torch's
+    forward right before each of refpose's, one that imported torch first and leaves it idle.
+    Each child times its own forward (`Worker`)."""
+    import time
+
+    from .candidates import NO_TORCH, TORCH_FIRST, TORCH_IDLE, Candidate
+
+    specs = [(NO_TORCH, WorkerSpec(config, batch, threads, seed)),
+             (TORCH_FIRST, WorkerSpec(config, batch, threads, seed, torch_first=True, before="torch")),
+             (TORCH_IDLE, WorkerSpec(config, batch, threads, seed, torch_first=True))]
+    cands = []
+    try:
+        for name, spec in specs:
+            progress(f"starting a process: {name}")
+            t = time.perf_counter()
+            w = Worker(spec)
+            cands.append(Candidate(name, lambda w=w: w.forward(output=True)[1], time.perf_counter() - t,
+                                   timed=lambda w=w: w.forward()[0], close=w.close, worker=w))
+    except BaseException:
+        for c in cands:
+            c.close()
+        raise
+    return cands
