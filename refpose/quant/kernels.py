@@ -64,6 +64,18 @@ def pack_rows(x, zx, out):
             o[k] = 0
 
 
+@njit(**JIT)
+def _tile(cols, K, A, B, C, E):
+    """One tile of TILE_ROWS rows over `cols` columns: a whole panel, or the two or one vectors
+    left at the end of a row (operands as `simd.tile_dot` takes them)."""
+    if cols == PANEL * LANES:
+        simd.tile_dot(TILE_ROWS, PANEL, K, A, B, C, E)
+    elif cols == 2 * LANES:
+        simd.tile_dot(TILE_ROWS, 2, K, A, B, C, E)
+    else:
+        simd.tile_dot(TILE_ROWS, 1, K, A, B, C, E)
+
+
 @njit(parallel=PARALLEL, **JIT)
 def _matmul(a, Kp, wp, bias, y):
     """y (Mp, Np) int32 = a (Mp, Kp) . w^T + bias, for wp = pack_weights(w); Mp a multiple of
@@ -86,13 +98,7 @@ def _matmul(a, Kp, wp, bias, y):
             cols = min(width, Np - n0)
             B, E = (wp, n0 * Kp, cols * GROUP), (bias, n0)
             for r0 in range(r_lo, r_hi, TILE_ROWS):
-                A, C = (af, r0 * Kp, Kp), (yf, r0 * Np + n0, Np)
-                if cols == width:
-                    simd.tile_dot(TILE_ROWS, PANEL, K, A, B, C, E)
-                elif cols == 2 * LANES:
-                    simd.tile_dot(TILE_ROWS, 2, K, A, B, C, E)
-                else:
-                    simd.tile_dot(TILE_ROWS, 1, K, A, B, C, E)
+                _tile(cols, K, (af, r0 * Kp, Kp), B, (yf, r0 * Np + n0, Np), E)
 
 
 @njit(parallel=PARALLEL, **JIT)
@@ -219,13 +225,7 @@ def _matmul16(a, Kp, wp, y):
     for r0 in range(0, Mp, TILE_ROWS):
         for n0 in range(0, Np, width):
             cols = min(width, Np - n0)
-            A, B, C, E = (af, r0 * Kp, Kp), (wp, n0 * Kp, cols * 2), (yf, r0 * Np + n0, Np), (zero, n0)
-            if cols == width:
-                simd.tile_dot(TILE_ROWS, PANEL, K, A, B, C, E)
-            elif cols == 2 * LANES:
-                simd.tile_dot(TILE_ROWS, 2, K, A, B, C, E)
-            else:
-                simd.tile_dot(TILE_ROWS, 1, K, A, B, C, E)
+            _tile(cols, K, (af, r0 * Kp, Kp), (wp, n0 * Kp, cols * 2), (yf, r0 * Np + n0, Np), (zero, n0))
 
 
 @njit(parallel=PARALLEL, **JIT)
