@@ -41,17 +41,19 @@ def _bias(w: np.ndarray, b: np.ndarray, zx) -> np.ndarray:
     return _kept(w, f"qbias{int(zx)}", make)
 
 
-def _matmul_acc(x2: np.ndarray, zx, w2: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """int32 (Mp, Np) = (x - zx) w2^T + b for x2 (M, K) uint8, w2 (N, K[, 1, 1]) int8 (a read-only
-    array that lives as long as the model: what is packed from it is kept), padded rows and columns."""
+def _matmul(x2: np.ndarray, zx, w2: np.ndarray, b: np.ndarray, scale: tuple, out: np.ndarray) -> np.ndarray:
+    """out (M, N) from the int32 sums (x - zx) w2^T + b for x2 (M, K) uint8, w2 (N, K[, 1, 1]) int8
+    (a read-only array that lives as long as the model: what is packed from it is kept): uint8
+    requantized with scale = (mult (N,), zero point, lo, hi), or float32 * mult for a float32 out."""
     M, K = x2.shape
-    N = w2.shape[0]
     Mp, Kp = kernels.padded(M, simd.TILE_ROWS), kernels.padded(K, simd.GROUP)
-    a = np.empty((Mp, Kp), np.uint8 if simd.VNNI else np.int16)
-    kernels.pack_rows(x2, np.int32(zx), a)
-    y = np.empty((Mp, kernels.padded(N, simd.LANES)), np.int32)
-    kernels._matmul(a, Kp, _packed(w2), _bias(w2, b, zx), y)
-    return y
+    if simd.VNNI and (Mp, Kp) == (M, K) and x2.flags.c_contiguous:
+        a = x2                                      # the codes as they are, already whole tiles
+    else:
+        a = np.empty((Mp, Kp), np.uint8 if simd.VNNI else np.int16)
+        kernels.pack_rows(x2, np.int32(zx), a)
+    kernels._matmul(a, Kp, _packed(w2), _bias(w2, b, zx), scale, out)
+    return out
 
 
 def _mult(m, n: int) -> np.ndarray:
@@ -60,47 +62,49 @@ def _mult(m, n: int) -> np.ndarray:
 
 def conv(x, zx, w, bias, kind, stride, mult, zy, lo=0, hi=255) -> np.ndarray:
     """`reference.conv`: 1x1 convs (with a stride: every s-th pixel) and transposed convs on the
-    tiles, depthwise convs on their kernel; requantized in one pass."""
+    tiles, requantized as each tile is done; depthwise convs on their kernel, then requantized."""
     N, H, W, Cin = x.shape
+    zy, lo, hi = np.int32(zy), np.int32(lo), np.int32(hi)
     if kind == "depthwise":
         C, _, k, _ = w.shape
         Ho, Wo = conv_out_size(H, k, stride), conv_out_size(W, k, stride)
         wk = _kept(w, "qkkc", lambda: _frozen(np.ascontiguousarray(w[:, 0].transpose(1, 2, 0).astype(np.int32))))
         acc = np.empty((N, Ho, Wo, C), np.int32)
         kernels._depthwise(np.ascontiguousarray(x), np.int32(zx), wk, bias, stride, acc)
-        acc = acc.reshape(-1, C)
-        Cout = C
-    elif kind == "transposed":
+        out = np.empty((N * Ho * Wo, C), np.uint8)
+        kernels._requantize(acc.reshape(-1, C), _mult(mult, C), zy, lo, hi, out)
+        return out.reshape(N, Ho, Wo, C)
+    if kind == "transposed":
+        # the taps (co, a, b) as columns co k k + a k + b, each with its channel's bias and scale:
+        # requantized taps, placed on the output (kernel == stride: each output pixel is one tap)
         _, Cout, k, _ = w.shape
         w2 = _kept(w, "qtaps", lambda: _frozen(np.ascontiguousarray(w.reshape(Cin, Cout * k * k).T)))   # (Cout k k, Cin)
-        taps = _matmul_acc(np.ascontiguousarray(x).reshape(-1, Cin), zx, w2,
-                           _kept(w, "qzeros", lambda: _frozen(np.zeros(Cout * k * k, np.int32))))
-        taps = taps[:N * H * W].reshape(N, H, W, -1)
-        y = np.empty((N, H * k, W * k, Cout), np.int32)
-        kernels._scatter_taps(taps, Cout, k, y)
-        acc = y.reshape(-1, Cout) + bias
-        Ho, Wo = H * k, W * k
-    else:
-        Cout, k = w.shape[0], (w.shape[2] if w.ndim == 4 else 1)
-        if k != 1:
-            from .reference import conv as reference_conv
-            return reference_conv(x, zx, w, bias, kind, stride, mult, zy, lo, hi)
-        if stride != 1:
-            x = x[:, ::stride, ::stride]
-        _, Ho, Wo, _ = x.shape
-        acc = _matmul_acc(np.ascontiguousarray(x).reshape(-1, Cin), zx, w, bias)
+        tap_bias = _kept(w, "qtapbias", lambda: _frozen(np.repeat(bias, k * k)))
+        taps = np.empty((N * H * W, Cout * k * k), np.uint8)
+        _matmul(np.ascontiguousarray(x).reshape(-1, Cin), zx, w2, tap_bias,
+                (np.repeat(_mult(mult, Cout), k * k), zy, lo, hi), taps)
+        out = np.empty((N, H * k, W * k, Cout), np.uint8)
+        kernels._scatter_taps(taps.reshape(N, H, W, -1), Cout, k, out)
+        return out
+    Cout, k = w.shape[0], (w.shape[2] if w.ndim == 4 else 1)
+    if k != 1:
+        from .reference import conv as reference_conv
+        return reference_conv(x, zx, w, bias, kind, stride, mult, zy, lo, hi)
+    if stride != 1:
+        x = x[:, ::stride, ::stride]
+    _, Ho, Wo, _ = x.shape
     out = np.empty((N * Ho * Wo, Cout), np.uint8)
-    kernels._requantize(acc, _mult(mult, Cout), np.int32(zy), np.int32(lo), np.int32(hi), out)
+    _matmul(np.ascontiguousarray(x).reshape(-1, Cin), zx, w, bias, (_mult(mult, Cout), zy, lo, hi), out)
     return out.reshape(N, Ho, Wo, Cout)
 
 
 def conv_float(x, zx, w, bias, out_mult) -> np.ndarray:
-    """`reference.conv_float` (the head): the tiles, then float32(acc) * out_mult."""
+    """`reference.conv_float` (the head): the tiles, each scaled to float32(acc) * out_mult."""
     N, H, W, Cin = x.shape
     Cout = w.shape[0]
-    acc = _matmul_acc(np.ascontiguousarray(x).reshape(-1, Cin), zx, w, bias)
     out = np.empty((N * H * W, Cout), np.float32)
-    kernels._to_float(acc, _mult(out_mult, Cout), out)
+    zero = np.int32(0)
+    _matmul(np.ascontiguousarray(x).reshape(-1, Cin), zx, w, bias, (_mult(out_mult, Cout), zero, zero, zero), out)
     return out.reshape(N, H, W, Cout)
 
 
@@ -127,6 +131,7 @@ def attention(qkv, z, heads, kind, window, patch, score_mult, score_zero, table,
     C = C3 // 3
     pix = np.ascontiguousarray(token_pixels(N, H, W, kind, window, patch))
     out = np.empty((N * H * W, C), np.uint8)
-    kernels._attention(np.ascontiguousarray(qkv).reshape(-1, C3), np.int32(z), pix, heads, np.float32(score_mult),
-                       np.int32(score_zero), table, np.float32(out_mult), np.int32(out_zero), out)
+    kernels._attention(np.ascontiguousarray(qkv).reshape(-1, C3), np.int32(z), pix, heads,
+                       (np.float32(score_mult), np.int32(score_zero)), table, (np.float32(out_mult), np.int32(out_zero)),
+                       out)
     return out.reshape(N, H, W, C)

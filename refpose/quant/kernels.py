@@ -7,7 +7,8 @@ Each prange iteration writes its own rows.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ..ops.jitcache import cache_kernels
 from . import simd
@@ -76,15 +77,48 @@ def _tile(cols, K, A, B, C, E):
         simd.tile_dot(TILE_ROWS, 1, K, A, B, C, E)
 
 
+def _store(tile, cols, r0, n0, scale, out):
+    """Rows r0.. and columns n0.. of out from a tile of int32 sums (TILE_ROWS rows of `cols`, flat):
+    requantized as `_requantize` does for a uint8 out, float32(acc) * mult for a float32 one (the
+    head's output); scale = (mult, zero point, lo, hi)."""
+
+
+@overload(_store, jit_options=JIT)
+def _store_impl(tile, cols, r0, n0, scale, out):
+    if out.dtype == types.uint8:
+        def requantized(tile, cols, r0, n0, scale, out):
+            mult, zy, lo, hi = scale
+            z, flo, fhi = np.float32(zy), np.float32(lo), np.float32(hi)
+            n = min(cols, out.shape[1] - n0)
+            m = mult[n0:n0 + n]
+            for r in range(min(TILE_ROWS, out.shape[0] - r0)):
+                o, t = out[r0 + r, n0:n0 + n], tile[r * cols:r * cols + n]
+                for j in range(n):
+                    v = np.rint(np.float32(t[j]) * m[j]) + z
+                    o[j] = np.uint8(min(max(v, flo), fhi))
+        return requantized
+
+    def to_float(tile, cols, r0, n0, scale, out):
+        n = min(cols, out.shape[1] - n0)
+        m = scale[0][n0:n0 + n]
+        for r in range(min(TILE_ROWS, out.shape[0] - r0)):
+            o, t = out[r0 + r, n0:n0 + n], tile[r * cols:r * cols + n]
+            for j in range(n):
+                o[j] = np.float32(t[j]) * m[j]
+    return to_float
+
+
 @njit(parallel=PARALLEL, **JIT)
-def _matmul(a, Kp, wp, bias, y):
-    """y (Mp, Np) int32 = a (Mp, Kp) . w^T + bias, for wp = pack_weights(w); Mp a multiple of
-    TILE_ROWS, Np of LANES. One work item per ROW_CHUNK rows and group of panels (groups only when
-    there are few chunks, so that both threads have work): panel by panel, the chunk's tiles, so
-    that a panel stays in cache while its tiles read it."""
-    Mp, Np = y.shape
+def _matmul(a, Kp, wp, bias, scale, out):
+    """out (M, N) = the int32 sums a (Mp, Kp) . w^T + bias for wp = pack_weights(w), each tile
+    stored through `_store` as it is done (requantized to uint8, or scaled to float32) while it
+    is in L1; Mp a multiple of TILE_ROWS, bias padded to whole vectors. One work item per
+    ROW_CHUNK rows and group of panels (groups only when there are few chunks, so that both
+    threads have work): panel by panel, the chunk's tiles, so that a panel stays in cache while
+    its tiles read it."""
+    Mp, Np = a.shape[0], bias.shape[0]
     K = Kp // GROUP
-    af, yf = a.reshape(-1), y.reshape(-1)
+    af = a.reshape(-1)
     width = PANEL * LANES
     n_panels = (Np + width - 1) // width
     chunks = (Mp + ROW_CHUNK - 1) // ROW_CHUNK
@@ -92,13 +126,15 @@ def _matmul(a, Kp, wp, bias, y):
     per_group = (n_panels + groups - 1) // groups
     for item in prange(chunks * groups):
         c, grp = item // groups, item % groups
+        tile = np.empty(TILE_ROWS * width, np.int32)
         r_lo, r_hi = c * ROW_CHUNK, min(Mp, c * ROW_CHUNK + ROW_CHUNK)
         for p in range(grp * per_group, min(n_panels, grp * per_group + per_group)):
             n0 = p * width
             cols = min(width, Np - n0)
             B, E = (wp, n0 * Kp, cols * GROUP), (bias, n0)
             for r0 in range(r_lo, r_hi, TILE_ROWS):
-                _tile(cols, K, (af, r0 * Kp, Kp), B, (yf, r0 * Np + n0, Np), E)
+                _tile(cols, K, (af, r0 * Kp, Kp), B, (tile, 0, cols), E)
+                _store(tile, cols, r0, n0, scale, out)
 
 
 @njit(parallel=PARALLEL, **JIT)
@@ -111,15 +147,6 @@ def _requantize(acc, mult, zy, lo, hi, out):
         for n in range(N):
             v = np.rint(np.float32(acc[m, n]) * mult[n]) + z
             out[m, n] = np.uint8(min(max(v, flo), fhi))
-
-
-@njit(parallel=PARALLEL, **JIT)
-def _to_float(acc, mult, out):
-    """out (M, N) float32 = float32(acc) * mult (the head's output)."""
-    M, N = out.shape
-    for m in prange(M):
-        for n in range(N):
-            out[m, n] = np.float32(acc[m, n]) * mult[n]
 
 
 # --- depthwise and transposed convolution ------------------------------------------------------
@@ -152,7 +179,7 @@ def _depthwise(x, zx, w, bias, stride, acc):
 
 @njit(parallel=PARALLEL, **JIT)
 def _scatter_taps(t, Cout, k, y):
-    """y (N, Hk, Wk, Cout) from t (N, H, W, >= Cout k k) int32, tap (a, b) of channel co at
+    """y (N, Hk, Wk, Cout) from t (N, H, W, >= Cout k k), tap (a, b) of channel co at
     column co*k*k + a*k + b: the transposed conv with kernel == stride."""
     N, H, W, _ = t.shape
     for r in prange(N * H):
@@ -200,82 +227,127 @@ def _layer_norm(x, zx, sx, weight, bias, eps, sy, zy, out):
             out[m, c] = np.uint8(min(max(q, lo), hi))
 
 
-@njit(**JIT)
-def _pack16(w, n, k, out):
-    """`pack_weights` of the int16 matrix w[:n, :k] (GROUP 2) into the zeroed flat array out, inside
-    a kernel: the attention's k and v, laid out for the vpmaddwd tile."""
-    Np, Kp = (n + LANES - 1) // LANES * LANES, (k + 1) // 2 * 2
-    for n0 in range(0, Np, PANEL * LANES):
-        width = min(PANEL * LANES, Np - n0)
-        base = n0 * Kp
-        for j in range(min(width, n - n0)):
-            for kk in range(k):
-                out[base + (kk // 2) * width * 2 + j * 2 + kk % 2] = w[n0 + j, kk]
+# The attention's products on the same tiles, from raw codes: with a = q (or p, 0..255) unsigned
+# and b = k - 128 (or v - 128) in [-128, 127], a signed byte,
+#     sum a (b' - z) = sum a (b' - 128) + (128 - z) sum a        (b' the code of k or v)
+# and for the scores the query's own zero point as a per-key term:
+#     S = sum (q - z)(k - z) = sum q (k - 128) + (128 - z) sum q - z sum (k - z).
+# So the uint8 x int8 body (vpdpbusd, four products per lane) takes them where the CPU has it,
+# the int16 one elsewhere; both sums are exact, the same integers either way.
+A_CODES = np.uint8 if VNNI else np.int16           # the tiles' element types (`simd.tile_dot`)
+B_CODES = np.int8 if VNNI else np.int16
 
 
 @njit(**JIT)
-def _matmul16(a, Kp, wp, y):
-    """y (Mp, Np) int32 = a (Mp, Kp) int16 . w^T for wp = `_pack16(w)`, on the vpmaddwd tile, in
-    this thread; Mp a multiple of TILE_ROWS, Np of LANES."""
-    Mp, Np = y.shape
-    af, yf = a.reshape(-1), y.reshape(-1)
-    zero = np.zeros(Np, np.int32)
+def _pack_key_value(row, t, k0, v0, d, kp, kbias, vp, Tn, TG, dn, dG):
+    """Token t's key (row[k0:k0 + d]) into column t of kp, as the tiles read B for S = q . k^T,
+    with kbias[t] = -128 sum (k - 128) ... the per-key term of S (see above, with z added by the
+    caller); its value (row[v0:v0 + d]) into row t of the summed axis of vp, for P . v."""
     width = PANEL * LANES
-    K = Kp // 2
-    for r0 in range(0, Mp, TILE_ROWS):
-        for n0 in range(0, Np, width):
-            cols = min(width, Np - n0)
-            _tile(cols, K, (af, r0 * Kp, Kp), (wp, n0 * Kp, cols * 2), (yf, r0 * Np + n0, Np), (zero, n0))
+    n0 = t // width * width
+    w = min(width, Tn - n0)
+    kb = n0 * dG + (t - n0) * GROUP
+    ksum = np.int32(0)
+    for c in range(d):
+        kc = np.int32(row[k0 + c]) - 128
+        ksum += kc
+        kp[kb + c // GROUP * (GROUP * w) + c % GROUP] = kc
+    kbias[t] = ksum
+    for m0 in range(0, dn, width):
+        wv = min(width, dn - m0)
+        vb = m0 * TG + t // GROUP * (GROUP * wv) + t % GROUP - GROUP * m0
+        for c in range(m0, min(m0 + wv, d)):
+            vp[vb + GROUP * c] = np.int32(row[v0 + c]) - 128
+
+
+@njit(**JIT)
+def _products(a, kb, b, y, bias):
+    """y (TILE_ROWS, Ny) int32 = bias + a (TILE_ROWS, Ka) . b^T, b packed as `pack_weights` lays it
+    out (Ka a multiple of GROUP, Ny of LANES)."""
+    Ka, Ny = a.shape[1], y.shape[1]
+    width = PANEL * LANES
+    for n0 in range(0, Ny, width):
+        cols = min(width, Ny - n0)
+        _tile(cols, Ka // GROUP, (a.reshape(-1), 0, Ka), (b, n0 * kb, cols * GROUP), (y.reshape(-1), n0, Ny),
+              (bias, n0))
+
+
+@njit(**JIT)
+def _softmax_row(s, T, extra, scores, table, e, p):
+    """p[:T] = `reference.softmax_codes` of the scores s[:T] + extra (int32 sums) requantized with
+    scores = (multiplier, zero point), and the sum of p; e is scratch. The requantisation and the
+    maximum in one vectorised pass, the table look-ups (top - s is never negative: an unsigned
+    index, no wrap-around test) and their sum in a second, the codes in a third."""
+    mult, zs = scores
+    lo, hi = np.float32(0), np.float32(255)
+    fz = np.float32(zs)
+    top = np.int32(0)
+    for j in range(T):
+        v = np.int32(min(max(np.rint(np.float32(s[j] + extra) * mult) + fz, lo), hi))
+        s[j] = v
+        top = max(top, v)
+    total = np.int64(0)
+    for j in range(T):
+        v = table[np.uint32(top - s[j])]
+        e[j] = v
+        total += v
+    r = 255.0 / np.float64(total)
+    psum = np.int32(0)
+    for j in range(T):
+        v = np.int32(np.rint(np.float64(e[j]) * r))
+        p[j] = v
+        psum += v
+    return psum
 
 
 @njit(parallel=PARALLEL, **JIT)
-def _attention(qkv, z, pix, heads, score_mult, score_zero, table, out_mult, out_zero, out):
+def _attention(qkv, z, pix, heads, scores, table, outq, out):
     """Multi-head attention in groups (`reference.attention`): qkv (P, 3C) uint8 pixel rows, pix
-    (G, T) the groups' pixels -> out (P, C) uint8. One (group, head) per iteration, which writes its
-    d channels of its T pixels. Both products run on the vpmaddwd tile: S = (q - z)(k - z)^T with
-    the centred codes as int16, and P (v - z) with the softmax codes (0..255) as int16."""
+    (G, T) the groups' pixels -> out (P, C) uint8; scores and outq are the (multiplier, zero point)
+    of the scores and of the output. Per (group, head): keys and values packed once for the tiles
+    (as signed bytes k - 128, v - 128: see above), then TILE_ROWS queries at a time, in L1: their
+    scores S = (q - z)(k - z)^T, the softmax of each row (codes 0..255), P (v - z), requantized
+    into out. Work items are runs of (group, head) pairs, each with its own scratch; an item
+    writes the d channels of its head at its group's pixels."""
     G, T = pix.shape
     C = out.shape[1]
     d = C // heads
-    zs, zo = np.float32(score_zero), np.float32(out_zero)
+    Tn, TG = (T + LANES - 1) // LANES * LANES, (T + GROUP - 1) // GROUP * GROUP
+    dn, dG = (d + LANES - 1) // LANES * LANES, (d + GROUP - 1) // GROUP * GROUP
+    out_mult, zo = outq[0], np.float32(outq[1])
     lo, hi = np.float32(0), np.float32(255)
-    Tp, Tn, T2 = (T + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS, (T + LANES - 1) // LANES * LANES, (T + 1) // 2 * 2
-    dn, d2 = (d + LANES - 1) // LANES * LANES, (d + 1) // 2 * 2
-    for gh in prange(G * heads):
-        g, h = gh // heads, gh % heads
-        rows = pix[g]
-        q, k, vT = np.zeros((Tp, d2), np.int16), np.empty((T, d), np.int16), np.empty((d, T), np.int16)
-        for t in range(T):
-            row = qkv[rows[t]]
-            for c in range(d):
-                q[t, c] = np.int16(row[h * d + c]) - np.int16(z)
-                k[t, c] = np.int16(row[C + h * d + c]) - np.int16(z)
-                vT[c, t] = np.int16(row[2 * C + h * d + c]) - np.int16(z)
-        kp = np.zeros(Tn * d2, np.int16)
-        _pack16(k, T, d, kp)
-        s = np.empty((Tp, Tn), np.int32)
-        _matmul16(q, d2, kp, s)
-        p = np.zeros((Tp, T2), np.int16)
-        e = np.empty(T, np.int64)
-        for i in range(T):
-            si = s[i]
-            top = 0
-            for j in range(T):
-                sc = np.int32(min(max(np.rint(np.float32(si[j]) * score_mult) + zs, lo), hi))
-                si[j] = sc
-                top = max(top, sc)
-            total = np.int64(0)
-            for j in range(T):
-                e[j] = table[top - si[j]]
-                total += e[j]
-            r = 255.0 / np.float64(total)
-            for j in range(T):
-                p[i, j] = np.int16(np.rint(np.float64(e[j]) * r))
-        vp = np.zeros(dn * T2, np.int16)
-        _pack16(vT, d, T, vp)
-        o = np.empty((Tp, dn), np.int32)
-        _matmul16(p, T2, vp, o)
-        for i in range(T):
-            dst = out[rows[i]]
-            for c in range(d):
-                dst[h * d + c] = np.uint8(min(max(np.rint(np.float32(o[i, c]) * out_mult) + zo, lo), hi))
+    shift = np.int32(128) - z                       # (128 - z): the offset of the signed codes
+    pairs = G * heads
+    items = min(pairs, 64)
+    for item in prange(items):
+        kp, vp = np.zeros(Tn * dG, B_CODES), np.zeros(dn * TG, B_CODES)
+        qa, pa = np.zeros((TILE_ROWS, dG), A_CODES), np.zeros((TILE_ROWS, TG), A_CODES)
+        s, o = np.empty((TILE_ROWS, Tn), np.int32), np.empty((TILE_ROWS, dn), np.int32)
+        e, kbias, zero = np.empty(T, np.int32), np.zeros(Tn, np.int32), np.zeros(dn, np.int32)
+        qsum, psum = np.zeros(TILE_ROWS, np.int32), np.zeros(TILE_ROWS, np.int32)
+        for gh in range(item * pairs // items, (item + 1) * pairs // items):
+            g, h = gh // heads, gh % heads
+            rows = pix[g]
+            for t in range(T):
+                _pack_key_value(qkv[rows[t]], t, C + h * d, 2 * C + h * d, d, kp, kbias, vp, Tn, TG, dn, dG)
+            for t in range(T):                      # -z sum (k - z) = -z (sum (k - 128) + d (128 - z))
+                kbias[t] = -z * (kbias[t] + d * shift)
+            for r0 in range(0, T, TILE_ROWS):
+                n = min(TILE_ROWS, T - r0)
+                for i in range(n):
+                    row = qkv[rows[r0 + i]]
+                    total = np.int32(0)
+                    for c in range(d):
+                        qa[i, c] = row[h * d + c]
+                        total += np.int32(row[h * d + c])
+                    qsum[i] = total
+                _products(qa, dG, kp, s, kbias)
+                for i in range(n):
+                    psum[i] = _softmax_row(s[i], T, shift * qsum[i], scores, table, e, pa[i])
+                _products(pa, TG, vp, o, zero)
+                for i in range(n):
+                    dst = out[rows[r0 + i]]
+                    oi, extra = o[i], shift * psum[i]
+                    for c in range(d):
+                        dst[h * d + c] = np.uint8(min(max(np.rint(np.float32(oi[c] + extra) * out_mult) + zo, lo),
+                                                      hi))

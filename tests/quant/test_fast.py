@@ -94,11 +94,14 @@ def test_add_and_layer_norm_same_integers():
         assert np.array_equal(fast.layer_norm(a, px, w, bias, 1e-5, py), want)
 
 
-@pytest.mark.parametrize("kind,hw,window,heads", [("window", (8, 6), (8, 6), 2), ("window", (16, 12), (8, 6), 1),
-                                                  ("global", (16, 12), (8, 6), 2), ("global", (8, 6), (8, 6), 3)])
+@pytest.mark.parametrize("kind,hw,window,heads,d", [("window", (8, 6), (8, 6), 2, 32), ("window", (16, 12), (8, 6), 1, 32),
+                                                    ("global", (16, 12), (8, 6), 2, 32), ("global", (8, 6), (8, 6), 3, 32),
+                                                    # odd head widths, odd token counts, more tokens than a panel
+                                                    ("window", (10, 14), (5, 7), 3, 7), ("window", (9, 13), (9, 13), 1, 19),
+                                                    ("global", (16, 18), (8, 9), 2, 33)])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_attention_same_integers(kind, hw, window, heads, batch):
-    C = 32 * heads
+def test_attention_same_integers(kind, hw, window, heads, d, batch):
+    C = d * heads
     qkv = codes(batch, *hw, 3 * C)
     table = reference.exp_table(np.float32(0.08))
     window = clamp_window(window, *hw)
@@ -133,7 +136,8 @@ VNNI_PROBE = """
 import numba
 from refpose.quant import kernels, simd
 assert simd.VNNI, simd.INSTRUCTION
-sig = (numba.uint8[:, ::1], numba.intp, numba.int8[::1], numba.int32[::1], numba.int32[:, ::1])
+scale = numba.types.Tuple((numba.float32[::1], numba.int32, numba.int32, numba.int32))
+sig = (numba.uint8[:, ::1], numba.intp, numba.int8[::1], numba.int32[::1], scale, numba.uint8[:, ::1])
 kernels._matmul.compile(sig)
 print(simd.INSTRUCTION, "vpdpbusd" in kernels._matmul.inspect_asm(sig))
 """
