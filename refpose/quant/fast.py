@@ -62,18 +62,16 @@ def _mult(m, n: int) -> np.ndarray:
 
 def conv(x, zx, w, bias, kind, stride, mult, zy, lo=0, hi=255) -> np.ndarray:
     """`reference.conv`: 1x1 convs (with a stride: every s-th pixel) and transposed convs on the
-    tiles, requantized as each tile is done; depthwise convs on their kernel, then requantized."""
+    tiles, requantized as each tile is done; depthwise convs on their kernel, requantized a row at a time."""
     N, H, W, Cin = x.shape
     zy, lo, hi = np.int32(zy), np.int32(lo), np.int32(hi)
     if kind == "depthwise":
         C, _, k, _ = w.shape
         Ho, Wo = conv_out_size(H, k, stride), conv_out_size(W, k, stride)
         wk = _kept(w, "qkkc", lambda: _frozen(np.ascontiguousarray(w[:, 0].transpose(1, 2, 0).astype(np.int32))))
-        acc = np.empty((N, Ho, Wo, C), np.int32)
-        kernels._depthwise(np.ascontiguousarray(x), np.int32(zx), wk, bias, stride, acc)
-        out = np.empty((N * Ho * Wo, C), np.uint8)
-        kernels._requantize(acc.reshape(-1, C), _mult(mult, C), zy, lo, hi, out)
-        return out.reshape(N, Ho, Wo, C)
+        out = np.empty((N, Ho, Wo, C), np.uint8)
+        kernels._depthwise(np.ascontiguousarray(x), np.int32(zx), wk, bias, stride, (_mult(mult, C), zy, lo, hi), out)
+        return out
     if kind == "transposed":
         # the taps (co, a, b) as columns co k k + a k + b, each with its channel's bias and scale:
         # requantized taps, placed on the output (kernel == stride: each output pixel is one tap)

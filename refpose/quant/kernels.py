@@ -77,9 +77,17 @@ def _tile(cols, K, A, B, C, E):
         simd.tile_dot(TILE_ROWS, 1, K, A, B, C, E)
 
 
+@njit(inline="always")
+def _code(acc, mult, z, lo, hi):
+    """The uint8 code of an int32 sum, as `qdq.requantize` defines it: clip(rint(float32(acc) * mult)
+    + z, lo, hi), the product in float32, ties to even (z, lo, hi float32)."""
+    return np.uint8(min(max(np.rint(np.float32(acc) * mult) + z, lo), hi))
+
+
 def _store(tile, cols, r0, n0, scale, out):
     """Rows r0.. and columns n0.. of out from a tile of int32 sums (TILE_ROWS rows of `cols`, flat):
-    requantized as `_requantize` does for a uint8 out, float32(acc) * mult for a float32 one (the
+    requantized for a uint8 out (`qdq.requantize`: clip(rint(float32(acc) * mult) + zy, lo, hi),
+    the product in float32, ties to even), float32(acc) * mult for a float32 one (the
     head's output); scale = (mult, zero point, lo, hi)."""
 
 
@@ -94,8 +102,7 @@ def _store_impl(tile, cols, r0, n0, scale, out):
             for r in range(min(TILE_ROWS, out.shape[0] - r0)):
                 o, t = out[r0 + r, n0:n0 + n], tile[r * cols:r * cols + n]
                 for j in range(n):
-                    v = np.rint(np.float32(t[j]) * m[j]) + z
-                    o[j] = np.uint8(min(max(v, flo), fhi))
+                    o[j] = _code(t[j], m[j], z, flo, fhi)
         return requantized
 
     def to_float(tile, cols, r0, n0, scale, out):
@@ -137,31 +144,23 @@ def _matmul(a, Kp, wp, bias, scale, out):
                 _store(tile, cols, r0, n0, scale, out)
 
 
-@njit(parallel=PARALLEL, **JIT)
-def _requantize(acc, mult, zy, lo, hi, out):
-    """out (M, N) uint8 = clip(rint(float32(acc) * mult) + zy, lo, hi) for acc (M, >= N) int32
-    (`qdq.requantize`: the product in float32, ties to even)."""
-    M, N = out.shape
-    z, flo, fhi = np.float32(zy), np.float32(lo), np.float32(hi)
-    for m in prange(M):
-        for n in range(N):
-            v = np.rint(np.float32(acc[m, n]) * mult[n]) + z
-            out[m, n] = np.uint8(min(max(v, flo), fhi))
-
-
 # --- depthwise and transposed convolution ------------------------------------------------------
 @njit(parallel=PARALLEL, **JIT)
-def _depthwise(x, zx, w, bias, stride, acc):
-    """acc (N, Ho, Wo, C) int32 = bias + sum over the k x k taps inside the map of (x - zx) w;
-    x (N, H, W, C) uint8, w (k, k, C) int32. One output row per iteration."""
+def _depthwise(x, zx, w, bias, stride, scale, out):
+    """out (N, Ho, Wo, C) uint8: bias + the sum over the k x k taps inside the map of (x - zx) w,
+    requantized with scale = (mult (C,), zero point, lo, hi) (`qdq.requantize`); x (N, H, W, C)
+    uint8, w (k, k, C) int32. One output row per iteration, its int32 sums in a row of scratch."""
     N, H, W, C = x.shape
     k = w.shape[0]
-    _, Ho, Wo, _ = acc.shape
+    _, Ho, Wo, _ = out.shape
     pad = k // 2
+    mult, zy, lo, hi = scale
+    z, flo, fhi = np.float32(zy), np.float32(lo), np.float32(hi)
     for r in prange(N * Ho):
         n, oh = r // Ho, r % Ho
+        acc = np.empty((Wo, C), np.int32)
         for ow in range(Wo):
-            a = acc[n, oh, ow]
+            a = acc[ow]
             for c in range(C):
                 a[c] = bias[c]
             for i in range(k):
@@ -175,6 +174,10 @@ def _depthwise(x, zx, w, bias, stride, acc):
                     xv, wv = x[n, ih, iw], w[i, j]
                     for c in range(C):
                         a[c] += (np.int32(xv[c]) - zx) * wv[c]
+        for ow in range(Wo):
+            a, o = acc[ow], out[n, oh, ow]
+            for c in range(C):
+                o[c] = _code(a[c], mult[c], z, flo, fhi)
 
 
 @njit(parallel=PARALLEL, **JIT)
@@ -283,7 +286,7 @@ def _softmax_row(s, T, extra, scores, table, e, p):
     fz = np.float32(zs)
     top = np.int32(0)
     for j in range(T):
-        v = np.int32(min(max(np.rint(np.float32(s[j] + extra) * mult) + fz, lo), hi))
+        v = np.int32(_code(s[j] + extra, mult, fz, lo, hi))
         s[j] = v
         top = max(top, v)
     total = np.int64(0)
@@ -349,5 +352,4 @@ def _attention(qkv, z, pix, heads, scores, table, outq, out):
                     dst = out[rows[r0 + i]]
                     oi, extra = o[i], shift * psum[i]
                     for c in range(d):
-                        dst[h * d + c] = np.uint8(min(max(np.rint(np.float32(oi[c] + extra) * out_mult) + zo, lo),
-                                                      hi))
+                        dst[h * d + c] = _code(oi[c] + extra, out_mult, zo, lo, hi)
