@@ -1,8 +1,9 @@
 """Fast path of the int8 ops: the functions of `refpose.quant.reference`, same names and results
 (the same integers), on the Numba kernels of `refpose.quant.kernels`. The matmuls (1x1 convs,
 linears, the transposed conv's taps, the head) run on the register tile of `refpose.quant.simd`
-(vpdpbusd where the CPU has it, else vpmaddwd) on weights packed once per read-only weight array;
-the depthwise conv, LayerNorm, the attention and the adds have kernels of their own. The SE's
+(vpdpbusd where the CPU has it, else vpmaddwd) on weights packed once per read-only weight array,
+each tile requantized as it is done; the attention runs its two products on the same tiles inside a
+kernel of its own; the depthwise conv, LayerNorm and the adds have kernels of their own. The SE's
 pooling and gating, a few thousand values, stay on the reference's NumPy code, which is the
 definition itself.
 """

@@ -80,8 +80,11 @@ def _tile(cols, K, A, B, C, E):
 @njit(inline="always")
 def _code(acc, mult, z, lo, hi):
     """The uint8 code of an int32 sum, as `qdq.requantize` defines it: clip(rint(float32(acc) * mult)
-    + z, lo, hi), the product in float32, ties to even (z, lo, hi float32)."""
-    return np.uint8(min(max(np.rint(np.float32(acc) * mult) + z, lo), hi))
+    + z, lo, hi), the product in float32, ties to even (z, lo, hi float32). acc is converted from
+    int32 even where Numba typed its expression int64 (int32 + int32 is int64 there): the sums fit
+    in int32 by construction, and int64 -> float32 has no vector instruction before AVX-512DQ, so
+    such a loop would run one element at a time."""
+    return np.uint8(min(max(np.rint(np.float32(np.int32(acc)) * mult) + z, lo), hi))
 
 
 def _store(tile, cols, r0, n0, scale, out):

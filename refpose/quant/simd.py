@@ -65,8 +65,8 @@ def tile_dot(typingctx, rows, nvec, K, A, B, C, epilogue):
     k groups. Arrays are contiguous and addressed by flat element offsets (the caller checks the
     bounds); A's row is read GROUP elements at a time (one broadcast lane), B one vector per
     LANES columns; c is written once, at the end. uint8 A and int8 B take the vpdpbusd body (GROUP 4,
-    only where the CPU has it), int16 A and B the vpmaddwd body (GROUP 2, every AVX2 CPU: the
-    attention's products, whose factors do not fit a signed byte, always take it)."""
+    only where the CPU has it), int16 A and B the vpmaddwd body (GROUP 2, every AVX2 CPU). The
+    attention's products take the body of the matmuls (`refpose.quant.kernels`, A_CODES)."""
     if not (isinstance(rows, types.IntegerLiteral) and isinstance(nvec, types.IntegerLiteral)):
         return None
     if not isinstance(K, types.Integer) or not all(_is_operand(t, k) for t, k in zip((A, B, C, epilogue),
