@@ -111,8 +111,9 @@ def check_tensors(ckpt: dict, model: torch.nn.Module) -> str | None:
 
 
 def _check_state(state, expected: dict) -> str | None:
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        return "state_dict must be a dict of tensors"
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        return "state_dict must be a dict of tensors named by strings"
     absent, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     if absent or extra:
         return f"state_dict: {'missing ' + absent[0] if absent else 'unexpected ' + extra[0]}" \

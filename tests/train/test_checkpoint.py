@@ -94,6 +94,16 @@ def test_any_checkpoint_structure_is_a_phrase_never_an_exception():
     check()
 
 
+def test_a_state_dict_with_keys_that_are_not_names_is_a_phrase():
+    # keys of mixed types cannot be sorted into a message: the check refuses them first
+    from refpose.porting.twin import WGNetTwin
+    from refpose.train.checkpoint import check_tensors
+
+    state = {"": torch.zeros(0), 0: torch.zeros(0)}
+    assert check_tensors({"state_dict": state, "optimizer": None}, WGNetTwin("tiny")) == \
+        "state_dict must be a dict of tensors named by strings"
+
+
 def test_a_resumed_runs_paths_are_compared_as_files_not_as_text(tmp_path, monkeypatch):
     # a run started with absolute paths and resumed with relative ones (or through a link) is the
     # same run; another file, or another setting that happens to name a file, is not
