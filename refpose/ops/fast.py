@@ -101,7 +101,7 @@ def _matmul(x: np.ndarray, panels: np.ndarray, N: int, b, relu6: bool, residual=
         res = np.concatenate([res, np.zeros((M, Np - N), dtype)], axis=1)
     y = np.empty((M, Np), dtype)
     precompile.wait_for("_tiles", dtype)
-    kernels._matmul_bias_act(x, panels, _bias(b, Np, dtype), relu6, res, y)
+    kernels.matmul_bias_act(x, panels, _bias(b, Np, dtype), relu6, res, y)
     return y if Np == N else y[:, :N]
 
 
@@ -139,12 +139,12 @@ def depthwise_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
     if C < PLANAR_BELOW:
         xp = _c(x.transpose(0, 3, 1, 2), dtype)                   # (N, C, H, W); a view when x came from NCHW
         y = np.empty((N, C, Ho, Wo), dtype)
-        kernels._depthwise_conv_planar(xp, _kept(w, "ckk" + dtype.str, lambda: _c(w[:, 0], dtype)), _bias(b, C, dtype),
+        kernels.depthwise_conv_planar(xp, _kept(w, "ckk" + dtype.str, lambda: _c(w[:, 0], dtype)), _bias(b, C, dtype),
                                        stride, relu6, y)
         return np.ascontiguousarray(y.transpose(0, 2, 3, 1))       # (N, Ho, Wo, C)
     wk = _kept(w, "kkc" + dtype.str, lambda: _c(w[:, 0].transpose(1, 2, 0), dtype))   # (k, k, C): channels innermost
     y = np.empty((N, Ho, Wo, C), dtype)
-    kernels._depthwise_conv(_c(x, dtype), wk, _bias(b, C, dtype), stride, relu6, y)
+    kernels.depthwise_conv(_c(x, dtype), wk, _bias(b, C, dtype), stride, relu6, y)
     return y
 
 
@@ -180,7 +180,7 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float =
     C = x.shape[-1]
     x2 = _c(x, dtype).reshape(-1, C)                           # (pixels, C)
     y = np.empty_like(x2)
-    kernels._layer_norm(x2, _vector(weight, dtype), _vector(bias, dtype), dtype.type(eps), y)
+    kernels.layer_norm(x2, _vector(weight, dtype), _vector(bias, dtype), dtype.type(eps), y)
     return y.reshape(x.shape)
 
 
@@ -197,7 +197,7 @@ def grouped_attention(qkv: np.ndarray, heads: int, kind: str,
     dtype = _dtype(qkv)
     pix = _c(geometry.token_pixels(N, H, W, kind, window, patch), np.intp)   # (G, T)
     out = np.empty((N * H * W, C), dtype)
-    kernels._grouped_attention(_c(qkv, dtype).reshape(N * H * W, C3), pix, heads, out)
+    kernels.grouped_attention(_c(qkv, dtype).reshape(N * H * W, C3), pix, heads, out)
     return out.reshape(N, H, W, C)
 
 
@@ -223,7 +223,7 @@ def attention_block(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarra
     qkv = (_kept(qkv_w, "rows" + dtype.str, lambda: _c(qkv_w, dtype).reshape(-1)), _vector(qkv_b, dtype))
     proj = (_panels(proj_w, "oi", proj_w, dtype), _vector(proj_b, dtype))
     precompile.wait_for("_attention_block", dtype)
-    kernels._attention_block(_c(x, dtype).reshape(N * H * W, C), pix, norm, qkv, heads, proj, y)
+    kernels.attention_block(_c(x, dtype).reshape(N * H * W, C), pix, norm, qkv, heads, proj, y)
     return y.reshape(N, H, W, C)
 
 

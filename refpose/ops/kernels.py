@@ -25,6 +25,7 @@ from numba.extending import intrinsic, overload
 
 from . import simd
 from .jitcache import cache_kernels
+from .pointers import call_at, parallel
 from .simd import TILE_ROWS
 
 FASTMATH = {"contract", "nsz"}
@@ -313,26 +314,40 @@ def _tiles(M, N, K, A, B, C, epilogue, panels):
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
-def _matmul_bias_act(x, wp, b, relu6, res, y):
+def _matmul_bias_act(item_at, x, wp, b, relu6, res, y):
     """y (M, N) = x (M, K) w (N, K)^T + b (N,), then ReLU6 if `relu6`, then + res (M, N) if res
     is not empty; wp = pack_weights(w).
 
     y[m, n] = b[n] + (sum_k x[m, k] w[n, k], accumulated from zero by fused multiply-adds in
-    k order). One item per chunk of ROW_CHUNK rows and group of panels; items write disjoint
-    blocks of y, each element once.
+    k order). One item per chunk of ROW_CHUNK rows and group of panels (`_matmul_items`); items
+    write disjoint blocks of y, each element once. Each item is `_matmul_item`, called at its
+    address `item_at` (`refpose.ops.pointers`): the tiles are not linked into this kernel.
     """
-    M, K = x.shape
-    N = y.shape[1]
-    add_res = res.size > 0
-    n_panels = _n_panels(N, simd.vector_lanes(y))
+    for item in prange(_matmul_items(x.shape[0], _n_panels(y.shape[1], simd.vector_lanes(y)))[0]):
+        call_at(item_at, (np.intp(item), x, wp, b, relu6, res, y))
+
+
+@njit(inline="always")
+def _matmul_items(M, n_panels):
+    """(items, panel groups, panels per group) of a matmul of M rows: a chunk of ROW_CHUNK rows
+    per item, its panels split between items too when there are fewer than MIN_ITEMS chunks."""
     chunks = (M + ROW_CHUNK - 1) // ROW_CHUNK
     groups = 1 if chunks >= MIN_ITEMS else min(n_panels, (MIN_ITEMS + chunks - 1) // chunks)
     per_group = (n_panels + groups - 1) // groups if groups else 0
-    for item in prange(chunks * groups):
-        c, g = item // groups, item % groups
-        r0, r1 = c * ROW_CHUNK, min(M, c * ROW_CHUNK + ROW_CHUNK)
-        _tiles(r1 - r0, N, K, (x.reshape(-1), r0 * K, K, ONE), (wp, ZERO, YES), (y.reshape(-1), r0 * N),
-               (b, relu6, res.reshape(-1), add_res), (g * per_group, min(n_panels, g * per_group + per_group)))
+    return chunks * groups, groups, per_group
+
+
+@njit(**JIT)
+def _matmul_item(item, x, wp, b, relu6, res, y):
+    """Item `item` of `_matmul_bias_act`: its rows and panels on the tiles, in this thread."""
+    M, K = x.shape
+    N = y.shape[1]
+    n_panels = _n_panels(N, simd.vector_lanes(y))
+    _, groups, per_group = _matmul_items(M, n_panels)
+    c, g = item // groups, item % groups
+    r0, r1 = c * ROW_CHUNK, min(M, c * ROW_CHUNK + ROW_CHUNK)
+    _tiles(r1 - r0, N, K, (x.reshape(-1), r0 * K, K, ONE), (wp, ZERO, YES), (y.reshape(-1), r0 * N),
+           (b, relu6, res.reshape(-1), res.size > 0), (g * per_group, min(n_panels, g * per_group + per_group)))
 
 
 @njit(inline="always")
@@ -396,10 +411,17 @@ def _transpose(a, out):
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
-def _layer_norm(x, weight, bias, eps, y):
-    """LayerNorm over the last axis of x (M, C) into y (M, C), one row per iteration (`_norm_row`)."""
+def _layer_norm(row_at, x, weight, bias, eps, y):
+    """LayerNorm over the last axis of x (M, C) into y (M, C), one row per iteration
+    (`_layer_norm_row`, called at its address `row_at`)."""
     for m in prange(x.shape[0]):
-        _norm_row(x[m], weight, bias, eps, y[m])
+        call_at(row_at, (np.intp(m), x, weight, bias, eps, y))
+
+
+@njit(**JIT)
+def _layer_norm_row(m, x, weight, bias, eps, y):
+    """Row m of `_layer_norm`."""
+    _norm_row(x[m], weight, bias, eps, y[m])
 
 
 # --- depthwise and transposed convolution --------------------------------------------------
@@ -407,9 +429,7 @@ def _layer_norm(x, weight, bias, eps, y):
 def _dw_row(x, w, b, stride, relu6, oh, out):
     """Output row oh of a depthwise conv (zero padding k//2) of the map x (H, W, C) into out (Wo, C):
     out[ow, c] = b[c] + sum_{i, j} x[oh*s + i - k//2, ow*s + j - k//2, c] * w[i, j, c],
-    taps outside the map skipped (zero padding without a padded copy), channels innermost.
-    Compiled apart, not inlined into the parallel loop: Numba's parfor lowering of the kernel
-    then handles a one-line body (0.3 s less compile of `_depthwise_conv`, 3.1 s to 2.8 s)."""
+    taps outside the map skipped (zero padding without a padded copy), channels innermost."""
     H, W, C = x.shape
     k = w.shape[0]
     Wo = out.shape[0]
@@ -437,48 +457,62 @@ def _dw_row(x, w, b, stride, relu6, oh, out):
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
-def _depthwise_conv(x, w, b, stride, relu6, y):
+def _depthwise_conv(row_at, x, w, b, stride, relu6, y):
     """Depthwise conv, zero padding k//2: x (N, H, W, C), w (k, k, C), b (C,) -> y (N, Ho, Wo, C);
-    one output row per iteration (`_dw_row`)."""
-    N, Ho = x.shape[0], y.shape[1]
-    for r in prange(N * Ho):
-        n, oh = r // Ho, r % Ho
-        _dw_row(x[n], w, b, stride, relu6, oh, y[n, oh])
+    one output row per iteration, `_dw_item` called at its address `row_at`
+    (`refpose.ops.pointers`)."""
+    for r in prange(x.shape[0] * y.shape[1]):
+        call_at(row_at, (np.intp(r), x, w, b, stride, relu6, y))
+
+
+@njit(**JIT)
+def _dw_item(r, x, w, b, stride, relu6, y):
+    """Output row r (of N * Ho) of `_depthwise_conv`."""
+    Ho = y.shape[1]
+    n, oh = r // Ho, r % Ho
+    _dw_row(x[n], w, b, stride, relu6, oh, y[n, oh])
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
-def _depthwise_conv_planar(x, w, b, stride, relu6, y):
+def _depthwise_conv_planar(row_at, x, w, b, stride, relu6, y):
     """The same depthwise conv on planar maps, for a few channels (the RGB input of the stem):
     x (N, C, H, W), w (C, k, k), b (C,) -> y (N, C, Ho, Wo).
 
     With 3 channels the NHWC kernel's channel loop is 3 long; here the innermost loop runs along
     an output row instead. For each tap (i, j) the valid columns are those with
-    0 <= ow*s + j - k//2 < W, so the row loop needs no bounds test. One output row per iteration.
+    0 <= ow*s + j - k//2 < W, so the row loop needs no bounds test. One output row per iteration,
+    `_dw_planar_item` called at its address `row_at` (`refpose.ops.pointers`).
     """
-    N, C, H, W = x.shape
+    for r in prange(x.shape[0] * x.shape[1] * y.shape[2]):
+        call_at(row_at, (np.intp(r), x, w, b, stride, relu6, y))
+
+
+@njit(**JIT)
+def _dw_planar_item(r, x, w, b, stride, relu6, y):
+    """Output row r (of N * C * Ho) of `_depthwise_conv_planar`."""
+    _, C, H, W = x.shape
     k = w.shape[1]
     _, _, Ho, Wo = y.shape
     pad = k // 2
     lo, hi = y.dtype.type(0), y.dtype.type(6)
-    for r in prange(N * C * Ho):
-        n, c, oh = r // (C * Ho), (r // Ho) % C, r % Ho
-        yr = y[n, c, oh]
+    n, c, oh = r // (C * Ho), (r // Ho) % C, r % Ho
+    yr = y[n, c, oh]
+    for ow in range(Wo):
+        yr[ow] = b[c]
+    for i in range(k):
+        ih = oh * stride + i - pad
+        if ih < 0 or ih >= H:
+            continue
+        xr = x[n, c, ih]
+        for j in range(k):
+            first = max(0, (pad - j + stride - 1) // stride)       # first ow with ow*s + j - pad >= 0
+            stop = min(Wo, (W - 1 + pad - j) // stride + 1)        # first ow with ow*s + j - pad >= W
+            wv = w[c, i, j]
+            for ow in range(first, stop):
+                yr[ow] += xr[ow * stride + j - pad] * wv
+    if relu6:
         for ow in range(Wo):
-            yr[ow] = b[c]
-        for i in range(k):
-            ih = oh * stride + i - pad
-            if ih < 0 or ih >= H:
-                continue
-            xr = x[n, c, ih]
-            for j in range(k):
-                first = max(0, (pad - j + stride - 1) // stride)       # first ow with ow*s + j - pad >= 0
-                stop = min(Wo, (W - 1 + pad - j) // stride + 1)        # first ow with ow*s + j - pad >= W
-                wv = w[c, i, j]
-                for ow in range(first, stop):
-                    yr[ow] += xr[ow * stride + j - pad] * wv
-        if relu6:
-            for ow in range(Wo):
-                yr[ow] = _clip(yr[ow], lo, hi)
+            yr[ow] = _clip(yr[ow], lo, hi)
 
 
 @njit(**JIT)
@@ -570,38 +604,45 @@ def _attend(x, q0, k0, v0, T, d, out, o0):
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
-def _grouped_attention(qkv, pix, heads, out):
+def _grouped_attention(item_at, qkv, pix, heads, out):
     """Multi-head attention in groups: qkv (P, 3C) pixel rows, pix (G, T) -> out (P, C).
 
     Each iteration takes one (group, head): it gathers the head's q (scaled), k and v from the
     pixel rows into transposed blocks, attends (`_attend`), and writes its d channels of the T
     pixels. Every pixel is one token of one group, so each output element is written by exactly
-    one iteration.
+    one iteration. Each iteration is `_grouped_item`, called at its address `item_at`
+    (`refpose.ops.pointers`).
     """
-    G, T = pix.shape
+    for gh in prange(pix.shape[0] * heads):
+        call_at(item_at, (np.intp(gh), qkv, pix, heads, out))
+
+
+@njit(**JIT)
+def _grouped_item(gh, qkv, pix, heads, out):
+    """(Group, head) gh of `_grouped_attention`."""
+    T = pix.shape[1]
     C = out.shape[1]
     d = C // heads
     dtype = qkv.dtype
     scale = dtype.type(1 / math.sqrt(d))
-    for gh in prange(G * heads):
-        g, h = gh // heads, gh % heads
-        rows = pix[g]
-        buf = np.empty(4 * d * T, dtype)                    # q, k, v, then the output, each d x T
-        for t in range(T):
-            row = qkv[rows[t]]
-            for c in range(d):
-                buf[c * T + t] = row[h * d + c] * scale
-                buf[(d + c) * T + t] = row[C + h * d + c]
-                buf[(2 * d + c) * T + t] = row[2 * C + h * d + c]
-        _attend(buf, ZERO, d * T, 2 * d * T, T, d, buf, 3 * d * T)
-        for t in range(T):
-            dst = out[rows[t]]
-            for c in range(d):
-                dst[h * d + c] = buf[(3 * d + c) * T + t]
+    g, h = gh // heads, gh % heads
+    rows = pix[g]
+    buf = np.empty(4 * d * T, dtype)                    # q, k, v, then the output, each d x T
+    for t in range(T):
+        row = qkv[rows[t]]
+        for c in range(d):
+            buf[c * T + t] = row[h * d + c] * scale
+            buf[(d + c) * T + t] = row[C + h * d + c]
+            buf[(2 * d + c) * T + t] = row[2 * C + h * d + c]
+    _attend(buf, ZERO, d * T, 2 * d * T, T, d, buf, 3 * d * T)
+    for t in range(T):
+        dst = out[rows[t]]
+        for c in range(d):
+            dst[h * d + c] = buf[(3 * d + c) * T + t]
 
 
 @njit(parallel=PRANGE_ONLY, **JIT)
-def _attention_block(x, pix, norm, qkv, heads, proj, y):
+def _attention_block(group_at, x, pix, norm, qkv, heads, proj, y):
     """A whole attention sub-block, y = x + proj(MHSA(qkv(LayerNorm(x)))), one group per
     iteration: x, y (P, C) pixel rows, pix (G, T); each layer's parameters a tuple:
     norm = (weight (C,), bias (C,), eps), qkv = (W (3C, C) flat and row-major, b (3C,)),
@@ -614,18 +655,20 @@ def _attention_block(x, pix, norm, qkv, heads, proj, y):
     maps between the steps never reach memory. Each element is the sum the unfused ops compute,
     in the same order (`_norm_row`, the tiles, `_attend`; the bias of q, k, v is added after the
     sum, as the tiles do), so the result is theirs bit for bit.
+
+    Each group is `_attention_group`, called at its address `group_at` (`pointers.jit_address`
+    of `_attention_group` for (0, x, pix, norm, qkv, heads, proj, y)): not linked into this
+    kernel, which then compiles in ~0.6 s of CPU instead of ~5.5 s (see `refpose.ops.pointers`).
     """
     for g in prange(pix.shape[0]):
-        _attention_group(x, pix[g], norm, qkv, heads, proj, y)
+        call_at(group_at, (np.intp(g), x, pix, norm, qkv, heads, proj, y))
 
 
 @njit(**JIT)
-def _attention_group(x, rows, norm, qkv, heads, proj, y):
-    """One group of `_attention_block` (its tokens are the pixel rows `rows`): compiled apart, so
-    that Numba's parfor lowering of the block handles a one-line loop body (the block with its
-    callees compiled in 14.7 s instead of 15.1 s, CPU seconds with an empty cache, two runs
-    each)."""
+def _attention_group(g, x, pix, norm, qkv, heads, proj, y):
+    """Group g of `_attention_block`: its tokens are the pixel rows pix[g]."""
     simd.full_width_loops()
+    rows = pix[g]
     T = rows.shape[0]
     C = x.shape[1]
     d = C // heads
@@ -663,3 +706,13 @@ def _attention_group(x, rows, norm, qkv, heads, proj, y):
         src, dst = yg[t], y[rows[t]]
         for c in range(C):
             dst[c] = src[c]
+
+
+# The parallel kernels as the fast path calls them: each with the address of its item function
+# for the operands' types (`refpose.ops.pointers`: the items are not linked into the kernels).
+matmul_bias_act = parallel(_matmul_bias_act, _matmul_item)
+depthwise_conv = parallel(_depthwise_conv, _dw_item)
+depthwise_conv_planar = parallel(_depthwise_conv_planar, _dw_planar_item)
+attention_block = parallel(_attention_block, _attention_group)
+layer_norm = parallel(_layer_norm, _layer_norm_row)
+grouped_attention = parallel(_grouped_attention, _grouped_item)

@@ -23,11 +23,10 @@ import sys
 
 import numpy as np
 
-# In the helper's order: first the matmul tiles, which this process's first matmul kernel links
+# In the helper's order: first the matmul tiles, which this process's first matmul item links
 # (it waits for them, then loads them from the cache: ~3.4 s CPU it does not compile), then the
-# fused attention block (~12 s with its callees). The unfused attention (`_layer_norm`,
-# `_grouped_attention`, ~7.5 s), which only some configs use (tiny), compiles here when needed:
-# with them in the helper, tiny's helper took 23 s CPU against 10 s for this process.
+# fused attention block (~5 s with its callees). The unfused attention (`_layer_norm`,
+# `_grouped_attention`), which only some configs use (tiny), compiles here when needed.
 HELPER_KERNELS = ("_tiles", "_attention_block")
 
 _helper: subprocess.Popen | None = None
@@ -53,8 +52,8 @@ def empty_calls(dtype) -> dict:
         # the operand tuples `_matmul_bias_act` passes (see there), for one row
         "_tiles": lambda: kernels._tiles(1, L, L, (m(L), zero, L, one), (m(L * L), zero, yes), (m(L), zero),
                                          (v, no, m(L), no), (zero, one)),
-        "_attention_block": lambda: kernels._attention_block(m(0, L), pix, (v, v, dtype.type(1e-5)), (m(3 * L * L), m(3 * L)),
-                                                             1, (m(L * L), v), m(0, L)),
+        "_attention_block": lambda: kernels.attention_block(m(0, L), pix, (v, v, dtype.type(1e-5)), (m(3 * L * L), m(3 * L)),
+                                                            1, (m(L * L), v), m(0, L)),
     }
 
 

@@ -91,7 +91,7 @@ def test_depthwise_relu6_clips_and_keeps_nan():
 def matmul(x, w, b, relu6=False):
     """The matmul kernel on fresh panels, into an output where an unwritten element stays NaN."""
     y = np.full((x.shape[0], w.shape[0]), np.nan, x.dtype)
-    kernels._matmul_bias_act(x, kernels.pack_weights(w), b, relu6, fast.NONE[x.dtype], y)
+    kernels.matmul_bias_act(x, kernels.pack_weights(w), b, relu6, fast.NONE[x.dtype], y)
     return y
 
 
@@ -107,7 +107,7 @@ def test_columns_padded_to_whole_vectors_change_no_bit(dtype, N, with_residual):
     res = uniform(rng, (37, N), dtype) if with_residual else None
     got = fast.linear(x, w, b, residual=res)
     want = np.full((37, N), np.nan, dtype)
-    kernels._matmul_bias_act(x, kernels.pack_weights(w), b, False, fast.NONE[np.dtype(dtype)] if res is None else res,
+    kernels.matmul_bias_act(x, kernels.pack_weights(w), b, False, fast.NONE[np.dtype(dtype)] if res is None else res,
                              want)
     np.testing.assert_array_equal(got, want)
     f64 = x.astype(np.float64) @ w.astype(np.float64).T + b + (0 if res is None else res)
@@ -413,17 +413,17 @@ def test_every_output_element_is_written_by_the_kernels():
     for kind, patch in [("window", (4, 3)), ("global", (2, 3)), ("global", (1, 1))]:
         pix = np.array(geometry.token_pixels(N, H, W, kind, (4, 3), patch))   # writable, as fast passes it
         out = np.full((N * H * W, heads * d), np.nan)
-        kernels._grouped_attention(x, pix, heads, out)
+        kernels.grouped_attention(x, pix, heads, out)
         assert not np.isnan(out).any()
         want = ref.grouped_attention(qkv, heads, kind, (4, 3), patch).reshape(N * H * W, heads * d)
         np.testing.assert_allclose(out, want, rtol=TOL[np.float64], atol=TOL[np.float64])
     x = uniform(rng, (2, 7, 5, 3))
     for k, s in [(3, 1), (5, 2)]:
         y = np.full((2, (7 - 1) // s + 1, (5 - 1) // s + 1, 3), np.nan)
-        kernels._depthwise_conv(x, np.ones((k, k, 3)), np.zeros(3), s, False, y)
+        kernels.depthwise_conv(x, np.ones((k, k, 3)), np.zeros(3), s, False, y)
         assert not np.isnan(y).any()
         y = np.full((2, 3, (7 - 1) // s + 1, (5 - 1) // s + 1), np.nan)
-        kernels._depthwise_conv_planar(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), np.ones((3, k, k)),
+        kernels.depthwise_conv_planar(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), np.ones((3, k, k)),
                                        np.zeros(3), s, False, y)
         assert not np.isnan(y).any()
 

@@ -7,7 +7,7 @@ Compile times come from Numba's compile events (`numba.core.event`, kind "numba:
 kernel's time is the CPU time of the compiling thread from its start event to its end event
 (CPU time, not wall time: on a shared machine the wall time of a compile grows with the other
 jobs' load), less the time of the kernels compiled inside it (its own callees, `_tiles` in
-`_matmul_bias_act`); what Numba compiles for its own library code (np.empty, min, ...) while
+`_matmul_item`); what Numba compiles for its own library code (np.empty, min, ...) while
 compiling a kernel is charged to that kernel. With an empty cache the matmul tiles and the
 attention kernels compile in a helper process beside it (`refpose.ops.precompile`), which
 reports their CPU time too.
