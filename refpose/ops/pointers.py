@@ -15,6 +15,11 @@ machine code lies in this process. Pass the kernel the same values, in the same 
 address was taken for: the pointer carries no types, and a mismatch is undefined behaviour. The
 kernels that take an address take it as their first argument and are wrapped by a Python
 function made by `parallel`, which gets it right.
+
+Numba internals used, as of Numba 0.68: `numba._dispatcher.compute_fingerprint` (the key the
+dispatcher types its arguments by), a compile result's `library.get_pointer_to_function` and
+`fndesc.llvm_func_name`, and the target context's `call_conv` (as Numba's own first-class
+function calls use them).
 """
 from __future__ import annotations
 
