@@ -208,14 +208,13 @@ def attention_block(x: np.ndarray, norm_weight: np.ndarray, norm_bias: np.ndarra
     """x + Proj(MHSA(Group(LN(x)))) (NHWC): one kernel over the groups (`kernels._attention_block`),
     so the qkv and attention maps stay in cache. It gives the bits of `layer_norm`, `linear`,
     `grouped_attention` and `linear` with the residual run one by one, and those ops run instead
-    where the kernel would be slow: with token or channel counts that are not whole vectors
-    (the transposed blocks hold the tokens along their rows; the projection's panels are padded
-    to whole vectors, see `_panels`)."""
+    where the channel count is not a whole number of vectors (the projection's panels are padded
+    to whole vectors, see `_panels`). Any token count takes the kernel (the tiles' edges cover
+    the tokens past the last whole vector), so the named configs compile no unfused attention."""
     N, H, W, C = x.shape
     dtype = _dtype(x, qkv_w)
     pix = _c(geometry.token_pixels(N, H, W, kind, window, patch), np.intp)   # (G, T)
-    T = pix.shape[1]
-    if T % simd.lanes(dtype) or C % simd.lanes(dtype):
+    if C % simd.lanes(dtype):
         qkv = linear(layer_norm(x, norm_weight, norm_bias, eps), qkv_w, qkv_b)
         return linear(grouped_attention(qkv, heads, kind, window, patch), proj_w, proj_b, residual=x)
     y = np.empty((N * H * W, C), dtype)

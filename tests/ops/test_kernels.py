@@ -656,6 +656,30 @@ def test_tiles_read_a_through_its_strides_and_b_in_place(dtype, R, K, N, a_trans
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H, W, window, patch", [(8, 6, (4, 3), (2, 3)),     # 12 tokens per window, 6 per global group
+                                                 (10, 14, (5, 7), (5, 7)),   # 35 tokens; global groups of 4
+                                                 (4, 6, (4, 6), (4, 6))])    # 24 tokens; global groups of 1
+def test_fused_attention_kernel_takes_token_counts_that_are_not_whole_vectors(dtype, H, W, window, patch):
+    # the kernel itself (not the op, which would take it anyway) against the ops one by one:
+    # token counts past the last whole vector go through the tiles' edges, with the same bits
+    rng = np.random.default_rng(6)
+    N, C, heads = 2, 32, 2
+    x = 2 * uniform(rng, (N, H, W, C), dtype)
+    nw, nb = uniform(rng, C, dtype), uniform(rng, C, dtype)
+    qw, qb, pw, pb = (uniform(rng, shape, dtype) / 4 for shape in ((3 * C, C), 3 * C, (C, C), C))
+    dt = np.dtype(dtype)
+    for kind in ("window", "global"):
+        pix = np.ascontiguousarray(geometry.token_pixels(N, H, W, kind, window, patch), np.intp)
+        y = np.full((N * H * W, C), np.nan, dtype)
+        kernels.attention_block(np.ascontiguousarray(x).reshape(-1, C), pix, (nw, nb, dt.type(1e-5)),
+                                (np.ascontiguousarray(qw).reshape(-1), qb), heads,
+                                (fast._panels(pw, "oi", pw, dt), pb), y)
+        qkv = fast.linear(fast.layer_norm(x, nw, nb, 1e-5), qw, qb)
+        unfused = fast.linear(fast.grouped_attention(qkv, heads, kind, window, patch), pw, pb, residual=x)
+        np.testing.assert_array_equal(y.reshape(N, H, W, C), unfused)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["window", "global"])
 @pytest.mark.parametrize("C, heads", [(24, 3), (20, 2)])
 def test_fused_attention_block_is_the_unfused_ops_bit_for_bit(kind, dtype, C, heads):
