@@ -514,18 +514,17 @@ def test_reference_ops_stay_numpy():
 
 
 # --- compilation: once per dtype, cached across processes ---------------------------------------
-def _dispatchers():
-    """The kernels proper (parallel loops), not the small inlined helpers they call."""
-    return {name: f for name, f in vars(kernels).items()
-            if isinstance(f, numba.core.registry.CPUDispatcher) and f.targetoptions.get("parallel")}
-
-
 def test_kernels_compile_once_per_dtype(tiny_tensors, tiny_input):
     from refpose.weights import from_tensors
     for dtype in ("float32", "float64"):
         from_tensors(tiny_tensors, "tiny", dtype, "fast")(tiny_input[:1])
-    for name, f in _dispatchers().items():
-        dtypes = sorted(str(sig[0].dtype) for sig in f.signatures)
+    # the parallel kernels a forward runs and their items
+    forward = ("_matmul_bias_act", "_attention_block", "_depthwise_conv", "_depthwise_conv_planar",
+               "_matmul_item", "_attention_group", "_dw_item", "_dw_planar_item")
+    for name in forward:
+        f = getattr(kernels, name)
+        # the dtype of the first array operand (a parallel kernel's first argument is its item's address)
+        dtypes = sorted(str(next(t.dtype for t in sig if isinstance(t, numba.types.Array))) for sig in f.signatures)
         assert dtypes == ["float32", "float64"], f"{name}: compiled for {dtypes}"
 
 
