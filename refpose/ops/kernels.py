@@ -425,11 +425,12 @@ def _layer_norm_row(m, x, weight, bias, eps, y):
 
 
 # --- depthwise and transposed convolution --------------------------------------------------
-@njit(**JIT)
+@njit(inline="always")
 def _dw_row(x, w, b, stride, relu6, oh, out):
     """Output row oh of a depthwise conv (zero padding k//2) of the map x (H, W, C) into out (Wo, C):
     out[ow, c] = b[c] + sum_{i, j} x[oh*s + i - k//2, ow*s + j - k//2, c] * w[i, j, c],
-    taps outside the map skipped (zero padding without a padded copy), channels innermost."""
+    taps outside the map skipped (zero padding without a padded copy), channels innermost.
+    Inlined into `_dw_item`, its only caller: compiled once, there."""
     H, W, C = x.shape
     k = w.shape[0]
     Wo = out.shape[0]
